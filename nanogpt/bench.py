@@ -1,0 +1,68 @@
+"""`nanogpt bench`: time training iterations of a model shape, nanoGPT's bench.py as a subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from nanogpt.config import parse_overrides, resolve_run
+from nanogpt.model import GPT
+from nanogpt.train import autocast_context, peak_flops_for, pick_device, pick_dtype
+
+
+def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str | None = None) -> dict:
+    """Median time of a full optimizer step (forward, backward, AdamW) on random or real data."""
+    entry = {"dataset": "bench", "model": {"vocab_size": 50304}, "train": {}}
+    run = resolve_run(entry, "bench", run_overrides)
+    t, m = run.train, run.model
+    device = pick_device(t.device)
+    dtype = pick_dtype(t.dtype, device, m.n_embd)
+    torch.manual_seed(t.seed)
+    model = GPT(run.gpt_config(m.vocab_size or 50304)).to(device)
+    optimizer = model.configure_optimizers(t.weight_decay, t.learning_rate, (t.beta1, t.beta2), device.type)
+    fwd = torch.compile(model) if t.compile else model
+    if data_dir:
+        from nanogpt.data import BatchSampler
+
+        sampler = BatchSampler(data_dir, m.block_size, t.batch_size, t.seed, device)
+        batch = lambda i: sampler.get_batch("train", i, 0)  # noqa: E731
+    else:
+        x = torch.randint(model.config.vocab_size, (t.batch_size, m.block_size), device=device)
+        batch = lambda i: (x, x)  # noqa: E731
+    ctx = autocast_context(device, dtype)
+    times = []
+    for i in range(warmup + steps):
+        xb, yb = batch(i)
+        t0 = time.perf_counter()
+        with ctx:
+            _, loss = fwd(xb, yb)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)
+    peak = t.peak_flops or peak_flops_for(device, dtype)
+    return {
+        "device": str(device), "dtype": str(dtype).removeprefix("torch."), "compile": t.compile,
+        "params_M": model.get_num_params() / 1e6, "median_ms_per_iter": dt * 1000,
+        "tokens_per_sec": t.batch_size * m.block_size / dt,
+        "mfu": model.estimate_mfu(t.batch_size, dt, peak) if peak else None,
+    }
+
+
+def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--warmup", type=int, default=5)
+    sp.add_argument("--data-dir", help="prepared dataset to draw batches from (default: random tokens)")
+
+
+def bench_cli(args: argparse.Namespace, overrides: list[str]) -> None:
+    print(json.dumps(bench(parse_overrides(overrides), args.steps, args.warmup, args.data_dir), indent=2))

@@ -1,0 +1,117 @@
+"""Checkpoints: atomic save, safe load (weights_only=True), and nanoGPT `ckpt.pt` compatibility.
+
+Layout (a superset of nanoGPT's, so each side can read the other's model weights)::
+
+    model, model_args, iter_num, best_val_loss, config      # nanoGPT's keys
+    optimizer, scaler, rng, fingerprint, format             # ours: what exact resume needs
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+import torch
+
+from nanogpt import fileio
+from nanogpt.model import GPT, ConfigError, GPTConfig
+
+FORMAT = "nanogpt-workflow/1"
+_CKPT_NAME = re.compile(r"^ckpt_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit."""
+
+
+def save(obj: dict, dest: str | os.PathLike) -> None:
+    """torch.save to a temp file, then rename: a killed writer never leaves a torn checkpoint at `dest`."""
+    with fileio.atomic_path(dest) as tmp:
+        torch.save(obj, tmp)
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load with weights_only=True (no code runs from the file); a corrupt file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: expected a .pt file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has no 'model'/'model_args': expected a nanoGPT or nanogpt-workflow checkpoint"
+        )
+    return ckpt
+
+
+def clean_state_dict(state_dict: dict) -> dict:
+    """Strip the `_orig_mod.` prefix that torch.compile adds (nanoGPT saves compiled models that way)."""
+    prefix = "_orig_mod."
+    return {k.removeprefix(prefix): v for k, v in state_dict.items()}
+
+
+def model_from_checkpoint(ckpt: dict, expected: GPTConfig | None = None, dropout: float | None = None) -> GPT:
+    """Build the GPT a checkpoint describes; if `expected` is given, the architectures must agree."""
+    args = dict(ckpt["model_args"])
+    if dropout is not None:
+        args["dropout"] = dropout
+    config = GPTConfig.from_dict(args)
+    if expected is not None:
+        for key in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias"):
+            if getattr(config, key) != getattr(expected, key):
+                raise CheckpointError(
+                    f"checkpoint has model.{key}={getattr(config, key)} but the config asks for "
+                    f"{getattr(expected, key)}: expected the same architecture (or a fresh run directory)"
+                )
+    model = GPT(config)
+    state = clean_state_dict(ckpt["model"])
+    state = {k: v for k, v in state.items() if not k.endswith(".attn.bias")}  # old nanoGPT mask buffers
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # lm_head and wte are tied: a state dict with only one of them is complete.
+    missing = [k for k in missing if k not in ("lm_head.weight", "transformer.wte.weight")]
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint weights do not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[GPT, dict]:
+    ckpt = load(path, map_location)
+    try:
+        return model_from_checkpoint(ckpt), ckpt
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} has invalid model_args: {e}") from None
+
+
+def checkpoint_path(ckpt_dir: str | os.PathLike, iter_num: int) -> Path:
+    return Path(ckpt_dir) / f"ckpt_{iter_num:08d}.pt"
+
+
+def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Periodic checkpoints in a run's checkpoints/ folder, oldest first."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT_NAME.match(p.name))]
+    return sorted(found)
+
+
+def newest_complete(ckpt_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
+                    ) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads; a torn or corrupt one is skipped with a warning."""
+    for _, path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            return path, load(path, map_location)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {e}", stacklevel=2)
+    return None
+
+
+def prune(ckpt_dir: str | os.PathLike, keep: int) -> None:
+    """Keep only the newest `keep` periodic checkpoints."""
+    for _, path in list_checkpoints(ckpt_dir)[:-keep]:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,196 @@
+"""`nanogpt <download|prepare|train|eval|sample|bench>`: every pipeline step, also usable without Snakemake.
+
+Each command takes its settings either from config.yaml (`--config config.yaml --name NAME`) or as the JSON
+entry Snakemake passes (`--spec '{...}'`), plus nanoGPT-style `--key=value` overrides for training.
+Errors a user can fix are printed as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from nanogpt.model import ConfigError
+
+
+def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
+    """The named entry of a config.yaml section, or the JSON given with --spec."""
+    if args.spec:
+        try:
+            spec = json.loads(args.spec)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--spec is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
+        return args.name or spec.get("name", section), spec
+    if not args.config or not args.name:
+        raise ConfigError(f"give --spec JSON, or --config FILE with --name of an entry under '{section}'")
+    from nanogpt.config import load_yaml
+
+    cfg = load_yaml(args.config)
+    entries = cfg.get(section) or {}
+    if args.name not in entries:
+        import difflib
+
+        close = difflib.get_close_matches(args.name, list(entries), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"no {section} entry named {args.name!r} in {args.config}{hint}")
+    entry = dict(entries[args.name])
+    if cfg.get("mirror") and not getattr(args, "mirror", None):
+        args.mirror = cfg["mirror"]
+    return args.name, entry
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from nanogpt.data import download
+
+    name, spec = _entry(args, "datasets")
+    download(spec, args.out, mirror=args.mirror, name=name)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from nanogpt.data import prepare
+
+    name, spec = _entry(args, "datasets")
+    meta = prepare(spec, args.source, args.out_dir, num_proc=args.num_proc, mirror=args.mirror, name=name)
+    print(f"{name}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, vocab {meta['vocab_size']}")
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+    from nanogpt.config import parse_overrides, resolve_run
+    from nanogpt.train import train
+
+    name, spec = _entry(args, "runs")
+    run = resolve_run(spec, name, parse_overrides(overrides))
+    data_dir = Path(args.data_dir or Path("results/data") / run.dataset)
+    out_dir = Path(args.out_dir or Path("results/runs") / name)
+    world = run.launch.nproc_per_node * run.launch.nnodes
+    if world > 1 and "WORLD_SIZE" not in os.environ:
+        if run.launch.nnodes > 1:
+            raise ConfigError(
+                f"runs.{name}.launch.nnodes={run.launch.nnodes}: a multi-node run must be started by torchrun on "
+                "every node (see README, 'Multi-node'); expected nnodes=1 when started by `nanogpt train`"
+            )
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={run.launch.nproc_per_node}", "-m", "nanogpt.cli", *sys.argv[1:]]
+        os.execv(sys.executable, cmd)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train(run, data_dir, out_dir)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from nanogpt.sample import generate_samples, load_model_and_tokenizer, write_samples
+
+    source = args.checkpoint or args.init_from
+    if not source:
+        raise ConfigError("give --checkpoint PATH (one of our runs or a nanoGPT ckpt.pt) or --init-from gpt2*")
+    model, tok = load_model_and_tokenizer(source, meta_path=args.meta, mirror=args.mirror)
+    import torch
+
+    from nanogpt.train import pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device, model.config.n_embd)
+    samples, tps = generate_samples(
+        model, tok, start=args.start, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, seed=args.seed, device=str(device),
+        dtype=dtype if device.type != "cpu" or dtype == torch.bfloat16 else torch.float32,
+    )
+    if args.out:
+        write_samples(args.out, samples)
+    else:
+        from nanogpt.sample import SEPARATOR
+
+        print(SEPARATOR.join(samples))
+    print(f"{args.num_samples} samples, {tps:.1f} tokens/s", file=sys.stderr)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from nanogpt.evaluate import evaluate_cli
+
+    evaluate_cli(args)
+
+
+def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
+    from nanogpt.bench import bench_cli
+
+    bench_cli(args, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nanogpt", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def entry_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="config.yaml to read the entry from")
+        sp.add_argument("--name", help="the entry's name in config.yaml")
+        sp.add_argument("--spec", help="the entry as JSON (what the Snakemake rules pass)")
+        sp.add_argument("--mirror", help="local mirror directory (default: config `mirror` or $NANOGPT_MIRROR)")
+
+    sp = sub.add_parser("download", help="fetch a dataset's source, sha256-checked (or from the mirror)")
+    entry_args(sp)
+    sp.add_argument("--out", required=True, help="where the verified source goes")
+
+    sp = sub.add_parser("prepare", help="tokenize a source into train.bin/val.bin/meta.json")
+    entry_args(sp)
+    sp.add_argument("--source", required=True, help="the downloaded source (file or folder)")
+    sp.add_argument("--out-dir", required=True)
+    sp.add_argument("--num-proc", type=int, default=1, help="tokenizer worker processes")
+
+    sp = sub.add_parser("train", help="train a run (torchrun for several processes); extra --key=value override")
+    entry_args(sp)
+    sp.add_argument("--data-dir", help="prepared dataset folder (default results/data/DATASET)")
+    sp.add_argument("--out-dir", help="run folder (default results/runs/NAME)")
+
+    sp = sub.add_parser("sample", help="generate text from a checkpoint or pretrained GPT-2")
+    sp.add_argument("--checkpoint", help="model.pt of a run, or a nanoGPT ckpt.pt")
+    sp.add_argument("--init-from", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local HF directory")
+    sp.add_argument("--meta", help="meta.json of the dataset (when the checkpoint lacks it)")
+    sp.add_argument("--mirror")
+    sp.add_argument("--start", default="\n", help="prompt text, or FILE:path")
+    sp.add_argument("--num-samples", type=int, default=10)
+    sp.add_argument("--max-new-tokens", type=int, default=500)
+    sp.add_argument("--temperature", type=float, default=0.8)
+    sp.add_argument("--top-k", type=int, default=200)
+    sp.add_argument("--seed", type=int, default=1337)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--dtype", default="auto")
+    sp.add_argument("--out", help="write the samples here (default: stdout)")
+
+    sp = sub.add_parser("eval", help="loss of a run or a pretrained GPT-2 on a prepared dataset")
+    from nanogpt.evaluate import add_eval_arguments
+
+    add_eval_arguments(sp)
+
+    sp = sub.add_parser("bench", help="time training iterations of a model shape (nanoGPT's bench.py)")
+    from nanogpt.bench import add_bench_arguments
+
+    add_bench_arguments(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("train", "bench"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if args.command == "train":
+            cmd_train(args, extra)
+        elif args.command == "bench":
+            cmd_bench(args, extra)
+        else:
+            {"download": cmd_download, "prepare": cmd_prepare, "sample": cmd_sample, "eval": cmd_eval}[
+                args.command](args)
+    except (ConfigError, ValueError, FileNotFoundError, ConnectionError) as e:
+        print(f"nanogpt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

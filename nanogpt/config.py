@@ -1,0 +1,285 @@
+"""Typed run configuration: nanoGPT's options as dataclasses, filled from YAML/JSON and `key=value` overrides.
+
+A run entry in config.yaml looks like::
+
+    dataset: shakespeare_char
+    init_from: scratch            # scratch | resume | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a local HF dir
+    model: {n_layer: 4, n_head: 4, n_embd: 128, block_size: 64, dropout: 0.0}
+    train: {batch_size: 12, max_iters: 2000, ...}
+    launch: {nproc_per_node: 1}
+
+`resolve_run` fills every default so the resolved dict is complete: Snakemake passes it to the train rule as
+`params`, so changing any setting of one run reruns exactly that run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nanogpt.model import ConfigError, GPTConfig
+
+PRETRAINED_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+@dataclass
+class ModelSettings:
+    """Architecture; vocab_size None means "take it from the dataset's meta.json"."""
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    dropout: float = 0.0
+    bias: bool = True
+    vocab_size: int | None = None
+
+
+@dataclass
+class TrainSettings:
+    """nanoGPT's train.py options (same names, same defaults unless noted)."""
+
+    batch_size: int = 12
+    gradient_accumulation_steps: int = 1  # global micro-batches per step, split across ranks (nanoGPT: 40)
+    max_iters: int = 600000
+    learning_rate: float = 6e-4
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    min_lr: float = 6e-5
+    eval_interval: int = 2000
+    eval_iters: int = 200
+    log_interval: int = 1
+    eval_only: bool = False
+    always_save_checkpoint: bool = True
+    checkpoint_interval: int | None = None  # resume checkpoints every N iters; None = every eval_interval
+    keep_checkpoints: int = 2
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool = False
+    seed: int = 1337
+    peak_flops: float | None = None  # device peak FLOP/s for MFU; None = a table (GPU) or a measurement (CPU)
+
+
+@dataclass
+class LaunchSettings:
+    """How torchrun starts the run."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    backend: str = "auto"  # auto (nccl on CUDA, gloo otherwise) | nccl | gloo
+
+
+@dataclass
+class RunConfig:
+    dataset: str
+    init_from: str = "scratch"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    launch: LaunchSettings = field(default_factory=LaunchSettings)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def gpt_config(self, vocab_size: int) -> GPTConfig:
+        m = self.model
+        return GPTConfig(
+            block_size=m.block_size,
+            vocab_size=m.vocab_size or vocab_size,
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            n_embd=m.n_embd,
+            dropout=m.dropout,
+            bias=m.bias,
+        )
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that shape the training trajectory (a checkpoint resumes only if it matches).
+
+        Lengthening max_iters, or changing logging, eval and checkpoint cadence, keeps the checkpoints usable.
+        """
+        d = self.to_dict()
+        for key in ("max_iters", "log_interval", "eval_interval", "eval_iters", "eval_only",
+                    "always_save_checkpoint", "checkpoint_interval", "keep_checkpoints", "compile", "peak_flops"):
+            d["train"].pop(key)
+        d.pop("launch")
+        d.pop("init_from")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_SECTIONS = {"model": ModelSettings, "train": TrainSettings, "launch": LaunchSettings}
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_type(where: str, value: Any, annotation: str) -> Any:
+    """Coerce ints to floats where a float is expected; reject anything of the wrong kind."""
+    ann = annotation.replace(" ", "")
+    optional = ann.endswith("|None")
+    base = ann.removesuffix("|None")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}=null: expected a {base}")
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}={value!r}: expected true or false")
+    if base == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}={value!r}: expected an integer")
+    if base == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}={value!r}: expected a number")
+    if base == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}={value!r}: expected a string")
+    return value
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}={values!r}: expected a mapping")
+    known = {f.name: f for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown key {where}.{key}{_suggest(key, list(known))}")
+    kwargs = {k: _check_type(f"{where}.{k}", v, str(known[k].type)) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _validate(run: RunConfig, name: str) -> None:
+    t, m, launch = run.train, run.model, run.launch
+    for key in ("batch_size", "max_iters", "gradient_accumulation_steps", "eval_iters", "log_interval",
+                "eval_interval", "keep_checkpoints"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"runs.{name}.train.{key}={getattr(t, key)}: expected a positive integer")
+    for key in ("learning_rate",):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"runs.{name}.train.{key}={getattr(t, key)}: expected a positive number")
+    if t.min_lr < 0 or t.min_lr > t.learning_rate:
+        raise ConfigError(f"runs.{name}.train.min_lr={t.min_lr}: expected 0 <= min_lr <= learning_rate")
+    if t.warmup_iters < 0:
+        raise ConfigError(f"runs.{name}.train.warmup_iters={t.warmup_iters}: expected >= 0")
+    if t.checkpoint_interval is not None and t.checkpoint_interval <= 0:
+        raise ConfigError(f"runs.{name}.train.checkpoint_interval={t.checkpoint_interval}: expected a positive integer")
+    if t.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(f"runs.{name}.train.dtype={t.dtype!r}: expected auto, float32, bfloat16 or float16")
+    if not (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:")):
+        raise ConfigError(f"runs.{name}.train.device={t.device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if launch.nproc_per_node <= 0 or launch.nnodes <= 0:
+        raise ConfigError(f"runs.{name}.launch: nproc_per_node and nnodes must be positive integers")
+    if launch.backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError(f"runs.{name}.launch.backend={launch.backend!r}: expected auto, nccl or gloo")
+    world = launch.nproc_per_node * launch.nnodes
+    if t.gradient_accumulation_steps % world != 0:
+        raise ConfigError(
+            f"runs.{name}.train.gradient_accumulation_steps={t.gradient_accumulation_steps} is not divisible by "
+            f"the world size {world} (nproc_per_node x nnodes): expected a multiple of {world}"
+        )
+    # Building the GPTConfig checks n_embd % n_head and the positive sizes.
+    run.gpt_config(vocab_size=m.vocab_size or 1)
+
+
+def resolve_run(entry: dict, name: str = "run", overrides: dict | None = None) -> RunConfig:
+    """A run entry from config.yaml (plus flat `key=value` overrides) -> a complete, validated RunConfig."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"runs.{name}={entry!r}: expected a mapping")
+    entry = _floats_from_strings(json.loads(json.dumps(entry)))  # deep copy, plain types, '6e-4' -> 6e-4
+    top_keys = ["dataset", "init_from", "model", "train", "launch", "resources"]
+    for key in entry:
+        if key not in top_keys:
+            raise ConfigError(f"unknown key runs.{name}.{key}{_suggest(key, top_keys)}")
+    if "dataset" not in entry:
+        raise ConfigError(f"runs.{name}: missing required key 'dataset'")
+    for key, value in (overrides or {}).items():
+        apply_override(entry, key, value, name)
+    run = RunConfig(
+        dataset=_check_type(f"runs.{name}.dataset", entry["dataset"], "str"),
+        init_from=_check_type(f"runs.{name}.init_from", entry.get("init_from", "scratch"), "str"),
+        model=_build(ModelSettings, entry.get("model", {}), f"runs.{name}.model"),
+        train=_build(TrainSettings, entry.get("train", {}), f"runs.{name}.train"),
+        launch=_build(LaunchSettings, entry.get("launch", {}), f"runs.{name}.launch"),
+    )
+    _validate(run, name)
+    return run
+
+
+def apply_override(entry: dict, key: str, value: Any, name: str = "run") -> None:
+    """Set a flat nanoGPT-style key (`learning_rate`, `n_layer`) or a dotted one (`train.learning_rate`)."""
+    if "." in key:
+        section, sub = key.split(".", 1)
+        if section not in _SECTIONS:
+            raise ConfigError(f"unknown override {key!r}: expected one of {', '.join(_SECTIONS)} before the dot")
+        entry.setdefault(section, {})[sub] = value
+        return
+    if key in ("dataset", "init_from"):
+        entry[key] = value
+        return
+    for section, cls in _SECTIONS.items():
+        if key in {f.name for f in fields(cls)}:
+            entry.setdefault(section, {})[key] = value
+            return
+    known = ["dataset", "init_from"] + [f.name for cls in _SECTIONS.values() for f in fields(cls)]
+    raise ConfigError(f"unknown setting {key!r}{_suggest(key, known)}")
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """`--key=value` / `key=value` strings -> dict; values are parsed as YAML scalars (1e-3, true, null)."""
+    out = {}
+    for arg in args:
+        text = arg.removeprefix("--")
+        if "=" not in text:
+            raise ConfigError(f"override {arg!r}: expected --key=value")
+        key, raw = text.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        out[key.replace("-", "_")] = _floats_from_strings(value)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML file with a one-line error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist: expected a YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {str(path)!r}{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level, got {type(data).__name__}")
+    return _floats_from_strings(data)
+
+
+def _floats_from_strings(obj: Any) -> Any:
+    """Turn YAML 1.1's string '6e-4' into 6e-4 everywhere (PyYAML needs a dot for float exponents)."""
+    if isinstance(obj, dict):
+        return {k: _floats_from_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_floats_from_strings(v) for v in obj]
+    if isinstance(obj, str):
+        try:
+            if any(c in obj for c in "eE") and obj.strip()[0] in "+-0123456789.":
+                return float(obj)
+        except ValueError:
+            pass
+    return obj

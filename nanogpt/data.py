@@ -1,0 +1,227 @@
+"""Datasets: checksummed download (or a local mirror), tokenization into train.bin/val.bin, batch sampling.
+
+A dataset entry in config.yaml::
+
+    shakespeare_char:
+      source: {url: https://.../input.txt, sha256: 86c4e6aa...}
+      tokenizer: char          # char | gpt2
+      val_fraction: 0.1        # the last 10% of the text is the validation split, as in nanoGPT
+
+The .bin files are flat arrays of token ids (uint16, or uint32 when a vocabulary needs it, recorded in
+meta.json) that training reads through memmaps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanogpt import fileio
+from nanogpt.model import ConfigError
+from nanogpt.tokenizer import CharTokenizer, find_in_mirror, gpt2_tokenizer, mirror_dir
+
+SPLITS = ("train", "val")
+_SPLIT_ID = {"train": 0, "val": 1}
+DOWNLOAD_TIMEOUT_S = 60
+
+
+class ChecksumError(ValueError):
+    """A file whose sha256 differs from the expected one."""
+
+
+def fetch(url: str, sha256: str, dest: str | os.PathLike, mirror: str | os.PathLike | None = None) -> Path:
+    """Put the file at `url` on `dest`, verified against `sha256`.
+
+    A mirror directory (argument or $NANOGPT_MIRROR) holding a file of the same name is used instead of
+    the network. Nothing is left at `dest` unless the checksum matched.
+    """
+    dest = Path(dest)
+    filename = url.rstrip("/").rsplit("/", 1)[-1]
+    local = find_in_mirror(mirror_dir(mirror), filename)
+    with fileio.atomic_path(dest) as tmp:
+        if local is not None:
+            shutil.copyfile(local, tmp)
+            origin = str(local)
+        else:
+            try:
+                with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp, open(tmp, "wb") as out:
+                    shutil.copyfileobj(resp, out)
+            except (urllib.error.URLError, OSError) as e:
+                reason = getattr(e, "reason", e)
+                raise ConnectionError(
+                    f"cannot download {url} ({reason}): put {filename} in a mirror directory "
+                    "(config key `mirror` or env NANOGPT_MIRROR) to work offline"
+                ) from None
+            origin = url
+        actual = fileio.sha256_file(tmp)
+        if actual != sha256:
+            raise ChecksumError(f"sha256 of {filename} from {origin} is {actual}: expected {sha256}")
+    return dest
+
+
+def token_dtype(vocab_size: int, requested: str | None = None) -> np.dtype:
+    """uint16 when the vocabulary fits, else uint32; a requested dtype too small for it is an error."""
+    if requested is not None:
+        dtype = np.dtype(requested)
+        if dtype not in (np.uint16, np.uint32):
+            raise ConfigError(f"dtype={requested!r}: expected uint16 or uint32")
+        if vocab_size - 1 > np.iinfo(dtype).max:
+            raise ConfigError(
+                f"vocabulary of {vocab_size} tokens does not fit dtype {requested} "
+                f"(max id {np.iinfo(dtype).max}): use uint32"
+            )
+        return dtype
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def write_bin(dest: str | os.PathLike, ids: np.ndarray | list[int], dtype: np.dtype) -> int:
+    """Write token ids atomically; returns the token count."""
+    arr = np.asarray(ids, dtype=dtype)
+    with fileio.atomic_path(dest) as tmp:
+        arr.tofile(tmp)
+    return int(arr.size)
+
+
+def prepare_text(
+    source: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tokenizer: str = "char",
+    val_fraction: float = 0.1,
+    dtype: str | None = None,
+    mirror: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> dict:
+    """One text file -> train.bin, val.bin, meta.json, split by characters like nanoGPT's prepare scripts.
+
+    Returns the metadata written to meta.json. meta.json is written last, so its presence means the
+    bins beside it are complete.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction}: expected a number between 0 and 1")
+    text = source.read_text(encoding="utf-8")
+    if not text:
+        raise ConfigError(f"source {str(source)!r} is empty: expected a non-empty text corpus")
+    n = len(text)
+    split_at = int(n * (1 - val_fraction))
+    parts = {"train": text[:split_at], "val": text[split_at:]}
+    if tokenizer == "char":
+        tok = CharTokenizer.from_text(text)
+    elif tokenizer == "gpt2":
+        tok = gpt2_tokenizer(mirror)
+    else:
+        raise ConfigError(f"tokenizer={tokenizer!r}: expected 'char' or 'gpt2'")
+    np_dtype = token_dtype(tok.vocab_size, dtype)
+    counts = {}
+    for split in SPLITS:
+        ids = tok.encode(parts[split])
+        if not ids:
+            raise ConfigError(f"the {split} split of {str(source)!r} is empty: expected a larger corpus or val_fraction")
+        counts[split] = write_bin(out_dir / f"{split}.bin", ids, np_dtype)
+    meta = {
+        "dataset": name or out_dir.name,
+        "tokenizer": tok.to_meta(),
+        "vocab_size": tok.vocab_size,
+        "dtype": np_dtype.name,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "val_fraction": val_fraction,
+        "source": {"file": source.name, "sha256": fileio.sha256_file(source), "chars": n},
+    }
+    fileio.write_json(out_dir / "meta.json", meta)
+    return meta
+
+
+DATASET_KEYS = ("source", "hf", "files", "tokenizer", "val_fraction", "seed", "dtype", "text_column")
+
+
+def _check_dataset_entry(spec: dict, name: str) -> None:
+    import difflib
+
+    if not isinstance(spec, dict):
+        raise ConfigError(f"datasets.{name}={spec!r}: expected a mapping")
+    for key in spec:
+        if key not in DATASET_KEYS:
+            close = difflib.get_close_matches(key, DATASET_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown key datasets.{name}.{key}{hint}")
+    if "source" not in spec and "hf" not in spec and "files" not in spec:
+        raise ConfigError(f"datasets.{name}: expected one of 'source' (url + sha256), 'hf' or 'files'")
+
+
+def download(spec: dict, out: str | os.PathLike, mirror: str | os.PathLike | None = None, name: str = "dataset"
+             ) -> Path:
+    """The download step of a dataset entry: a checksummed file for `source` entries."""
+    _check_dataset_entry(spec, name)
+    if "source" in spec:
+        src = spec["source"]
+        if not isinstance(src, dict) or "url" not in src or "sha256" not in src:
+            raise ConfigError(f"datasets.{name}.source={src!r}: expected a mapping with url and sha256")
+        return fetch(src["url"], src["sha256"], out, mirror)
+    from nanogpt.hf_corpus import download_hf
+
+    return download_hf(spec, out, mirror=mirror, name=name)
+
+
+def prepare(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike, num_proc: int = 1,
+            mirror: str | os.PathLike | None = None, name: str = "dataset") -> dict:
+    """The prepare step of a dataset entry: tokenized bins and meta.json in `out_dir`."""
+    _check_dataset_entry(spec, name)
+    if "source" in spec:
+        return prepare_text(source, out_dir, tokenizer=spec.get("tokenizer", "char"),
+                            val_fraction=spec.get("val_fraction", 0.1), dtype=spec.get("dtype"),
+                            mirror=mirror, name=name)
+    from nanogpt.hf_corpus import prepare_hf
+
+    return prepare_hf(spec, source, out_dir, num_proc=num_proc, mirror=mirror, name=name)
+
+
+def load_meta(data_dir: str | os.PathLike) -> dict:
+    path = Path(data_dir) / "meta.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(path)!r} does not exist: expected a prepared dataset (run `nanogpt prepare` first)")
+    return json.loads(path.read_text())
+
+
+class BatchSampler:
+    """Random windows from the train/val memmaps, chosen by (seed, split, step, index) alone.
+
+    Being stateless makes resume exact (nothing to checkpoint) and lets every DDP rank take its own
+    micro-batches of the same global batch: micro-batch `index` of step `step` is the same windows
+    whichever rank or world size draws it.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, block_size: int, batch_size: int, seed: int,
+                 device: torch.device | str = "cpu"):
+        self.meta = load_meta(data_dir)
+        dtype = np.dtype(self.meta.get("dtype", "uint16"))
+        self.data = {s: np.memmap(Path(data_dir) / f"{s}.bin", dtype=dtype, mode="r") for s in SPLITS}
+        self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        self.device = torch.device(device)
+        self._offsets = np.arange(block_size + 1, dtype=np.int64)
+        for split, arr in self.data.items():
+            if len(arr) <= block_size:
+                raise ConfigError(
+                    f"block_size={block_size} is larger than the {split} split ({len(arr)} tokens): "
+                    f"expected block_size < {len(arr)}"
+                )
+
+    def get_batch(self, split: str, step: int, index: int, for_eval: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Micro-batch `index` of `step`; evaluation draws from its own stream, never a training batch."""
+        data = self.data[split]
+        rng = np.random.default_rng([self.seed, _SPLIT_ID[split], int(for_eval), step, index])
+        starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
+        chunk = torch.from_numpy(data[starts[:, None] + self._offsets].astype(np.int64))
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        if self.device.type == "cuda":
+            return (x.pin_memory().to(self.device, non_blocking=True),
+                    y.pin_memory().to(self.device, non_blocking=True))
+        return x.contiguous().to(self.device), y.contiguous().to(self.device)

@@ -1,0 +1,92 @@
+"""Loss and perplexity of a model (one of our runs or a pretrained GPT-2) on a prepared dataset's splits."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from nanogpt import fileio
+from nanogpt.data import BatchSampler
+from nanogpt.model import GPT, ConfigError
+
+
+@torch.no_grad()
+def evaluate(model: GPT, data_dir: str, splits: tuple[str, ...] = ("train", "val"), batch_size: int = 8,
+             block_size: int | None = None, eval_iters: int = 500, seed: int = 1337, device: str = "cpu",
+             dtype: torch.dtype = torch.float32) -> dict:
+    """Mean cross-entropy over `eval_iters` random batches of each split (nanoGPT's estimate_loss)."""
+    if eval_iters <= 0 or batch_size <= 0:
+        raise ConfigError(f"eval_iters={eval_iters}, batch_size={batch_size}: expected positive integers")
+    block_size = block_size or model.config.block_size
+    if block_size > model.config.block_size:
+        raise ConfigError(f"block_size={block_size} exceeds the model's {model.config.block_size}: expected <= it")
+    sampler = BatchSampler(data_dir, block_size, batch_size, seed, device)
+    vocab = sampler.meta["vocab_size"]
+    if vocab > model.config.vocab_size:
+        raise ConfigError(
+            f"dataset vocabulary ({vocab}) is larger than the model's ({model.config.vocab_size}): "
+            "expected a dataset tokenized for this model"
+        )
+    model.eval().to(device)
+    ctx = torch.autocast(device_type=torch.device(device).type, dtype=dtype) if dtype != torch.float32 else None
+    out = {}
+    t0 = time.perf_counter()
+    for split in splits:
+        total = 0.0
+        for k in range(eval_iters):
+            x, y = sampler.get_batch(split, 0, k, for_eval=True)
+            if ctx:
+                with ctx:
+                    _, loss = model(x, y)
+            else:
+                _, loss = model(x, y)
+            total += loss.item()
+        out[f"{split}_loss"] = total / eval_iters
+        out[f"{split}_perplexity"] = math.exp(out[f"{split}_loss"])
+    out.update(batch_size=batch_size, block_size=block_size, eval_iters=eval_iters, seed=seed,
+               tokens_per_split=eval_iters * batch_size * block_size, wall_time_s=time.perf_counter() - t0)
+    return out
+
+
+def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--checkpoint", help="model.pt of a run, or a nanoGPT ckpt.pt")
+    sp.add_argument("--init-from", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local HF directory")
+    sp.add_argument("--data-dir", required=True, help="prepared dataset folder (train.bin, val.bin, meta.json)")
+    sp.add_argument("--out", help="write the result JSON here (default: stdout)")
+    sp.add_argument("--model-name", help="name recorded in the result (default: the checkpoint or init-from)")
+    sp.add_argument("--dataset-name", help="name recorded in the result (default: the data folder's name)")
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--block-size", type=int, default=None, help="default: the model's block_size")
+    sp.add_argument("--eval-iters", type=int, default=500)
+    sp.add_argument("--splits", default="train,val")
+    sp.add_argument("--seed", type=int, default=1337)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--dtype", default="auto")
+    sp.add_argument("--mirror")
+
+
+def evaluate_cli(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from nanogpt.sample import load_model_and_tokenizer
+    from nanogpt.train import pick_device, pick_dtype
+
+    source = args.checkpoint or args.init_from
+    if not source:
+        raise ConfigError("give --checkpoint PATH or --init-from gpt2*/a local HF directory")
+    model, _ = load_model_and_tokenizer(source, mirror=args.mirror)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device, model.config.n_embd)
+    splits = tuple(s for s in args.splits.split(",") if s)
+    result = {"model": args.model_name or source, "dataset": args.dataset_name or Path(args.data_dir).name}
+    result.update(evaluate(model, args.data_dir, splits, args.batch_size, args.block_size, args.eval_iters,
+                           args.seed, str(device), dtype))
+    result.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
+    if args.out:
+        fileio.write_json(args.out, result)
+    else:
+        print(json.dumps(result, indent=2))

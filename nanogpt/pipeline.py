@@ -1,0 +1,179 @@
+"""What the Snakefile needs from config.yaml: file paths, resolved settings and command arguments per rule.
+
+The Snakefile stays declarative (inputs, outputs, params, shell); every decision about config entries is
+made here, in plain Python that tests can call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass
+
+from nanogpt.config import PRETRAINED_NAMES, resolve_run
+from nanogpt.model import ConfigError
+
+RESULTS = "results"
+
+
+@dataclass
+class Pipeline:
+    config: dict
+
+    # ---- datasets -------------------------------------------------------------------------------------
+    def datasets(self) -> dict:
+        return self.config.get("datasets") or {}
+
+    def dataset(self, name: str) -> dict:
+        if name not in self.datasets():
+            raise ConfigError(f"unknown dataset {name!r}: expected one of {sorted(self.datasets())}")
+        return self.datasets()[name]
+
+    def source_path(self, name: str) -> str:
+        """Where the download step leaves a dataset's source (a file for `source` entries)."""
+        kind = "txt" if "source" in self.dataset(name) else "json"
+        return f"{RESULTS}/data/{name}/source.{kind}"
+
+    def data_files(self, name: str) -> dict[str, str]:
+        base = f"{RESULTS}/data/{name}"
+        return {"train": f"{base}/train.bin", "val": f"{base}/val.bin", "meta": f"{base}/meta.json"}
+
+    def mirror_arg(self) -> str:
+        mirror = self.config.get("mirror")
+        return f"--mirror {shlex.quote(str(mirror))}" if mirror else ""
+
+    def spec(self, section: str, name: str) -> str:
+        return json.dumps(self.config[section][name], sort_keys=True)
+
+    # ---- runs -----------------------------------------------------------------------------------------
+    def runs(self) -> dict:
+        return self.config.get("runs") or {}
+
+    def run(self, name: str):
+        if name not in self.runs():
+            raise ConfigError(f"unknown run {name!r}: expected one of {sorted(self.runs())}")
+        return resolve_run(self.runs()[name], name)
+
+    def run_spec(self, name: str) -> str:
+        """The run's complete resolved settings: the train rule's params, so any change reruns it."""
+        return json.dumps(self.run(name).to_dict(), sort_keys=True)
+
+    def run_resources(self, name: str) -> dict:
+        """Per-run scheduler resources (SLURM profile reads them; locally only threads matter)."""
+        res = dict(self.runs()[name].get("resources") or {})
+        launch = self.run(name).launch
+        out = {
+            "cpus_per_task": int(res.get("cpus_per_task", max(2, launch.nproc_per_node))),
+            "mem_mb": int(res.get("mem_mb", 8000)),
+            "runtime": int(res.get("runtime", 120)),
+            "gpus": int(res.get("gpus", 0)),
+            "nodes": launch.nnodes,
+            "tasks": launch.nnodes,  # one torchrun per node; torchrun starts the per-GPU workers
+        }
+        if res.get("slurm_partition"):
+            out["slurm_partition"] = res["slurm_partition"]
+        if res.get("slurm_extra"):
+            out["slurm_extra"] = res["slurm_extra"]
+        return out
+
+    def torchrun_launcher(self, name: str) -> str:
+        """torchrun for one node; `srun torchrun` with a c10d rendezvous across several."""
+        launch = self.run(name).launch
+        if launch.nnodes == 1:
+            return f"torchrun --standalone --nproc_per_node={launch.nproc_per_node}"
+        return (
+            f"srun --ntasks={launch.nnodes} --ntasks-per-node=1 torchrun --nnodes={launch.nnodes} "
+            f"--nproc_per_node={launch.nproc_per_node} --rdzv-backend=c10d "
+            '--rdzv-endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500" '
+            '--rdzv-id="$SLURM_JOB_ID"'
+        )
+
+    def model_checkpoint(self, model: str) -> str | None:
+        """A run's final checkpoint; None for pretrained models (gpt2*, local HF dirs)."""
+        if model in self.runs():
+            return f"{RESULTS}/runs/{model}/model.pt"
+        if model in PRETRAINED_NAMES or os.path.isdir(model):
+            return None
+        pretrained = self.config.get("pretrained") or {}
+        if model in pretrained:
+            return None
+        raise ConfigError(
+            f"unknown model {model!r}: expected a run name {sorted(self.runs())}, one of {list(PRETRAINED_NAMES)}, "
+            "or an entry under `pretrained`"
+        )
+
+    def model_source_args(self, model: str) -> str:
+        """`--checkpoint PATH` for our runs, `--init-from ID_OR_DIR` for pretrained GPT-2."""
+        ckpt = self.model_checkpoint(model)
+        if ckpt:
+            return f"--checkpoint {shlex.quote(ckpt)}"
+        source = (self.config.get("pretrained") or {}).get(model, model)
+        return f"--init-from {shlex.quote(str(source))}"
+
+    # ---- samples --------------------------------------------------------------------------------------
+    def samples(self) -> dict:
+        return self.config.get("samples") or {}
+
+    def sample_entry(self, name: str) -> dict:
+        if name not in self.samples():
+            raise ConfigError(f"unknown sample {name!r}: expected one of {sorted(self.samples())}")
+        return self.samples()[name]
+
+    def sample_inputs(self, name: str) -> list[str]:
+        ckpt = self.model_checkpoint(self.sample_entry(name)["model"])
+        return [ckpt] if ckpt else []
+
+    def sample_args(self, name: str) -> str:
+        entry = self.sample_entry(name)
+        args = [self.model_source_args(entry["model"])]
+        for key in ("start", "num_samples", "max_new_tokens", "temperature", "top_k", "seed", "device", "dtype"):
+            if key in entry and entry[key] is not None:
+                args.append(f"--{key.replace('_', '-')} {shlex.quote(str(entry[key]))}")
+        if self.mirror_arg():
+            args.append(self.mirror_arg())
+        return " ".join(args)
+
+    # ---- validation and targets -----------------------------------------------------------------------
+    def check(self) -> None:
+        """Cross-references the JSON schema cannot express: names that must exist, settings that must agree."""
+        for name in self.runs():
+            run = self.run(name)
+            if run.dataset not in self.datasets():
+                raise ConfigError(f"runs.{name}.dataset={run.dataset!r}: no such dataset, expected one of "
+                                  f"{sorted(self.datasets())}")
+        for name, entry in self.samples().items():
+            if "model" not in entry:
+                raise ConfigError(f"samples.{name}: missing required key 'model'")
+            self.model_checkpoint(entry["model"])
+        for name, entry in (self.config.get("evals") or {}).items():
+            self.model_checkpoint(entry["model"])
+            for ds in entry.get("datasets", []):
+                if ds not in self.datasets():
+                    raise ConfigError(f"evals.{name}.datasets: {ds!r} is not a dataset, expected one of "
+                                      f"{sorted(self.datasets())}")
+        targets = self.config.get("targets") or {}
+        for section in ("runs", "samples", "evals"):
+            for name in targets.get(section) or []:
+                if name not in (self.config.get(section) or {}):
+                    raise ConfigError(f"targets.{section}: {name!r} is not defined under `{section}`")
+
+    def target_files(self) -> list[str]:
+        """What `rule all` builds: the runs, samples and evals named under `targets`."""
+        targets = self.config.get("targets") or {}
+        files = []
+        for run in targets.get("runs") or []:
+            files += [f"{RESULTS}/runs/{run}/model.pt", f"{RESULTS}/runs/{run}/metrics.json"]
+        for sample in targets.get("samples") or []:
+            files.append(f"{RESULTS}/samples/{sample}.txt")
+        for name in targets.get("evals") or []:
+            files += self.eval_files(name)
+        return files
+
+    # ---- evals ----------------------------------------------------------------------------------------
+    def evals(self) -> dict:
+        return self.config.get("evals") or {}
+
+    def eval_files(self, name: str) -> list[str]:
+        entry = self.evals()[name]
+        return [f"{RESULTS}/eval/{entry['model']}/{ds}.json" for ds in entry.get("datasets", [])]

@@ -1,0 +1,92 @@
+"""Text generation from one of our checkpoints, a nanoGPT ckpt.pt, or a pretrained GPT-2."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from nanogpt import checkpoint as ckpt_io
+from nanogpt import fileio
+from nanogpt.config import PRETRAINED_NAMES
+from nanogpt.model import GPT, ConfigError
+from nanogpt.tokenizer import Tokenizer, from_meta, gpt2_tokenizer
+
+SEPARATOR = "\n---------------\n"
+
+
+def read_prompt(start: str) -> str:
+    """The prompt itself, or the contents of a file given as `FILE:path` (nanoGPT's convention)."""
+    if start.startswith("FILE:"):
+        path = Path(start[5:])
+        if not path.is_file():
+            raise ConfigError(f"prompt file {str(path)!r} (from start={start!r}) does not exist: expected a text file")
+        return path.read_text(encoding="utf-8")
+    return start
+
+
+def load_model_and_tokenizer(
+    source: str, meta_path: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None
+) -> tuple[GPT, Tokenizer]:
+    """`source` is a .pt checkpoint, gpt2* or a local Hugging Face GPT-2 directory."""
+    if source in PRETRAINED_NAMES or Path(source).is_dir():
+        from nanogpt.pretrained import load_pretrained
+
+        return load_pretrained(source), gpt2_tokenizer(mirror)
+    model, state = ckpt_io.load_model(source)
+    if meta_path is not None:
+        import json
+
+        meta = json.loads(Path(meta_path).read_text())
+    else:
+        meta = state.get("dataset_meta")
+    if meta and "tokenizer" in meta:
+        tok = from_meta(meta["tokenizer"], mirror)
+    else:  # a nanoGPT checkpoint without our metadata: nanoGPT's own fallback is GPT-2 BPE
+        tok = gpt2_tokenizer(mirror)
+    return model, tok
+
+
+def generate_samples(
+    model: GPT,
+    tok: Tokenizer,
+    start: str = "\n",
+    num_samples: int = 10,
+    max_new_tokens: int = 500,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    seed: int = 1337,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    use_cache: bool = True,
+) -> tuple[list[str], float]:
+    """Generate `num_samples` continuations of the prompt; returns them and the tokens/s achieved."""
+    if num_samples <= 0 or max_new_tokens <= 0:
+        raise ConfigError(f"num_samples={num_samples}, max_new_tokens={max_new_tokens}: expected positive integers")
+    if temperature <= 0:
+        raise ConfigError(f"temperature={temperature}: expected a positive number")
+    prompt = read_prompt(start)
+    ids = tok.encode(prompt)
+    if not ids:
+        raise ConfigError("the prompt encodes to no tokens: expected a non-empty start string")
+    model.eval().to(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]
+    ctx = torch.autocast(device_type=torch.device(device).type, dtype=dtype) if dtype != torch.float32 else None
+    samples = []
+    t0 = time.perf_counter()
+    for _ in range(num_samples):
+        if ctx:
+            with ctx:
+                y = model.generate(x, max_new_tokens, temperature, top_k, use_cache=use_cache, generator=generator)
+        else:
+            y = model.generate(x, max_new_tokens, temperature, top_k, use_cache=use_cache, generator=generator)
+        samples.append(tok.decode(y[0].tolist()))
+    elapsed = time.perf_counter() - t0
+    return samples, num_samples * max_new_tokens / elapsed
+
+
+def write_samples(dest: str | os.PathLike, samples: list[str]) -> None:
+    fileio.write_text(dest, SEPARATOR.join(samples) + "\n")

@@ -1,0 +1,171 @@
+"""Character and GPT-2 BPE tokenizers behind one small interface, described by JSON metadata.
+
+The metadata (`to_meta()`) goes into a dataset's meta.json; `from_meta()` rebuilds the same tokenizer for
+training, evaluation and sampling. No pickles: nanoGPT's meta.pkl is replaced by plain JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+
+from nanogpt.model import ConfigError
+
+# The original GPT-2 BPE files and the sha256 tiktoken itself expects of them.
+GPT2_FILES = {
+    "encoder.json": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    ),
+    "vocab.bpe": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    ),
+}
+GPT2_EOT = 50256
+GPT2_VOCAB = 50257
+
+
+class Tokenizer(Protocol):
+    kind: str
+    vocab_size: int
+    eot_token: int | None
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def to_meta(self) -> dict: ...
+
+
+class CharTokenizer:
+    """nanoGPT's shakespeare_char tokenizer: one id per distinct character, in sorted order."""
+
+    kind = "char"
+    eot_token = None
+
+    def __init__(self, chars: list[str]):
+        self.chars = list(chars)
+        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+        self.vocab_size = len(self.chars)
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as e:
+            raise ConfigError(
+                f"character {e.args[0]!r} is not in this dataset's vocabulary of {self.vocab_size} characters: "
+                "expected text made only of characters seen in the training data"
+            ) from None
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "chars": self.chars}
+
+
+class GPT2Tokenizer:
+    """GPT-2 BPE through tiktoken; `encode` is encode_ordinary (special tokens in text stay plain text)."""
+
+    kind = "gpt2"
+    eot_token = GPT2_EOT
+    vocab_size = GPT2_VOCAB
+
+    def __init__(self, encoding):
+        self.encoding = encoding
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+        return self.encoding.encode_ordinary_batch(texts, num_threads=num_threads)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.encoding.decode(ids)
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "eot_token": self.eot_token}
+
+
+def mirror_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The local mirror directory: the explicit setting (config key `mirror`) or $NANOGPT_MIRROR."""
+    value = explicit or os.environ.get("NANOGPT_MIRROR")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"mirror directory {str(path)!r} does not exist: expected a directory of downloaded files")
+    return path
+
+
+def find_in_mirror(mirror: Path | None, filename: str) -> Path | None:
+    """A file of that name in the mirror: at its top level first, else anywhere below it."""
+    if mirror is None:
+        return None
+    direct = mirror / filename
+    if direct.is_file():
+        return direct
+    matches = sorted(p for p in mirror.rglob(filename) if p.is_file())
+    return matches[0] if matches else None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@lru_cache(maxsize=4)
+def _gpt2_encoding(mirror: str | None):
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+    local = {name: find_in_mirror(Path(mirror), name) if mirror else None for name in GPT2_FILES}
+    if all(local.values()):
+        for name, path in local.items():
+            actual = _sha256(path.read_bytes())
+            if actual != GPT2_FILES[name][1]:
+                raise ConfigError(
+                    f"sha256 of mirror file {str(path)!r} is {actual}: expected {GPT2_FILES[name][1]}"
+                )
+        ranks = data_gym_to_mergeable_bpe_ranks(
+            vocab_bpe_file=str(local["vocab.bpe"]),
+            encoder_json_file=str(local["encoder.json"]),
+        )
+        return tiktoken.Encoding(
+            name="gpt2",
+            pat_str=r50k_pat_str,
+            mergeable_ranks=ranks,
+            special_tokens={ENDOFTEXT: GPT2_EOT},
+            explicit_n_vocab=GPT2_VOCAB,
+        )
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:  # network errors come in many types
+        raise ConfigError(
+            f"cannot load the GPT-2 BPE files ({type(e).__name__}): put encoder.json and vocab.bpe in a mirror "
+            "directory (config key `mirror` or env NANOGPT_MIRROR), or set TIKTOKEN_CACHE_DIR to a tiktoken cache"
+        ) from None
+
+
+def gpt2_tokenizer(mirror: str | os.PathLike | None = None) -> GPT2Tokenizer:
+    """tiktoken's `gpt2` encoding, built offline from the mirror's encoder.json/vocab.bpe when present."""
+    m = mirror_dir(mirror)
+    return GPT2Tokenizer(_gpt2_encoding(str(m) if m else None))
+
+
+def from_meta(meta: dict, mirror: str | os.PathLike | None = None) -> Tokenizer:
+    """Rebuild the tokenizer described by a meta.json `tokenizer` entry."""
+    kind = meta.get("kind")
+    if kind == "char":
+        return CharTokenizer(meta["chars"])
+    if kind == "gpt2":
+        return gpt2_tokenizer(mirror)
+    raise ConfigError(f"tokenizer kind {kind!r}: expected 'char' or 'gpt2'")

@@ -1,0 +1,28 @@
+# Training through torchrun. Periodic checkpoints go to results/runs/{run}/checkpoints/, which is not a
+# declared output: a killed or failed job keeps them, and the rerun resumes from the newest one.
+
+
+rule train:
+    input:
+        lambda w: P.data_files(P.run(w.run).dataset).values(),
+    output:
+        model="results/runs/{run}/model.pt",
+        metrics="results/runs/{run}/metrics.json",
+    params:
+        spec=lambda w: P.run_spec(w.run),
+        launcher=lambda w: P.torchrun_launcher(w.run),
+        data_dir=lambda w: f"results/data/{P.run(w.run).dataset}",
+    threads: lambda w: P.run_resources(w.run)["cpus_per_task"]
+    resources:
+        cpus_per_task=lambda w: P.run_resources(w.run)["cpus_per_task"],
+        mem_mb=lambda w: P.run_resources(w.run)["mem_mb"],
+        runtime=lambda w: P.run_resources(w.run)["runtime"],
+        gpu=lambda w: P.run_resources(w.run)["gpus"],
+        nodes=lambda w: P.run_resources(w.run)["nodes"],
+        tasks=lambda w: P.run_resources(w.run)["tasks"],
+        tasks_per_gpu=0,  # with `gpu`, the SLURM plugin would otherwise start one task per GPU
+    log:
+        "logs/train/{run}.log",
+    shell:
+        "{params.launcher} -m nanogpt.cli train --name {wildcards.run} --spec {params.spec:q} "
+        "--data-dir {params.data_dir} --out-dir results/runs/{wildcards.run} > {log} 2>&1"
