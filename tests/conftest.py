@@ -1,0 +1,94 @@
+"""Shared fixtures: the offline data mirror, and a tiny copy of the pipeline to run snakemake on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+BIN = Path(sys.executable).parent  # the venv's bin: snakemake, nanogpt, torchrun
+
+SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+def tiny_config() -> dict:
+    """A pipeline config small enough for seconds per rule: one char dataset, one 1-layer run, one sample."""
+    return {
+        "mirror": None,
+        "targets": {"runs": ["tiny"], "samples": ["tiny"], "evals": []},
+        "datasets": {
+            "shakespeare_char": {
+                "source": {"url": SHAKESPEARE_URL, "sha256": SHAKESPEARE_SHA256},
+                "tokenizer": "char",
+                "val_fraction": 0.1,
+            }
+        },
+        "runs": {
+            "tiny": {
+                "dataset": "shakespeare_char",
+                "model": {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "dropout": 0.0, "bias": False},
+                "train": {"batch_size": 4, "max_iters": 20, "lr_decay_iters": 20, "warmup_iters": 2,
+                          "learning_rate": 1.0e-3, "min_lr": 1.0e-4, "eval_interval": 10, "eval_iters": 2,
+                          "log_interval": 1, "checkpoint_interval": 5, "device": "cpu", "dtype": "float32"},
+                "launch": {"nproc_per_node": 1},
+                "resources": {"cpus_per_task": 1, "mem_mb": 1000, "runtime": 10},
+            }
+        },
+        "samples": {"tiny": {"model": "tiny", "start": "\n", "num_samples": 2, "max_new_tokens": 20, "seed": 1}},
+        "evals": {},
+    }
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "tinyshakespeare" / "input.txt").is_file():
+        pytest.fail(f"offline data not found at {SHARED_DATA}: expected ../shared/data beside the repository")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def mirror_env(shared_data, monkeypatch) -> Path:
+    """Serve downloads from ../shared/data (the same path an air-gapped cluster uses)."""
+    monkeypatch.setenv("NANOGPT_MIRROR", str(shared_data))
+    return shared_data
+
+
+def make_pipeline(dest: Path, config: dict | None = None) -> Path:
+    """A runnable copy of the workflow (Snakefile, rules, schema, profiles) with `config` as config.yaml."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "Snakefile", dest / "Snakefile")
+    shutil.copytree(REPO / "workflow", dest / "workflow", dirs_exist_ok=True)
+    write_config(dest, config or tiny_config())
+    return dest
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = True,
+                  env: dict | None = None) -> subprocess.CompletedProcess:
+    """snakemake in `workdir`, under `timeout -k` (Snakemake ignores a plain SIGTERM while jobs run)."""
+    full_env = dict(os.environ)
+    full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
+    full_env.setdefault("NANOGPT_MIRROR", str(SHARED_DATA))
+    full_env.update(env or {})
+    cmd = ["timeout", "-k", "10", str(timeout), str(BIN / "snakemake"), "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, env=full_env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}\n{logs}")
+    return proc
+
+
+@pytest.fixture
+def pipeline_dir(tmp_path) -> Path:
+    return make_pipeline(tmp_path / "pipeline")
