@@ -60,16 +60,27 @@ class Pipeline:
         return json.dumps(self.run(name).to_dict(), sort_keys=True)
 
     def run_resources(self, name: str) -> dict:
-        """Per-run scheduler resources (SLURM profile reads them; locally only threads matter)."""
+        """Per-run scheduler resources for the train rule (SLURM reads them; locally only threads and gpu matter).
+
+        One SLURM task per node runs torchrun, which starts the per-GPU workers itself. Keys whose value is
+        None are dropped by Snakemake: the SLURM jobstep plugin treats a present `mpi` key (even "") as "run
+        the command without an srun wrapper", so `mpi` exists only for multi-node runs.
+        """
         res = dict(self.runs()[name].get("resources") or {})
         launch = self.run(name).launch
+        gpus = int(res.get("gpus", 0))  # per node
+        multi = launch.nnodes > 1
         out = {
-            "cpus_per_task": int(res.get("cpus_per_task", max(2, launch.nproc_per_node))),
-            "mem_mb": int(res.get("mem_mb", 8000)),
+            "cpus_per_task": int(res.get("cpus_per_task", max(2, launch.nproc_per_node))),  # per node
+            "mem_mb": int(res.get("mem_mb", 8000)),  # per node
             "runtime": int(res.get("runtime", 120)),
-            "gpus": int(res.get("gpus", 0)),
+            # one node: --gpus=G (also Snakemake's local `gpu` count); several: --gres=gpu:G is per node,
+            # while --gpus=G*N could land unevenly on the nodes
+            "gpus": None if multi else gpus,
+            "gres": f"gpu:{gpus}" if multi and gpus else None,
             "nodes": launch.nnodes,
-            "tasks": launch.nnodes,  # one torchrun per node; torchrun starts the per-GPU workers
+            "tasks": launch.nnodes,
+            "mpi": "srun" if multi else None,
         }
         if res.get("slurm_partition"):
             out["slurm_partition"] = res["slurm_partition"]
@@ -78,16 +89,27 @@ class Pipeline:
         return out
 
     def torchrun_launcher(self, name: str) -> str:
-        """torchrun for one node; `srun torchrun` with a c10d rendezvous across several."""
+        """torchrun for one node; across nodes, one `srun` task per node runs torchrun with a c10d rendezvous.
+
+        The multi-node form is `srun ... bash -c 'exec torchrun ... "$@"' torchrun` so the rule appends the
+        module and its arguments unchanged; $SLURM_JOB_NODELIST is expanded inside the step (the jobstep plugin
+        strips it from the job's own environment). The step repeats the job's per-node CPUs and GPUs because
+        srun does not inherit --cpus-per-task from sbatch.
+        """
         launch = self.run(name).launch
         if launch.nnodes == 1:
             return f"torchrun --standalone --nproc_per_node={launch.nproc_per_node}"
-        return (
-            f"srun --ntasks={launch.nnodes} --ntasks-per-node=1 torchrun --nnodes={launch.nnodes} "
-            f"--nproc_per_node={launch.nproc_per_node} --rdzv-backend=c10d "
-            '--rdzv-endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500" '
-            '--rdzv-id="$SLURM_JOB_ID"'
+        res = self.run_resources(name)
+        n = launch.nnodes
+        step = f"srun --nodes={n} --ntasks={n} --ntasks-per-node=1 --cpus-per-task={res['cpus_per_task']}"
+        if res["gres"]:
+            step += f" --gres={res['gres']}"
+        torchrun = (
+            f"exec torchrun --nnodes={n} --nproc_per_node={launch.nproc_per_node} "
+            '--rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d '
+            '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500" "$@"'
         )
+        return f"{step} --kill-on-bad-exit=1 bash -c {shlex.quote(torchrun)} torchrun"
 
     def model_checkpoint(self, model: str) -> str | None:
         """A run's final checkpoint; None for pretrained models (gpt2*, local HF dirs)."""

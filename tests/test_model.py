@@ -1,0 +1,104 @@
+"""The GPT model: shapes, causality, initial loss, nanoGPT checkpoint compatibility, optimizer groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nanogpt import checkpoint as ckpt_io
+from nanogpt.model import GPT, ConfigError, GPTConfig
+
+
+def tiny(**kw) -> GPT:
+    torch.manual_seed(0)
+    cfg = dict(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+def test_output_shapes():
+    model = tiny()
+    idx = torch.randint(65, (3, 10))
+    logits, loss = model(idx)
+    assert logits.shape == (3, 1, 65) and loss is None
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 10, 65) and loss.shape == ()
+
+
+def test_causality_future_tokens_never_change_past_logits():
+    model = tiny()
+    idx = torch.randint(65, (2, 16))
+    base, _ = model(idx, all_logits=True)
+    for t in range(15):
+        changed = idx.clone()
+        changed[:, t + 1] = (changed[:, t + 1] + 7) % 65
+        logits, _ = model(changed, all_logits=True)
+        torch.testing.assert_close(logits[:, : t + 1], base[:, : t + 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(logits[:, t + 1], base[:, t + 1])
+
+
+def test_loss_at_init_is_near_uniform():
+    model = tiny(vocab_size=65, bias=False)
+    idx, targets = torch.randint(65, (8, 16)), torch.randint(65, (8, 16))
+    _, loss = model(idx, targets)
+    assert abs(loss.item() - math.log(65)) < 0.05
+
+
+def test_gpt2_init_scales_residual_projections():
+    model = tiny(n_layer=4, n_embd=64, n_head=4, block_size=64)
+    std = model.transformer.h[0].attn.c_proj.weight.std().item()
+    assert abs(std - 0.02 / math.sqrt(2 * 4)) < 0.002
+    assert abs(model.transformer.h[0].attn.c_attn.weight.std().item() - 0.02) < 0.002
+    assert model.lm_head.weight is model.transformer.wte.weight
+
+
+def test_nanogpt_checkpoint_with_orig_mod_prefix_loads(tmp_path):
+    """A nanoGPT ckpt.pt of a compiled model: `_orig_mod.` keys, config dict, loaded with weights_only."""
+    model = tiny()
+    args = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, bias=True, vocab_size=65, dropout=0.0)
+    ckpt = {
+        "model": {f"_orig_mod.{k}": v for k, v in model.state_dict().items()},
+        "optimizer": torch.optim.AdamW(model.parameters()).state_dict(),
+        "model_args": args,
+        "iter_num": 5000,
+        "best_val_loss": torch.tensor(1.47),
+        "config": {"dataset": "shakespeare_char", "learning_rate": 1e-3, "compile": True, "wandb_log": False},
+    }
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    loaded, state = ckpt_io.load_model(tmp_path / "ckpt.pt")
+    idx = torch.randint(65, (2, 16))
+    torch.testing.assert_close(loaded.eval()(idx, all_logits=True)[0], model(idx, all_logits=True)[0])
+    assert state["iter_num"] == 5000
+
+
+def test_invalid_head_count_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"n_embd=30 is not divisible by model.n_head=4"):
+        GPTConfig(n_embd=30, n_head=4)
+
+
+def test_crop_block_size():
+    model = tiny()
+    model.crop_block_size(8)
+    assert model.config.block_size == 8 and model.transformer.wpe.weight.shape[0] == 8
+    model(torch.randint(65, (1, 8)))
+    with pytest.raises(ValueError, match="block_size=8"):
+        model(torch.randint(65, (1, 9)))
+
+
+def test_optimizer_decays_only_matrices():
+    model = tiny()
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() < 2 for p in no_decay["params"])
+    n = sum(p.numel() for p in decay["params"]) + sum(p.numel() for p in no_decay["params"])
+    assert n == sum(p.numel() for p in model.parameters())
+
+
+def test_mfu_uses_the_given_peak():
+    model = tiny()
+    flops_per_iter = model.flops_per_token() * 16 * 4
+    assert model.estimate_mfu(4, 1.0, peak_flops=flops_per_iter) == pytest.approx(1.0)
+    assert model.estimate_mfu(4, 1.0, peak_flops=2 * flops_per_iter) == pytest.approx(0.5)

@@ -1,0 +1,52 @@
+"""The pipeline run for real on a tiny config: files produced, nothing to redo, exact reruns on a change."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import torch
+
+from conftest import run_snakemake, tiny_config, write_config
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of `snakemake -n` as {rule: count}."""
+    if "Nothing to be done" in dry_run_output:
+        return {}
+    table = dry_run_output.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
+
+
+def test_tiny_pipeline_end_to_end(pipeline_dir):
+    run_snakemake(pipeline_dir)
+    res = pipeline_dir / "results"
+    data = res / "data" / "shakespeare_char"
+    meta = json.loads((data / "meta.json").read_text())
+    assert (meta["train_tokens"], meta["val_tokens"], meta["vocab_size"]) == (1_003_854, 111_540, 65)
+    assert np.fromfile(data / "train.bin", dtype=np.uint16).size == 1_003_854
+
+    run = res / "runs" / "tiny"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["iters"] == 20 and 0 < metrics["val_loss"] < 4.3
+    assert metrics["provenance"]["dataset"]["source"]["sha256"] == meta["source"]["sha256"]
+    assert metrics["provenance"]["config"]["train"]["learning_rate"] == 1e-3
+    state = torch.load(run / "model.pt", weights_only=True)
+    assert state["iter_num"] == 20 and state["model_args"]["n_embd"] == 32
+    assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ckpt_00000010.pt", "ckpt_00000015.pt"]
+
+    samples = (res / "samples" / "tiny.txt").read_text()
+    assert samples.count("---------------") == 1 and len(samples) > 40
+    for rule in ("download", "prepare", "train", "sample"):
+        assert list((pipeline_dir / "logs" / rule).glob("*.log")), f"no log for {rule}"
+
+    # A second run has nothing to do.
+    assert planned_jobs(run_snakemake(pipeline_dir, "-n").stdout) == {}
+
+    # Changing one run's learning rate reruns exactly that run's training and its samples.
+    config = tiny_config()
+    config["runs"]["tiny"]["train"]["learning_rate"] = 2.0e-3
+    write_config(pipeline_dir, config)
+    assert planned_jobs(run_snakemake(pipeline_dir, "-n").stdout) == {"train": 1, "sample": 1, "all": 1}
