@@ -38,10 +38,22 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist: expected a .pt file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a checkpoint ({first[:200]})") from None
+        text = str(e).strip()
+        found = re.search(r"GLOBAL (\S+)", text) if type(e).__name__ == "UnpicklingError" else None
+        if found:  # weights_only refused a pickled object: unpickling it could run code
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds a pickled {found.group(1)}, refused: expected only "
+                "tensors and plain values (torch.load weights_only=True)"
+            ) from None
+        first = text.splitlines()[0].split(". ")[0] if text else ""
+        detail = f" ({first[:120]})" if len(first) > 20 and not first.startswith("Weights only") else ""
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or truncated{detail}: expected a complete torch.save file"
+        ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(
             f"checkpoint {str(path)!r} has no 'model'/'model_args': expected a nanoGPT or nanogpt-workflow checkpoint"
@@ -71,7 +83,11 @@ def model_from_checkpoint(ckpt: dict, expected: GPTConfig | None = None, dropout
     model = GPT(config)
     state = clean_state_dict(ckpt["model"])
     state = {k: v for k, v in state.items() if not k.endswith(".attn.bias")}  # old nanoGPT mask buffers
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor whose shape disagrees with model_args
+        size = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise CheckpointError(f"checkpoint weights do not fit its model_args ({size[:200]})") from None
     # lm_head and wte are tied: a state dict with only one of them is complete.
     missing = [k for k in missing if k not in ("lm_head.weight", "transformer.wte.weight")]
     if missing or unexpected:

@@ -8,10 +8,12 @@ Errors a user can fix are printed as one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from nanogpt.model import ConfigError
@@ -24,7 +26,7 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
             spec = json.loads(args.spec)
         except json.JSONDecodeError as e:
             raise ConfigError(f"--spec is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
-        return args.name or spec.get("name", section), spec
+        return args.name or spec.get("name", section.removesuffix("s")), spec
     if not args.config or not args.name:
         raise ConfigError(f"give --spec JSON, or --config FILE with --name of an entry under '{section}'")
     from nanogpt.config import load_yaml
@@ -43,11 +45,24 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
     return args.name, entry
 
 
+@contextlib.contextmanager
+def _no_empty_dir(path: Path) -> Iterator[None]:
+    """A failed step leaves no output behind: not even the empty folder it created for it."""
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     from nanogpt.data import download
 
     name, spec = _entry(args, "datasets")
-    download(spec, args.out, mirror=args.mirror, name=name)
+    with _no_empty_dir(Path(args.out).parent):
+        download(spec, args.out, mirror=args.mirror, name=name)
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -76,8 +91,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={run.launch.nproc_per_node}", "-m", "nanogpt.cli", *sys.argv[1:]]
         os.execv(sys.executable, cmd)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train(run, data_dir, out_dir)
+    with _no_empty_dir(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        train(run, data_dir, out_dir)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -111,6 +127,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from nanogpt.evaluate import evaluate_cli
 
     evaluate_cli(args)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from nanogpt.pretrained import export_hf
+
+    print(f"wrote {export_hf(args.checkpoint, args.out)} (Hugging Face GPT-2: GPT2LMHeadModel.from_pretrained)")
 
 
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -164,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_arguments(sp)
 
+    sp = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 folder (safetensors)")
+    sp.add_argument("--checkpoint", required=True, help="model.pt of a run, or a nanoGPT ckpt.pt")
+    sp.add_argument("--out", required=True, help="the folder to write (config.json, model.safetensors)")
+
     sp = sub.add_parser("bench", help="time training iterations of a model shape (nanoGPT's bench.py)")
     from nanogpt.bench import add_bench_arguments
 
@@ -184,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "bench":
             cmd_bench(args, extra)
         else:
-            {"download": cmd_download, "prepare": cmd_prepare, "sample": cmd_sample, "eval": cmd_eval}[
+            {"download": cmd_download, "prepare": cmd_prepare, "sample": cmd_sample, "eval": cmd_eval,
+             "export": cmd_export}[
                 args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError, ConnectionError) as e:
+    except (ConfigError, ValueError, OSError) as e:  # OSError: missing/unreadable files, network
         print(f"nanogpt {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -93,6 +93,9 @@ class RunConfig:
 
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         m = self.model
+        if m.vocab_size is not None and m.vocab_size < vocab_size:  # token ids would index past the embedding
+            raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the dataset's vocabulary of "
+                              f"{vocab_size} tokens: expected >= {vocab_size} (or leave it unset)")
         return GPTConfig(
             block_size=m.block_size,
             vocab_size=m.vocab_size or vocab_size,
@@ -106,14 +109,14 @@ class RunConfig:
     def fingerprint(self) -> str:
         """Hash of the settings that shape the training trajectory (a checkpoint resumes only if it matches).
 
-        Lengthening max_iters, or changing logging, eval and checkpoint cadence, keeps the checkpoints usable.
+        Lengthening max_iters, or changing logging, eval and checkpoint cadence, keeps the checkpoints usable;
+        a different init_from (scratch vs a GPT-2 finetune) does not.
         """
         d = self.to_dict()
         for key in ("max_iters", "log_interval", "eval_interval", "eval_iters", "eval_only",
                     "always_save_checkpoint", "checkpoint_interval", "keep_checkpoints", "compile", "peak_flops"):
             d["train"].pop(key)
         d.pop("launch")
-        d.pop("init_from")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -193,8 +196,11 @@ def _validate(run: RunConfig, name: str) -> None:
             f"runs.{name}.train.gradient_accumulation_steps={t.gradient_accumulation_steps} is not divisible by "
             f"the world size {world} (nproc_per_node x nnodes): expected a multiple of {world}"
         )
-    # Building the GPTConfig checks n_embd % n_head and the positive sizes.
-    run.gpt_config(vocab_size=m.vocab_size or 1)
+    # Building the GPTConfig checks n_embd % n_head and the positive sizes; the message gains the run's name.
+    try:
+        run.gpt_config(vocab_size=m.vocab_size or 1)
+    except ConfigError as e:
+        raise ConfigError(f"runs.{name}.{e}") from None
 
 
 def resolve_run(entry: dict, name: str = "run", overrides: dict | None = None) -> RunConfig:

@@ -74,8 +74,8 @@ def token_dtype(vocab_size: int, requested: str | None = None) -> np.dtype:
             raise ConfigError(f"dtype={requested!r}: expected uint16 or uint32")
         if vocab_size - 1 > np.iinfo(dtype).max:
             raise ConfigError(
-                f"vocabulary of {vocab_size} tokens does not fit dtype {requested} "
-                f"(max id {np.iinfo(dtype).max}): use uint32"
+                f"dtype={requested!r} cannot hold a vocabulary of {vocab_size} tokens (max id "
+                f"{np.iinfo(dtype).max}): expected dtype uint32, or no dtype to choose it automatically"
             )
         return dtype
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)

@@ -72,17 +72,26 @@ def evaluate_cli(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
-    from nanogpt.sample import load_model_and_tokenizer
+    from nanogpt import checkpoint as ckpt_io
     from nanogpt.train import pick_device, pick_dtype
 
+    if bool(args.checkpoint) == bool(args.init_from):
+        raise ConfigError("give exactly one of --checkpoint PATH or --init-from gpt2*/hub id/local HF directory")
+    if args.init_from:
+        from nanogpt.pretrained import load_pretrained
+
+        model = load_pretrained(args.init_from)
+    else:
+        model, _ = ckpt_io.load_model(args.checkpoint)
     source = args.checkpoint or args.init_from
-    if not source:
-        raise ConfigError("give --checkpoint PATH or --init-from gpt2*/a local HF directory")
-    model, _ = load_model_and_tokenizer(source, mirror=args.mirror)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device, model.config.n_embd)
     splits = tuple(s for s in args.splits.split(",") if s)
-    result = {"model": args.model_name or source, "dataset": args.dataset_name or Path(args.data_dir).name}
+    bad = [s for s in splits if s not in ("train", "val")]
+    if bad or not splits:
+        raise ConfigError(f"--splits {args.splits!r}: expected a comma-separated subset of train,val")
+    result = {"model": args.model_name or source, "dataset": args.dataset_name or Path(args.data_dir).name,
+              "source": str(source), "params": model.get_num_params()}
     result.update(evaluate(model, args.data_dir, splits, args.batch_size, args.block_size, args.eval_iters,
                            args.seed, str(device), dtype))
     result.update(device=str(device), dtype=str(dtype).removeprefix("torch."))

@@ -51,7 +51,32 @@ class GPTConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_len` positions.
+
+    Decoding writes one position per step in place; a list of tensors grown with torch.cat would copy the
+    whole cache of every layer at every step (quadratic in the sequence length).
+    """
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.max_len = max_len
+        self.length = 0  # positions filled so far (the same for every layer once a forward pass is done)
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, T, D) after the cached positions; return all keys and values so far (views)."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len={self.max_len}")
+        if self.k[layer] is None:  # allocated on first use: batch size and dtype (autocast) come from k
+            B, H, _, D = k.shape
+            self.k[layer] = k.new_empty(B, H, self.max_len, D)
+            self.v[layer] = v.new_empty(B, H, self.max_len, D)
+        kc, vc = self.k[layer], self.v[layer]
+        kc[:, :, start:end] = k
+        vc[:, :, start:end] = v
+        return kc[:, :, :end], vc[:, :, :end]
 
 
 class LayerNorm(nn.Module):
@@ -77,27 +102,35 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False
+    ) -> torch.Tensor:
+        """Causal self-attention; with `cache`, x continues the cached positions (and is stored there).
+
+        `last_only`: return the output of the last position only (every position still gives its key and
+        value), which is all the final layer has to compute when only the next token's logits are wanted.
+        """
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if past is not None:
-            k = torch.cat((past[0], k), dim=2)
-            v = torch.cat((past[1], v), dim=2)
+        start = 0
+        if cache is not None:
+            start = cache.length
+            k, v = cache.update(layer, k, v)
+        if last_only and T > 1:
+            q, T = q[:, :, -1:], 1
         dropout_p = self.dropout if self.training else 0.0
-        if past is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif T == 1:  # one new query attends to every cached key
+        if T == 1:  # a single query (the newest position) attends to every key
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        elif start == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         else:  # several new queries after cached keys: causal mask shifted by the cache length
             S = k.size(2)
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), (k, v)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -121,12 +154,11 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        attn_out, present = self.attn(self.ln_1(x), past)
-        x = x + attn_out
-        x = x + self.mlp(self.ln_2(x))
-        return x, present
+        self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False
+    ) -> torch.Tensor:
+        attn_out = self.attn(self.ln_1(x), cache, layer, last_only)
+        x = (x[:, -1:, :] if last_only else x) + attn_out
+        return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
@@ -170,17 +202,17 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-        past: KVCache | None = None,
+        cache: KVCache | None = None,
         all_logits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (and the loss when targets are given).
 
-        Without targets only the last position's logits are computed (what generation needs) unless
-        `all_logits` is set. With `past`, `idx` continues the cached sequence and `self.last_kv` holds the
-        updated cache afterwards.
+        Without targets only the last position's logits are computed (what generation needs), and the last
+        layer runs attention output and MLP for that position alone, unless `all_logits` is set. With
+        `cache`, `idx` continues the cached sequence, and its keys and values are appended to the cache.
         """
         _, t = idx.size()
-        start = 0 if past is None else past[0][0].size(2)
+        start = 0 if cache is None else cache.length
         if start + t > self.config.block_size:
             raise ValueError(
                 f"sequence length {start + t} exceeds block_size={self.config.block_size}: "
@@ -188,11 +220,12 @@ class GPT(nn.Module):
             )
         pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        presents: KVCache = []
+        last_only = targets is None and not all_logits
+        n = len(self.transformer.h)
         for i, block in enumerate(self.transformer.h):
-            x, present = block(x, None if past is None else past[i])
-            presents.append(present)
-        self.last_kv = presents
+            x = block(x, cache, i, last_only and i == n - 1)
+        if cache is not None:
+            cache.length += t
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
@@ -248,28 +281,29 @@ class GPT(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Sample `max_new_tokens` tokens after `idx` (B, T).
+        """Sample `max_new_tokens` tokens after `idx` (B, T); nanoGPT's sampling, same draws for a same seed.
 
-        With `use_cache` the prompt is run once and each new token costs one position; when the
-        sequence outgrows block_size the window slides (the cache is rebuilt from the last block_size-1
-        tokens, the same context the cache-free path sees), so both paths draw the same samples.
+        With `use_cache` the prompt is run once and each new token costs one position, until the sequence
+        outgrows block_size. From then on every step runs the whole window of the last block_size tokens
+        again, exactly like the cache-free path: with absolute position embeddings, sliding the window by one
+        token moves every token to a new position, so every key and value of every layer changes and no
+        cached one can be reused without changing the samples.
         """
         block = self.config.block_size
-        past: KVCache | None = None
-        for _ in range(max_new_tokens):
-            if not use_cache:
-                logits, _ = self(idx[:, -block:])
-            elif past is None or past[0][0].size(2) >= block:
-                logits, _ = self(idx[:, -block:])  # (re)fill the cache from the current window
-                past = self.last_kv
-            else:
-                logits, _ = self(idx[:, -1:], past=past)
-                past = self.last_kv
+        B, T0 = idx.size()
+        out = idx.new_empty(B, T0 + max_new_tokens)  # written in place, no torch.cat per token
+        out[:, :T0] = idx
+        cache = KVCache(len(self.transformer.h), block) if use_cache and T0 < block else None
+        for L in range(T0, T0 + max_new_tokens):
+            if cache is not None and L <= block:  # prefill (first step) or one new token per step
+                logits, _ = self(out[:, cache.length:L], cache=cache)
+            else:  # cache-free, or the window slides: recompute the last block_size tokens
+                cache = None
+                logits, _ = self(out[:, max(0, L - block):L])
             logits = logits[:, -1, :].float() / temperature
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float("inf")
             probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+            out[:, L : L + 1] = torch.multinomial(probs, num_samples=1, generator=generator)
+        return out

@@ -57,7 +57,9 @@ class Pipeline:
 
     def run_spec(self, name: str) -> str:
         """The run's complete resolved settings: the train rule's params, so any change reruns it."""
-        return json.dumps(self.run(name).to_dict(), sort_keys=True)
+        d = self.run(name).to_dict()
+        d["init_from"] = str((self.config.get("pretrained") or {}).get(d["init_from"], d["init_from"]))
+        return json.dumps(d, sort_keys=True)
 
     def run_resources(self, name: str) -> dict:
         """Per-run scheduler resources for the train rule (SLURM reads them; locally only threads and gpu matter).
@@ -190,6 +192,8 @@ class Pipeline:
             files.append(f"{RESULTS}/samples/{sample}.txt")
         for name in targets.get("evals") or []:
             files += self.eval_files(name)
+        if (self.config.get("summary") or {}).get("enabled", True):
+            files += [f"{RESULTS}/summary.csv", f"{RESULTS}/summary.md"]
         return files
 
     # ---- evals ----------------------------------------------------------------------------------------
@@ -199,3 +203,46 @@ class Pipeline:
     def eval_files(self, name: str) -> list[str]:
         entry = self.evals()[name]
         return [f"{RESULTS}/eval/{entry['model']}/{ds}.json" for ds in entry.get("datasets", [])]
+
+    def eval_entry(self, model: str, dataset: str) -> dict:
+        """The `evals` settings for one (model, dataset) file; nanoGPT's defaults where no entry names it."""
+        found = [e for e in self.evals().values() if e["model"] == model and dataset in e.get("datasets", [])]
+        keys = ("batch_size", "eval_iters", "block_size", "splits", "seed", "device", "dtype")
+        settings = [{k: e[k] for k in keys if k in e} for e in found]
+        if any(s != settings[0] for s in settings[1:]):
+            raise ConfigError(f"evals: several entries evaluate {model!r} on {dataset!r} with different settings "
+                              f"{settings}: expected one entry per (model, dataset)")
+        return found[0] if found else {"model": model, "datasets": [dataset]}
+
+    def eval_inputs(self, model: str, dataset: str) -> list[str]:
+        self.dataset(dataset)
+        ckpt = self.model_checkpoint(model)
+        return [*self.data_files(dataset).values(), *([ckpt] if ckpt else [])]
+
+    def eval_args(self, model: str, dataset: str) -> str:
+        """`nanogpt eval` arguments: the model source, the data folder and the entry's settings."""
+        entry = self.eval_entry(model, dataset)
+        args = [self.model_source_args(model), f"--data-dir {RESULTS}/data/{dataset}",
+                f"--model-name {shlex.quote(model)} --dataset-name {shlex.quote(dataset)}"]
+        for key in ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype"):
+            if entry.get(key) is not None:
+                args.append(f"--{key.replace('_', '-')} {shlex.quote(str(entry[key]))}")
+        if entry.get("splits"):
+            args.append(f"--splits {','.join(entry['splits'])}")
+        return " ".join(args)
+
+    def eval_resources(self, model: str, dataset: str) -> dict:
+        res = self.eval_entry(model, dataset).get("resources") or {}
+        return {"gpu": int(res.get("gpus", 0)), "mem_mb": int(res.get("mem_mb", 16000)),
+                "runtime": int(res.get("runtime", 60)), "cpus_per_task": int(res.get("cpus_per_task", 2))}
+
+    # ---- summary --------------------------------------------------------------------------------------
+    def summary_inputs(self) -> dict[str, list[str]]:
+        """What the summary waits for: the targeted runs (metrics + loss curve) and evals."""
+        targets = self.config.get("targets") or {}
+        runs = list(targets.get("runs") or [])
+        return {
+            "metrics": [f"{RESULTS}/runs/{r}/metrics.json" for r in runs],
+            "curves": [f"{RESULTS}/plots/{r}_loss.png" for r in runs],
+            "evals": [f for name in targets.get("evals") or [] for f in self.eval_files(name)],
+        }

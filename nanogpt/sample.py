@@ -31,22 +31,41 @@ def load_model_and_tokenizer(
     source: str, meta_path: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None
 ) -> tuple[GPT, Tokenizer]:
     """`source` is a .pt checkpoint, gpt2* or a local Hugging Face GPT-2 directory."""
-    if source in PRETRAINED_NAMES or Path(source).is_dir():
+    if source in PRETRAINED_NAMES or Path(source).is_dir() or not str(source).endswith(".pt"):  # hub ids too
         from nanogpt.pretrained import load_pretrained
 
         return load_pretrained(source), gpt2_tokenizer(mirror)
     model, state = ckpt_io.load_model(source)
     if meta_path is not None:
-        import json
-
-        meta = json.loads(Path(meta_path).read_text())
+        meta = _read_meta(Path(meta_path))
     else:
         meta = state.get("dataset_meta")
     if meta and "tokenizer" in meta:
         tok = from_meta(meta["tokenizer"], mirror)
     else:  # a nanoGPT checkpoint without our metadata: nanoGPT's own fallback is GPT-2 BPE
         tok = gpt2_tokenizer(mirror)
+    if tok.vocab_size > model.config.vocab_size:
+        raise ConfigError(
+            f"the {tok.kind} tokenizer has {tok.vocab_size} tokens but the checkpoint's model.vocab_size is "
+            f"{model.config.vocab_size}: expected --meta with the meta.json of the dataset it was trained on"
+        )
     return model, tok
+
+
+def _read_meta(path: Path) -> dict:
+    """A dataset's meta.json; nanoGPT's meta.pkl is a pickle and is never loaded."""
+    import json
+
+    if not path.is_file():
+        raise ConfigError(f"--meta {str(path)!r} does not exist: expected a dataset's meta.json")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ConfigError(f"--meta {str(path)!r} is not JSON: expected a dataset's meta.json (pickles are not read)"
+                          ) from None
+    if not isinstance(meta, dict) or "tokenizer" not in meta:
+        raise ConfigError(f"--meta {str(path)!r} has no 'tokenizer' entry: expected a dataset's meta.json")
+    return meta
 
 
 def generate_samples(

@@ -138,7 +138,8 @@ def peak_flops_for(device: torch.device, dtype: torch.dtype) -> float | None:
         return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
     if device.type == "cpu":
         n = 1024
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        gen = torch.Generator().manual_seed(0)  # its own stream: the training RNG (dropout) stays untouched
+        a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
         a @ b
         t0 = time.perf_counter()
         for _ in range(4):
@@ -192,8 +193,9 @@ def _init_model(run: RunConfig, vocab_size: int, out_dir: Path, log) -> tuple[GP
             log(f"resuming from {path} (iter {state['iter_num']})")
             return ckpt_io.model_from_checkpoint(state, expected, dropout=run.model.dropout), state
         log(f"checkpoints in {ckpt_dir} are from different settings: starting afresh and removing them")
-        for _, old in ckpt_io.list_checkpoints(ckpt_dir):
-            old.unlink()
+        if int(os.environ.get("RANK", "0")) == 0:  # one remover; the other ranks only read
+            for _, old in ckpt_io.list_checkpoints(ckpt_dir):
+                old.unlink(missing_ok=True)
     source = run.init_from
     if source == "scratch":
         return GPT(expected), None
@@ -260,11 +262,37 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def check_world_size(gradient_accumulation_steps: int, world_size: int) -> int:
+    """Micro-batches per rank: the global gradient_accumulation_steps must split evenly across the ranks."""
+    if world_size <= 0 or gradient_accumulation_steps % world_size != 0:
+        raise ConfigError(
+            f"gradient_accumulation_steps={gradient_accumulation_steps} is not divisible by the world size "
+            f"{world_size} (WORLD_SIZE from torchrun): expected a multiple of {world_size}, or another process count"
+        )
+    return gradient_accumulation_steps // world_size
+
+
+def trim_history(path: Path, upto: int) -> None:
+    """Keep the history rows of iterations <= `upto`: a resumed run rewrites what followed its checkpoint."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill
+            continue
+        if isinstance(row, dict) and row.get("iter", upto + 1) <= upto:
+            kept.append(line + "\n")
+    fileio.write_text(path, "".join(kept))
+
+
 def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, log=print) -> dict:
     """Train one run; writes checkpoints/, tb/, history.jsonl, then model.pt and metrics.json (rank 0)."""
     t_start = time.time()
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     t = run.train
+    check_world_size(t.gradient_accumulation_steps, int(os.environ.get("WORLD_SIZE", "1")))
     probe_device = pick_device(t.device)  # before init_process_group: picks the backend
     d = setup_distributed(run.launch.backend, probe_device.type)
     try:
@@ -276,6 +304,8 @@ def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLik
 
 def _train(run: RunConfig, data_dir: Path, out_dir: Path, t, d: Dist, log, t_start: float) -> dict:
     device = pick_device(t.device, d.local_rank)
+    if device.type == "cuda" and d.enabled:  # one GPU per rank on each node, whatever cuda:N the config named
+        device = torch.device("cuda", d.local_rank % torch.cuda.device_count())
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -284,7 +314,7 @@ def _train(run: RunConfig, data_dir: Path, out_dir: Path, t, d: Dist, log, t_sta
     ctx = autocast_context(device, dtype)
     if not d.is_master:
         log = _silent
-    accum = t.gradient_accumulation_steps // d.world_size  # validated divisible in config
+    accum = check_world_size(t.gradient_accumulation_steps, d.world_size)
     tokens_per_iter = t.gradient_accumulation_steps * t.batch_size * run.model.block_size
 
     meta = load_meta(data_dir)
@@ -315,12 +345,16 @@ def _train(run: RunConfig, data_dir: Path, out_dir: Path, t, d: Dist, log, t_sta
     log(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, world size {d.world_size}, "
         f"{raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter")
 
-    writer = None
+    writer = history = None
     if d.is_master:
         from torch.utils.tensorboard import SummaryWriter
 
+        for stale in (out_dir / "checkpoints").glob(".ckpt_*.tmp"):  # left by a writer killed mid-save
+            stale.unlink(missing_ok=True)
+        # TensorBoard drops events at steps >= purge_step from earlier attempts; history.jsonl likewise.
         writer = SummaryWriter(log_dir=str(out_dir / "tb"), purge_step=iter_num)
-    history = (out_dir / "history.jsonl").open("a") if d.is_master else None
+        trim_history(out_dir / "history.jsonl", iter_num)
+        history = (out_dir / "history.jsonl").open("a")
     ckpt_every = t.checkpoint_interval or t.eval_interval
 
     def make_checkpoint(step: int) -> dict:
@@ -426,6 +460,8 @@ def _train(run: RunConfig, data_dir: Path, out_dir: Path, t, d: Dist, log, t_sta
                 log(f"SIGTERM: checkpoint saved at iter {iter_num}; rerun to resume")
                 if writer:
                     writer.close()
+                if history:
+                    history.close()
                 raise TerminatedError(143)
 
     if history:

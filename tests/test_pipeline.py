@@ -19,7 +19,19 @@ def planned_jobs(dry_run_output: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m.group(1) != "total"}
 
 
+def two_run_config() -> dict:
+    """The tiny config plus a second, shorter run with its own sample: edits to one must not touch the other."""
+    config = tiny_config()
+    other = json.loads(json.dumps(config["runs"]["tiny"]))
+    other["train"].update(max_iters=10, lr_decay_iters=10)
+    config["runs"]["other"] = other
+    config["samples"]["other"] = {"model": "other", "num_samples": 1, "max_new_tokens": 10}
+    config["targets"] = {"runs": ["tiny", "other"], "samples": ["tiny", "other"], "evals": []}
+    return config
+
+
 def test_tiny_pipeline_end_to_end(pipeline_dir):
+    write_config(pipeline_dir, two_run_config())
     run_snakemake(pipeline_dir)
     res = pipeline_dir / "results"
     data = res / "data" / "shakespeare_char"
@@ -45,8 +57,11 @@ def test_tiny_pipeline_end_to_end(pipeline_dir):
     # A second run has nothing to do.
     assert planned_jobs(run_snakemake(pipeline_dir, "-n").stdout) == {}
 
-    # Changing one run's learning rate reruns exactly that run's training and its samples.
-    config = tiny_config()
+    # Changing one run's learning rate reruns exactly that run's training, its samples, its loss curve and
+    # the summary table that lists it.
+    config = two_run_config()
     config["runs"]["tiny"]["train"]["learning_rate"] = 2.0e-3
     write_config(pipeline_dir, config)
-    assert planned_jobs(run_snakemake(pipeline_dir, "-n").stdout) == {"train": 1, "sample": 1, "all": 1}
+    dry_run = run_snakemake(pipeline_dir, "-n").stdout
+    assert planned_jobs(dry_run) == {"train": 1, "sample": 1, "loss_curve": 1, "summary": 1, "all": 1}
+    assert "run=other" not in dry_run and "sample=other" not in dry_run

@@ -17,10 +17,16 @@ rule train:
         cpus_per_task=lambda w: P.run_resources(w.run)["cpus_per_task"],
         mem_mb=lambda w: P.run_resources(w.run)["mem_mb"],
         runtime=lambda w: P.run_resources(w.run)["runtime"],
-        gpu=lambda w: P.run_resources(w.run)["gpus"],
+        gpu=lambda w: P.run_resources(w.run)["gpus"],  # one node: sbatch --gpus=G
+        gres=lambda w: P.run_resources(w.run)["gres"],  # several nodes: --gres=gpu:G (per node)
         nodes=lambda w: P.run_resources(w.run)["nodes"],
-        tasks=lambda w: P.run_resources(w.run)["tasks"],
-        tasks_per_gpu=0,  # with `gpu`, the SLURM plugin would otherwise start one task per GPU
+        tasks=lambda w: P.run_resources(w.run)["tasks"],  # one task per node: torchrun starts the workers
+        tasks_per_gpu=0,  # with GPUs, the SLURM plugin would otherwise start one task per GPU
+        mpi=lambda w: P.run_resources(w.run)["mpi"],  # "srun" for several nodes; None (absent) for one
+        # a run's own partition / extra sbatch flags (None drops the key: the profile's default-resources
+        # value does not apply to train; set-resources for train overrides these)
+        slurm_partition=lambda w: P.run_resources(w.run).get("slurm_partition"),
+        slurm_extra=lambda w: P.run_resources(w.run).get("slurm_extra"),
     log:
         "logs/train/{run}.log",
     shell:

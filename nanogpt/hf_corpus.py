@@ -1,0 +1,365 @@
+"""Document corpora (Hugging Face hub datasets or local parquet/jsonl/txt files) -> GPT-2 BPE train.bin/val.bin.
+
+Two steps, as for every dataset:
+
+* download (`download_hf`, a Snakemake local rule): resolve the entry to a list of data files and write a
+  manifest, results/data/{name}/source.json: for hub datasets the commit sha of the revision and the files
+  (downloaded into results/data/{name}/hub/, sha256-checked against the hub's LFS hashes); for local files
+  their paths and sha256. `datasets` >= 4 no longer runs loading scripts, so hub entries name parquet (or
+  jsonl) data files, never a script.
+* prepare (`prepare_hf`): read the manifest's files with `datasets` in streaming mode (sequential reads, no
+  Arrow cache copy of the corpus), tokenize batches of documents in `num_proc` worker processes and append
+  the ids to the .bin files (the flat uint16 arrays training memmaps) as they come back, in corpus order.
+  Peak memory is a few batches, whatever the corpus size, and the output is byte-identical for any
+  `num_proc`.
+
+Each document is `encode_ordinary(text) + [50256]` (end of text), as in nanoGPT's openwebtext/prepare.py; an
+empty document is just [50256]; a null text is an error. The validation documents are exactly those of
+nanoGPT's split (`Dataset.train_test_split(test_size=val_fraction, seed=seed)`: the first ceil(n * val_fraction)
+entries of `np.random.default_rng(seed).permutation(n)`), but both splits keep corpus order instead of the
+shuffled order (training samples random windows, so order does not matter; sequential reads keep memory
+flat). A corpus with no documents, or a split that would get none, is an error naming the counts.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from nanogpt import fileio
+from nanogpt.model import ConfigError
+from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer, mirror_dir
+
+# file format (config `files.format` or file suffix) -> `datasets` packaged builder
+BUILDERS = {"parquet": "parquet", "json": "json", "jsonl": "json", "text": "text", "txt": "text", "csv": "csv"}
+SUFFIX_FORMAT = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv"}
+DEFAULT_VAL_FRACTION = 0.0005  # nanoGPT's openwebtext split
+DEFAULT_SEED = 2357
+BATCH_DOCS = 512  # documents per tokenizer task: big enough to amortize IPC, small enough for flat memory
+
+
+class CorpusError(ConfigError):
+    """A corpus that cannot be prepared: no documents, an empty split, a missing text column."""
+
+
+# ---- download: entry -> manifest ----------------------------------------------------------------------
+def _format_of(path: str, declared: str | None = None) -> str:
+    if declared:
+        if declared not in BUILDERS:
+            raise ConfigError(f"files.format={declared!r}: expected one of {sorted(BUILDERS)}")
+        return BUILDERS[declared]
+    name = path.lower()
+    for ext in (".gz", ".zst", ".bz2", ".xz"):
+        name = name.removesuffix(ext)
+    fmt = SUFFIX_FORMAT.get(Path(name).suffix)
+    if fmt is None:
+        raise ConfigError(f"data file {path!r}: expected a .parquet, .jsonl, .json, .txt or .csv file")
+    return fmt
+
+
+def local_inputs(spec: dict) -> list[str]:
+    """The local files a `files:` entry names (Snakemake inputs of the download rule, so edits rerun it)."""
+    files = spec.get("files") if isinstance(spec, dict) else None
+    if not files:
+        return []
+    out: list[str] = []
+    for pattern in files.get("paths", []):
+        out += sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) else [pattern]
+    return out
+
+
+def _file_record(path: Path) -> dict:
+    return {"path": str(path.resolve()), "name": path.name, "bytes": path.stat().st_size,
+            "sha256": fileio.sha256_file(path)}
+
+
+def _local_manifest(paths: list[Path], fmt: str | None, name: str, origin: dict) -> dict:
+    if not paths:
+        raise CorpusError(f"datasets.{name}: no data files found ({origin}): expected at least one file")
+    formats = {_format_of(str(p), fmt) for p in paths}
+    if len(formats) > 1:
+        raise ConfigError(f"datasets.{name}: data files of several formats {sorted(formats)}: expected one format")
+    return {"kind": "files", **origin, "format": formats.pop(), "files": [_file_record(p) for p in paths]}
+
+
+def _folder_files(folder: Path, data_files) -> list[Path]:
+    patterns = data_files if isinstance(data_files, list) else [data_files] if data_files else ["**/*.parquet"]
+    found: list[Path] = []
+    for pattern in patterns:
+        found += sorted(p for p in folder.glob(pattern) if p.is_file())
+    return list(dict.fromkeys(found))
+
+
+def download_hf(spec: dict, out: str | os.PathLike, mirror: str | os.PathLike | None = None,
+                name: str = "dataset") -> Path:
+    """Resolve an `hf:` or `files:` entry to its data files and write the manifest `out` (source.json)."""
+    out = Path(out)
+    if "files" in spec:
+        files = spec["files"]
+        paths = []
+        for p in local_inputs(spec):
+            path = Path(p).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"datasets.{name}.files: {p!r} does not exist: expected a data file")
+            paths.append(path)
+        manifest = _local_manifest(paths, files.get("format"), name, {"paths": files.get("paths", [])})
+    else:
+        hf = spec["hf"]
+        path, data_files = hf["path"], hf.get("data_files")
+        if isinstance(data_files, dict):
+            data_files = data_files.get(hf.get("split", "train"))
+        mirrored = mirror_dir(mirror)
+        if Path(path).expanduser().is_dir():
+            folder = Path(path).expanduser()
+        elif mirrored is not None and (mirrored / path).is_dir():
+            folder = mirrored / path  # offline copy of the hub repo: <mirror>/<owner>/<name>/<data files>
+        else:
+            folder = None
+        if folder is not None:
+            manifest = _local_manifest(_folder_files(folder, data_files), None, name,
+                                       {"hub_id": path, "folder": str(folder.resolve())})
+        else:
+            manifest = _hub_manifest(hf, data_files, out.parent / "hub", name)
+    fileio.write_json(out, manifest)
+    return out
+
+
+def _hub_manifest(hf: dict, data_files, local_dir: Path, name: str) -> dict:
+    """Pin the revision to a commit sha, resolve the split's data files through `datasets`, fetch them."""
+    try:
+        import datasets
+        from huggingface_hub import HfApi, hf_hub_download
+
+        api = HfApi()
+        repo, split = hf["path"], hf.get("split", "train")
+        sha = api.dataset_info(repo, revision=hf.get("revision")).sha
+        builder = datasets.load_dataset_builder(repo, hf.get("name"), revision=sha, data_files=data_files)
+        urls = [str(u) for u in (builder.config.data_files or {}).get(split, [])]
+    except ConfigError:
+        raise
+    except Exception as e:  # network and hub errors come in many types
+        raise ConnectionError(
+            f"datasets.{name}: cannot resolve hub dataset {hf['path']!r} ({type(e).__name__}: {e}); offline, put "
+            f"its data files under <mirror>/{hf['path']}/ or use a `files:` entry"
+        ) from None
+    if not urls:
+        raise CorpusError(f"datasets.{name}: hub dataset {repo!r} has no data files for split {split!r}")
+    prefix = f"@{sha}/"
+    rel = [u.split(prefix, 1)[1] if prefix in u else u.rsplit("/", 1)[-1] for u in urls]
+    fmt = _format_of(rel[0])
+    manifest = {"kind": "hub", "hub_id": repo, "config": hf.get("name"), "split": split,
+                "revision": hf.get("revision") or "main", "commit": sha, "format": fmt}
+    if hf.get("streaming"):
+        manifest["files"] = [{"path": f"hf://datasets/{repo}@{sha}/{r}", "name": r} for r in rel]
+        return manifest
+    infos = {i.path: i for i in api.get_paths_info(repo, rel, repo_type="dataset", revision=sha)}
+    records = []
+    for r in rel:
+        local = Path(hf_hub_download(repo, r, repo_type="dataset", revision=sha, local_dir=local_dir))
+        record = _file_record(local)
+        lfs = getattr(infos.get(r), "lfs", None)
+        expected = getattr(lfs, "sha256", None) if lfs is not None else None
+        if expected and record["sha256"] != expected:
+            from nanogpt.data import ChecksumError
+
+            raise ChecksumError(f"sha256 of {r} from {repo}@{sha} is {record['sha256']}: expected {expected}")
+        records.append({**record, "name": r})
+    manifest["files"] = records
+    return manifest
+
+
+# ---- prepare: manifest -> bins --------------------------------------------------------------------------
+def open_corpus(manifest: dict, text_column: str):
+    """The manifest's documents as a streaming `datasets.IterableDataset` (files read in order, no cache copy)."""
+    import datasets
+
+    builder = BUILDERS[manifest["format"]]
+    kwargs = {"sample_by": "document"} if builder == "text" else {}  # a .txt file is one document
+    files = [f["path"] for f in manifest["files"]]
+    ds = datasets.load_dataset(builder, data_files={"train": files}, split="train", streaming=True, **kwargs)
+    columns = ds.column_names
+    if columns is not None and text_column not in columns:
+        raise CorpusError(f"text_column={text_column!r} is not a column of the corpus: expected one of {columns}")
+    return ds.select_columns([text_column]) if columns is not None else ds
+
+
+def count_documents(manifest: dict, text_column: str) -> int:
+    """Documents in the corpus: parquet footers when possible, else one reading pass."""
+    if manifest["format"] == "parquet":
+        import fsspec
+        import pyarrow.parquet as pq
+
+        total = 0
+        for f in manifest["files"]:
+            with fsspec.open(f["path"], "rb") as fh:
+                total += pq.ParquetFile(fh).metadata.num_rows
+        return total
+    return sum(len(b[text_column]) for b in open_corpus(manifest, text_column).iter(batch_size=4096))
+
+
+def val_mask(n_docs: int, val_fraction: float, seed: int, name: str = "dataset") -> np.ndarray:
+    """Which documents are validation documents: the same ones as datasets' train_test_split (nanoGPT)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={val_fraction}: expected a number between 0 and 1")
+    if n_docs == 0:
+        raise CorpusError(f"datasets.{name}: the corpus has no documents: expected at least 2")
+    n_val = math.ceil(val_fraction * n_docs)
+    if n_val >= n_docs:
+        raise CorpusError(
+            f"datasets.{name}: {n_docs} document(s) with val_fraction={val_fraction} leave the train split empty: "
+            "expected more documents or a smaller val_fraction"
+        )
+    mask = np.zeros(n_docs, dtype=bool)
+    mask[np.random.default_rng(seed).permutation(n_docs)[:n_val]] = True
+    return mask
+
+
+_WORKER_TOK = None
+
+
+def _init_worker(mirror: str | None) -> None:
+    global _WORKER_TOK
+    _WORKER_TOK = gpt2_tokenizer(mirror)
+
+
+def encode_documents(texts: list, start: int, dtype: str, tok=None) -> tuple[np.ndarray, np.ndarray]:
+    """Documents -> (their ids back to back, each followed by end-of-text; the per-document lengths)."""
+    tok = tok or _WORKER_TOK
+    flat: list[int] = []
+    lens = np.empty(len(texts), dtype=np.int64)
+    for i, text in enumerate(texts):
+        if text is None:
+            raise CorpusError(f"document {start + i} has no text (null): expected a string")
+        before = len(flat)
+        flat += tok.encode(text)
+        flat.append(GPT2_EOT)
+        lens[i] = len(flat) - before
+    return np.array(flat, dtype=dtype), lens
+
+
+def _batches(ds, text_column: str):
+    start = 0
+    for batch in ds.iter(batch_size=BATCH_DOCS):
+        if text_column not in batch:
+            raise CorpusError(f"text_column={text_column!r} is not a column of the corpus: expected one of "
+                              f"{sorted(batch)}")
+        texts = batch[text_column]
+        yield start, texts
+        start += len(texts)
+
+
+def _encoded(ds, text_column: str, dtype: str, pool, tok):
+    """(start, ids, lens) for each batch, in corpus order; at most 2 batches per worker in flight."""
+    if pool is None:
+        for start, texts in _batches(ds, text_column):
+            yield (start, *encode_documents(texts, start, dtype, tok))
+        return
+    pending: collections.deque = collections.deque()
+    for start, texts in _batches(ds, text_column):
+        pending.append((start, pool.submit(encode_documents, texts, start, dtype)))
+        if len(pending) >= 2 * pool._max_workers:
+            s, fut = pending.popleft()
+            yield (s, *fut.result())
+    while pending:
+        s, fut = pending.popleft()
+        yield (s, *fut.result())
+
+
+def _worker_pool(num_proc: int, mirror: str | None):
+    """num_proc tokenizer processes, forked before the corpus reader starts any threads (a spawned worker
+    would re-import torch for seconds); a dead worker raises BrokenProcessPool instead of hanging."""
+    import contextlib
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if num_proc <= 1:
+        return contextlib.nullcontext(None)
+    gpt2_tokenizer(mirror)  # built once here, inherited by the forked workers
+    pool = ProcessPoolExecutor(num_proc, mp_context=mp.get_context("fork"), initializer=_init_worker,
+                               initargs=(mirror,))
+    pool.submit(int).result()  # a fork context starts every worker at the first submit: do it now
+    return pool
+
+
+def _write_splits(ds, text_column: str, dtype: np.dtype, pool, tok, is_val: np.ndarray, out_dir: Path,
+                  name: str) -> dict[str, int]:
+    """Stream the encoded batches into train.bin / val.bin (appended in corpus order); token counts."""
+    from tqdm import tqdm
+
+    n_docs = len(is_val)
+    tokens = {"train": 0, "val": 0}
+    seen = 0
+    with fileio.atomic_path(out_dir / "train.bin") as train_tmp, fileio.atomic_path(out_dir / "val.bin") as val_tmp, \
+            open(train_tmp, "wb") as ftrain, open(val_tmp, "wb") as fval, \
+            tqdm(total=n_docs, unit="doc", desc=f"tokenizing {name}", file=sys.stderr, mininterval=2) as bar:
+        for start, ids, lens in _encoded(ds, text_column, dtype.name, pool, tok):
+            if start + len(lens) > n_docs:
+                raise CorpusError(f"datasets.{name}: the corpus has more documents than the {n_docs} counted")
+            doc_val = is_val[start:start + len(lens)]
+            if not doc_val.any():
+                ftrain.write(ids.data)
+                tokens["train"] += ids.size
+            else:
+                tok_val = np.repeat(doc_val, lens)
+                train_ids, val_ids = ids[~tok_val], ids[tok_val]
+                ftrain.write(train_ids.data)
+                fval.write(val_ids.data)
+                tokens["train"] += train_ids.size
+                tokens["val"] += val_ids.size
+            seen += len(lens)
+            bar.update(len(lens))
+        if seen != n_docs:
+            raise CorpusError(f"datasets.{name}: read {seen} documents, expected the {n_docs} counted")
+    return tokens
+
+
+def prepare_hf(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike, num_proc: int = 1,
+               mirror: str | os.PathLike | None = None, name: str = "dataset") -> dict:
+    """Tokenize the manifest's corpus into out_dir/train.bin, val.bin and meta.json (written last)."""
+    import json
+
+    from nanogpt.data import token_dtype
+
+    source, out_dir = Path(source), Path(out_dir)
+    manifest = json.loads(source.read_text())
+    if spec.get("tokenizer", "gpt2") != "gpt2":
+        raise ConfigError(f"datasets.{name}.tokenizer={spec['tokenizer']!r}: expected 'gpt2' for hf/files corpora")
+    if num_proc < 1:
+        raise ConfigError(f"num_proc={num_proc}: expected at least 1")
+    text_column = spec.get("text_column", "text")
+    val_fraction = spec.get("val_fraction", DEFAULT_VAL_FRACTION)
+    seed = spec.get("seed", DEFAULT_SEED)
+    m = mirror_dir(mirror)
+    mirror_str = str(m) if m else None
+    tok = gpt2_tokenizer(mirror_str)
+    dtype = token_dtype(tok.vocab_size, spec.get("dtype"))
+
+    with _worker_pool(num_proc, mirror_str) as pool:
+        ds = open_corpus(manifest, text_column)
+        n_docs = count_documents(manifest, text_column)
+        is_val = val_mask(n_docs, val_fraction, seed, name)
+        tokens = _write_splits(ds, text_column, dtype, pool, tok, is_val, out_dir, name)
+    n_val = int(is_val.sum())
+    meta = {
+        "dataset": name,
+        "tokenizer": tok.to_meta(),
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "train_tokens": tokens["train"],
+        "val_tokens": tokens["val"],
+        "train_documents": n_docs - n_val,
+        "val_documents": n_val,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "split": "nanoGPT train_test_split documents, corpus order; each document + end-of-text 50256",
+        "source": {k: v for k, v in manifest.items() if k != "files"}
+        | {"files": [{k: f[k] for k in ("name", "sha256", "bytes") if k in f} for f in manifest["files"]]},
+    }
+    fileio.write_json(out_dir / "meta.json", meta)
+    return meta

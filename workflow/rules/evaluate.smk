@@ -1,0 +1,41 @@
+# Loss of a run or a pretrained GPT-2 on a prepared dataset: results/eval/{model}/{dataset}.json.
+# {model} is a run name, gpt2/gpt2-medium/gpt2-large/gpt2-xl, or a name under `pretrained:` in config.yaml.
+# Settings (batch_size, eval_iters, block_size, ...) come from the `evals:` entry naming the pair, else
+# nanoGPT's eval_gpt2*.py defaults: batch 8, 500 iters, the model's block size (1024 for GPT-2).
+
+GPT2_SIZES = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
+
+
+rule evaluate:
+    input:
+        lambda w: P.eval_inputs(w.model, w.dataset),
+    output:
+        "results/eval/{model}/{dataset}.json",
+    params:
+        args=lambda w: P.eval_args(w.model, w.dataset),
+        mirror=P.mirror_arg(),
+    wildcard_constraints:
+        model=r"[^/]+",
+        dataset=r"[^/]+",
+    threads: lambda w: P.eval_resources(w.model, w.dataset)["cpus_per_task"]
+    resources:
+        gpu=lambda w: P.eval_resources(w.model, w.dataset)["gpu"],
+        mem_mb=lambda w: P.eval_resources(w.model, w.dataset)["mem_mb"],
+        runtime=lambda w: P.eval_resources(w.model, w.dataset)["runtime"],
+        cpus_per_task=lambda w: P.eval_resources(w.model, w.dataset)["cpus_per_task"],
+    log:
+        "logs/evaluate/{model}/{dataset}.log",
+    shell:
+        "nanogpt eval {params.args} {params.mirror} --out {output} > {log} 2>&1"
+
+
+# nanoGPT README's baselines: the four OpenAI GPT-2 sizes on OpenWebText (a GPU job: 2 x 500 x 8 x 1024 tokens each).
+rule gpt2_baselines:
+    input:
+        expand("results/eval/{model}/openwebtext.json", model=GPT2_SIZES),
+    output:
+        report("results/gpt2_baselines.md", category="Evaluation", caption="../report/gpt2_baselines.rst"),
+    log:
+        "logs/gpt2_baselines.log",
+    shell:
+        "python -m nanogpt.summary baselines {input} --out {output} > {log} 2>&1"
