@@ -28,6 +28,14 @@ from nanogpt.model import ConfigError, GPTConfig
 PRETRAINED_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
+def is_pretrained_source(source: str) -> bool:
+    """A GPT-2 size, a local Hugging Face folder or a hub id (owner/name), as opposed to a .pt checkpoint."""
+    source = str(source)
+    if source in PRETRAINED_NAMES or Path(source).is_dir():
+        return True
+    return "/" in source and not source.endswith(".pt") and not Path(source).is_file()
+
+
 @dataclass
 class ModelSettings:
     """Architecture; vocab_size None means "take it from the dataset's meta.json"."""

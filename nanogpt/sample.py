@@ -10,7 +10,7 @@ import torch
 
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
-from nanogpt.config import PRETRAINED_NAMES
+from nanogpt.config import is_pretrained_source
 from nanogpt.model import GPT, ConfigError
 from nanogpt.tokenizer import Tokenizer, from_meta, gpt2_tokenizer
 
@@ -31,7 +31,7 @@ def load_model_and_tokenizer(
     source: str, meta_path: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None
 ) -> tuple[GPT, Tokenizer]:
     """`source` is a .pt checkpoint, gpt2* or a local Hugging Face GPT-2 directory."""
-    if source in PRETRAINED_NAMES or Path(source).is_dir() or not str(source).endswith(".pt"):  # hub ids too
+    if is_pretrained_source(source):
         from nanogpt.pretrained import load_pretrained
 
         return load_pretrained(source), gpt2_tokenizer(mirror)

@@ -20,12 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
-from nanogpt.config import PRETRAINED_NAMES, RunConfig
+from nanogpt.config import PRETRAINED_NAMES, RunConfig, is_pretrained_source
 from nanogpt.data import BatchSampler, load_meta
 from nanogpt.model import GPT, ConfigError
 from nanogpt.provenance import provenance
@@ -95,9 +96,10 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# On CPUs with bf16 units, bf16 autocast pays off only once matmuls are large enough to outweigh the casts:
-# measured here, a 128-wide model is 25% slower in bf16, so `auto` keeps small CPU models in fp32.
-CPU_BF16_MIN_WIDTH = 512
+# On CPUs with bf16 units, bf16 autocast pays off only once matmuls are large enough to outweigh the casts.
+# Training step, bf16 vs fp32, measured here (benchmarks/train_step_ab.py): 128 wide 0.83x, 192 wide 1.27x,
+# 256 wide 1.70x, 512 wide 2.32x, 768 wide 2.82x. So `auto` keeps models narrower than 256 in fp32.
+CPU_BF16_MIN_WIDTH = 256
 
 
 def pick_dtype(requested: str, device: torch.device, n_embd: int = 0) -> torch.dtype:
@@ -191,7 +193,9 @@ def _init_model(run: RunConfig, vocab_size: int, out_dir: Path, log) -> tuple[GP
         path, state = found
         if state.get("fingerprint") == run.fingerprint():
             log(f"resuming from {path} (iter {state['iter_num']})")
-            return ckpt_io.model_from_checkpoint(state, expected, dropout=run.model.dropout), state
+            # a finetune's shape is the pretrained model's (cropped), not the run's model: section
+            shape = expected if run.init_from == "scratch" else None
+            return ckpt_io.model_from_checkpoint(state, shape, dropout=run.model.dropout), state
         log(f"checkpoints in {ckpt_dir} are from different settings: starting afresh and removing them")
         if int(os.environ.get("RANK", "0")) == 0:  # one remover; the other ranks only read
             for _, old in ckpt_io.list_checkpoints(ckpt_dir):
@@ -207,9 +211,12 @@ def _init_model(run: RunConfig, vocab_size: int, out_dir: Path, log) -> tuple[GP
             )
         state = ckpt_io.load(path)
         log(f"resuming from {path} (iter {state['iter_num']})")
-        return ckpt_io.model_from_checkpoint(state, expected, dropout=run.model.dropout), state
-    if source in PRETRAINED_NAMES or Path(source).is_dir():
-        from nanogpt.pretrained import load_pretrained
+        try:
+            return ckpt_io.model_from_checkpoint(state, expected, dropout=run.model.dropout), state
+        except ckpt_io.CheckpointError as e:
+            raise ckpt_io.CheckpointError(f"{path}: {e}") from None
+    if is_pretrained_source(source):
+        from nanogpt.pretrained import load_pretrained  # a GPT-2 size, a local HF folder or a hub id
 
         model = load_pretrained(source, dropout=run.model.dropout)
         if run.model.block_size < model.config.block_size:
@@ -260,6 +267,11 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed for the dropout RNG of one (step, rank), independent of every other pair."""
+    return int(np.random.SeedSequence([seed, 2, step, rank]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
 
 
 def check_world_size(gradient_accumulation_steps: int, world_size: int) -> int:
@@ -332,8 +344,6 @@ def _train(run: RunConfig, data_dir: Path, out_dir: Path, t, d: Dist, log, t_sta
         iter_num, best_val_loss = int(state["iter_num"]), float(state["best_val_loss"])
         if "rng" in state:
             _set_rng_state(state["rng"])
-    else:
-        torch.manual_seed(t.seed + 1)  # dropout stream, independent of how the weights were initialised
     raw_model = model
     if t.compile:
         model = torch.compile(model)
@@ -405,6 +415,9 @@ def _train(run: RunConfig, data_dir: Path, out_dir: Path, t, d: Dist, log, t_sta
             if iter_num >= t.max_iters or t.eval_only:
                 break
 
+            # Dropout masks come from (seed, step, rank) alone, like the batches: each rank draws its own, and a
+            # resumed run draws exactly what the uninterrupted one would have.
+            torch.manual_seed(step_seed(t.seed, iter_num, d.rank))
             loss_sum = torch.zeros((), device=device)
             for micro in range(accum):
                 sync = micro == accum - 1

@@ -149,7 +149,7 @@ def test_unknown_config_key_suggests_closest(tmp_path, capsys):
     config = tiny_config()
     config["runs"]["tiny"]["lanch"] = {"nproc_per_node": 1}  # a run's own key: resolve_run suggests the closest
     out = snakemake_dry_run_fails(tmp_path / "b", config)
-    assert "'lanch'" in out
+    assert "runs.tiny.lanch (did you mean 'launch'?)" in out
 
 
 def test_n_embd_not_divisible_by_n_head(tmp_path, data_dir, capsys):
