@@ -53,11 +53,18 @@ def make_corpus(dest: Path, mb: int, files: int = 8) -> list[str]:
 
 
 def run_ours(files: list[str], out: Path, num_proc: int) -> dict:
-    from nanogpt.data import download, prepare
+    """What the pipeline's download_hf and prepare rules run: `nanogpt download` then `nanogpt prepare`."""
+    import json
 
-    spec = {"files": {"format": "parquet", "paths": files}, "val_fraction": VAL_FRACTION, "seed": SEED}
-    download(spec, out / "source.json", name="bench")
-    meta = prepare(spec, out / "source.json", out, num_proc=num_proc, name="bench")
+    from nanogpt.cli import main
+
+    spec = json.dumps({"files": {"format": "parquet", "paths": files}, "val_fraction": VAL_FRACTION, "seed": SEED})
+    for argv in (["download", "--name", "bench", "--spec", spec, "--out", str(out / "source.json")],
+                 ["prepare", "--name", "bench", "--spec", spec, "--source", str(out / "source.json"),
+                  "--out-dir", str(out), "--num-proc", str(num_proc)]):
+        if main(argv) != 0:
+            raise SystemExit(f"nanogpt {argv[0]} failed")
+    meta = json.loads((out / "meta.json").read_text())
     return {"train_tokens": meta["train_tokens"], "val_tokens": meta["val_tokens"]}
 
 

@@ -71,12 +71,5 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
     }
 
 
-def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--steps", type=int, default=20)
-    sp.add_argument("--warmup", type=int, default=5)
-    sp.add_argument("--data-dir", help="prepared dataset to draw batches from (default: random tokens)")
-    sp.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
-
-
 def bench_cli(args: argparse.Namespace, overrides: list[str]) -> None:
     print(json.dumps(bench(parse_overrides(overrides), args.steps, args.warmup, args.data_dir, args.threads), indent=2))

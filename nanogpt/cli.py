@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from nanogpt.model import ConfigError
+from nanogpt.config import ConfigError
 
 
 def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
@@ -66,6 +66,9 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    # Preparing data needs no torch, but `datasets` imports it when installed (+185 MB, +1 s per process):
+    # its documented switch keeps it out of this process and the tokenizer workers forked from it.
+    os.environ.setdefault("USE_TORCH", "0")
     from nanogpt.data import prepare
 
     name, spec = _entry(args, "datasets")
@@ -141,6 +144,30 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
     bench_cli(args, overrides)
 
 
+def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--checkpoint", help="model.pt of a run, or a nanoGPT ckpt.pt")
+    sp.add_argument("--init-from", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local HF directory")
+    sp.add_argument("--data-dir", required=True, help="prepared dataset folder (train.bin, val.bin, meta.json)")
+    sp.add_argument("--out", help="write the result JSON here (default: stdout)")
+    sp.add_argument("--model-name", help="name recorded in the result (default: the checkpoint or init-from)")
+    sp.add_argument("--dataset-name", help="name recorded in the result (default: the data folder's name)")
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--block-size", type=int, default=None, help="default: the model's block_size")
+    sp.add_argument("--eval-iters", type=int, default=500)
+    sp.add_argument("--splits", default="train,val")
+    sp.add_argument("--seed", type=int, default=1337)
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--dtype", default="auto")
+    sp.add_argument("--mirror")
+
+
+def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--warmup", type=int, default=5)
+    sp.add_argument("--data-dir", help="prepared dataset to draw batches from (default: random tokens)")
+    sp.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanogpt", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -182,8 +209,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="write the samples here (default: stdout)")
 
     sp = sub.add_parser("eval", help="loss of a run or a pretrained GPT-2 on a prepared dataset")
-    from nanogpt.evaluate import add_eval_arguments
-
     add_eval_arguments(sp)
 
     sp = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 folder (safetensors)")
@@ -191,8 +216,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the folder to write (config.json, model.safetensors)")
 
     sp = sub.add_parser("bench", help="time training iterations of a model shape (nanoGPT's bench.py)")
-    from nanogpt.bench import add_bench_arguments
-
     add_bench_arguments(sp)
     return p
 

@@ -19,12 +19,15 @@ import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from nanogpt import fileio
-from nanogpt.model import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+from nanogpt.config import ConfigError
 from nanogpt.tokenizer import CharTokenizer, find_in_mirror, gpt2_tokenizer, mirror_dir
 
 SPLITS = ("train", "val")
@@ -204,6 +207,8 @@ class BatchSampler:
         dtype = np.dtype(self.meta.get("dtype", "uint16"))
         self.data = {s: np.memmap(Path(data_dir) / f"{s}.bin", dtype=dtype, mode="r") for s in SPLITS}
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
+        import torch  # training-side only: preparing data never needs torch
+
         self.device = torch.device(device)
         self._offsets = np.arange(block_size + 1, dtype=np.int64)
         for split, arr in self.data.items():
@@ -219,6 +224,8 @@ class BatchSampler:
         data = self.data[split]
         rng = np.random.default_rng([self.seed, _SPLIT_ID[split], int(for_eval), step, index])
         starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
+        import torch
+
         chunk = torch.from_numpy(data[starts[:, None] + self._offsets].astype(np.int64))
         x, y = chunk[:, :-1], chunk[:, 1:]
         if self.device.type == "cuda":

@@ -51,23 +51,6 @@ def evaluate(model: GPT, data_dir: str, splits: tuple[str, ...] = ("train", "val
     return out
 
 
-def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--checkpoint", help="model.pt of a run, or a nanoGPT ckpt.pt")
-    sp.add_argument("--init-from", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local HF directory")
-    sp.add_argument("--data-dir", required=True, help="prepared dataset folder (train.bin, val.bin, meta.json)")
-    sp.add_argument("--out", help="write the result JSON here (default: stdout)")
-    sp.add_argument("--model-name", help="name recorded in the result (default: the checkpoint or init-from)")
-    sp.add_argument("--dataset-name", help="name recorded in the result (default: the data folder's name)")
-    sp.add_argument("--batch-size", type=int, default=8)
-    sp.add_argument("--block-size", type=int, default=None, help="default: the model's block_size")
-    sp.add_argument("--eval-iters", type=int, default=500)
-    sp.add_argument("--splits", default="train,val")
-    sp.add_argument("--seed", type=int, default=1337)
-    sp.add_argument("--device", default="auto")
-    sp.add_argument("--dtype", default="auto")
-    sp.add_argument("--mirror")
-
-
 def evaluate_cli(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path

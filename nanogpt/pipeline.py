@@ -11,8 +11,7 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from nanogpt.config import PRETRAINED_NAMES, resolve_run
-from nanogpt.model import ConfigError
+from nanogpt.config import PRETRAINED_NAMES, ConfigError, resolve_run
 
 RESULTS = "results"
 

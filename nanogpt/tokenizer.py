@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-from nanogpt.model import ConfigError
+from nanogpt.config import ConfigError
 
 # The original GPT-2 BPE files and the sha256 tiktoken itself expects of them.
 GPT2_FILES = {
