@@ -1,10 +1,17 @@
 # nanogpt-workflow: download -> prepare -> train (torchrun) -> evaluate / sample -> summary.
 # Every rule calls the `nanogpt` package; config.yaml holds the experiments. See README.md.
+import os
+import sys
+
 from snakemake.utils import min_version, validate
 
 from nanogpt.pipeline import Pipeline
 
 min_version("9.0")
+
+# Rules run `nanogpt`, `torchrun` and `python` from the environment snakemake itself runs in (a virtualenv
+# need not be activated; SLURM jobs re-run this file with the same interpreter).
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 
 configfile: "config.yaml"
