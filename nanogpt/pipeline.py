@@ -16,6 +16,11 @@ from nanogpt.config import PRETRAINED_NAMES, ConfigError, resolve_run
 RESULTS = "results"
 
 
+def _option_args(entry: dict, keys: tuple[str, ...]) -> list[str]:
+    """`--some-key value` (shell-quoted) for each of `keys` that the config entry sets."""
+    return [f"--{k.replace('_', '-')} {shlex.quote(str(entry[k]))}" for k in keys if entry.get(k) is not None]
+
+
 @dataclass
 class Pipeline:
     config: dict
@@ -150,9 +155,8 @@ class Pipeline:
     def sample_args(self, name: str) -> str:
         entry = self.sample_entry(name)
         args = [self.model_source_args(entry["model"])]
-        for key in ("start", "num_samples", "max_new_tokens", "temperature", "top_k", "seed", "device", "dtype"):
-            if key in entry and entry[key] is not None:
-                args.append(f"--{key.replace('_', '-')} {shlex.quote(str(entry[key]))}")
+        args += _option_args(entry, ("start", "num_samples", "max_new_tokens", "temperature", "top_k", "seed",
+                                     "device", "dtype"))
         if self.mirror_arg():
             args.append(self.mirror_arg())
         return " ".join(args)
@@ -223,9 +227,7 @@ class Pipeline:
         entry = self.eval_entry(model, dataset)
         args = [self.model_source_args(model), f"--data-dir {RESULTS}/data/{dataset}",
                 f"--model-name {shlex.quote(model)} --dataset-name {shlex.quote(dataset)}"]
-        for key in ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype"):
-            if entry.get(key) is not None:
-                args.append(f"--{key.replace('_', '-')} {shlex.quote(str(entry[key]))}")
+        args += _option_args(entry, ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype"))
         if entry.get("splits"):
             args.append(f"--splits {','.join(entry['splits'])}")
         return " ".join(args)
