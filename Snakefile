@@ -5,6 +5,7 @@ import sys
 
 from snakemake.utils import min_version, validate
 
+from nanogpt.config import NAME_PATTERN
 from nanogpt.pipeline import Pipeline
 
 min_version("9.0")
@@ -20,6 +21,14 @@ configfile: "config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 P = Pipeline(config)
 P.check()
+
+
+# Every name in a path follows the one name rule, so no path or shell word can be smuggled in through one.
+wildcard_constraints:
+    dataset=NAME_PATTERN,
+    run=NAME_PATTERN,
+    sample=NAME_PATTERN,
+    model=NAME_PATTERN,
 
 
 include: "workflow/rules/data.smk"

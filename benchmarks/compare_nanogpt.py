@@ -4,10 +4,11 @@
     .venv/bin/python benchmarks/compare_nanogpt.py --full           # 2000 iters each, 200 and 1000 new tokens
     NANOGPT_REF=/path/to/nanoGPT .venv/bin/python benchmarks/compare_nanogpt.py --quick
 
-The reference is a plain nanoGPT checkout (default benchmarks/reference, git-ignored), e.g.
-    git --git-dir=/work/.mirror/karpathy+nanoGPT/repo archive HEAD | tar -x -C benchmarks/reference
+The reference is a plain nanoGPT checkout (--ref, else $NANOGPT_REF, else benchmarks/reference, git-ignored), e.g.
+    git clone https://github.com/karpathy/nanoGPT benchmarks/reference
 Its data/shakespeare_char/*.bin + meta.pkl are made with its own prepare.py from a local input.txt
-(tinyshakespeare from $NANOGPT_MIRROR, default /work/shared/data), so nothing is downloaded.
+(config.yaml's shakespeare_char source via `nanogpt download`: $NANOGPT_MIRROR if set, else the copy bundled
+in nanogpt/assets), so nothing is downloaded.
 
 Measured: prepare time (both as a fresh process), training ms/iter (median of logged iterations, like
 nanoGPT's own `time` lines) and val loss at equal iterations on nanoGPT's README CPU config, and sampling
@@ -50,11 +51,11 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[str, float]
     return out, wall
 
 
-def prepare_both(ref: Path, mirror: Path, work: Path) -> dict:
+def prepare_both(ref: Path, work: Path) -> dict:
     """nanoGPT's prepare.py and our `nanogpt prepare` on the same input.txt, each as a fresh process."""
-    src = mirror / "tinyshakespeare" / "input.txt"
-    if not src.is_file():
-        sys.exit(f"compare_nanogpt: error: {src} does not exist: expected tinyshakespeare's input.txt (set NANOGPT_MIRROR)")
+    src = work / "input.txt"  # checksummed: $NANOGPT_MIRROR's copy if set, else the bundled one
+    run([sys.executable, "-m", "nanogpt.cli", "download", "--config", str(ROOT / "config.yaml"),
+         "--name", "shakespeare_char", "--out", str(src)], cwd=ROOT)
     ref_data = ref / "data" / "shakespeare_char"
     shutil.copy(src, ref_data / "input.txt")  # present: prepare.py reads it instead of downloading
     _, ref_s = run([sys.executable, "prepare.py"], cwd=ref_data)
@@ -179,13 +180,12 @@ def main() -> None:
     iters = args.iters or (2000 if full else 200)
     work = ROOT / "benchmarks" / "out"
     work.mkdir(parents=True, exist_ok=True)
-    mirror = Path(os.environ.get("NANOGPT_MIRROR", "/work/shared/data"))
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every subprocess
         torch.set_num_threads(args.threads)
     result: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(), "iters": iters}
 
-    prep = prepare_both(ref, mirror, work)
+    prep = prepare_both(ref, work)
     result["prepare"] = {"ours_s": prep["ours_s"], "ref_s": prep["ref_s"]}
     if not args.skip_train:
         result["train"] = {"ours": train_ours(prep["ours_dir"], iters, work), "ref": train_ref(ref, iters, work)}

@@ -41,11 +41,14 @@ CASES = [
 def prepared_data(data_dir: str | None, tmp: Path) -> Path:
     if data_dir:
         return Path(data_dir)
+    from nanogpt.cli import main as nanogpt_cli
     from nanogpt.data import prepare_text
 
-    mirror = Path(os.environ.get("NANOGPT_MIRROR", REPO.parent / "shared" / "data"))
+    src = tmp / "input.txt"  # config.yaml's shakespeare_char source: $NANOGPT_MIRROR if set, else the bundled copy
+    if nanogpt_cli(["download", "--config", str(REPO / "config.yaml"), "--name", "shakespeare_char", "--out", str(src)]):
+        sys.exit("ddp_bench: error: cannot get tinyshakespeare's input.txt (see above)")
     out = tmp / "data"
-    prepare_text(mirror / "tinyshakespeare" / "input.txt", out, tokenizer="char")
+    prepare_text(src, out, tokenizer="char")
     return out
 
 

@@ -5,7 +5,7 @@ nanoGPT's split (val 0.0005, seed 2357). Each runs in its own subprocess; the pa
 whole process tree (sum of PSS, so forked workers' shared pages count once) every 0.1 s. Checks that both
 produce the same documents (val: same documents; train: same multiset of documents, ours in corpus order).
 
-    NANOGPT_MIRROR=../shared/data .venv/bin/python benchmarks/prepare_bench.py --mb 200 --num-proc 2
+    .venv/bin/python benchmarks/prepare_bench.py --mb 200 --num-proc 2
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ def make_corpus(dest: Path, mb: int, files: int = 8) -> list[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from nanogpt.tokenizer import find_in_mirror, mirror_dir
+    from nanogpt.cli import main
 
-    text = find_in_mirror(mirror_dir(None), "input.txt").read_text()
+    src = dest.parent / "input.txt"  # config.yaml's shakespeare_char source: $NANOGPT_MIRROR, else the bundled copy
+    if main(["download", "--config", str(REPO / "config.yaml"), "--name", "shakespeare_char", "--out", str(src)]):
+        raise SystemExit("nanogpt download failed: cannot get tinyshakespeare's input.txt")
+    text = src.read_text()
     lines = np.array([ln for ln in text.splitlines() if ln.strip()], dtype=object)
     rng = np.random.default_rng(0)
     docs, total = [], 0
@@ -75,7 +78,7 @@ def run_nanogpt(files: list[str], out: Path, num_proc: int) -> dict:
 
     from nanogpt.tokenizer import gpt2_tokenizer
 
-    enc = gpt2_tokenizer().encoding  # tiktoken's gpt2 encoding (offline from the mirror)
+    enc = gpt2_tokenizer().encoding  # tiktoken's gpt2 encoding (offline: the mirror's or the bundled BPE files)
     dataset = load_dataset("parquet", data_files={"train": files}, num_proc=num_proc, cache_dir=str(out / "hf"))
     split_dataset = dataset["train"].train_test_split(test_size=VAL_FRACTION, seed=SEED, shuffle=True)
     split_dataset["val"] = split_dataset.pop("test")

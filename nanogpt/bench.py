@@ -10,8 +10,16 @@ import time
 import torch
 
 from nanogpt.config import parse_overrides, resolve_run
+from nanogpt.errors import ConfigError
 from nanogpt.model import GPT
-from nanogpt.train import autocast_context, peak_flops_for, pick_device, pick_dtype
+from nanogpt.runtime import (
+    autocast_context,
+    mfu_or_none,
+    peak_flops_for,
+    pick_device,
+    pick_dtype,
+    setup_device,
+)
 
 
 def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str | None = None,
@@ -23,12 +31,13 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
     """
     if threads is not None:
         if threads <= 0:
-            raise ValueError(f"threads={threads}: expected a positive integer")
+            raise ConfigError(f"threads={threads}: expected a positive integer")
         torch.set_num_threads(threads)
     entry = {"dataset": "bench", "model": {"vocab_size": 50304}, "train": {}}
     run = resolve_run(entry, "bench", run_overrides)
     t, m = run.train, run.model
     device = pick_device(t.device)
+    setup_device(device)
     dtype = pick_dtype(t.dtype, device, m.n_embd)
     torch.manual_seed(t.seed)
     model = GPT(run.gpt_config(m.vocab_size or 50304)).to(device)
@@ -67,7 +76,7 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
         "params_M": model.get_num_params() / 1e6, "median_ms_per_iter": dt * 1000,
         "first_step_s": first_step_s,
         "tokens_per_sec": t.batch_size * m.block_size / dt,
-        "mfu": model.estimate_mfu(t.batch_size, dt, peak) if peak else None,
+        "mfu": mfu_or_none(model.estimate_mfu(t.batch_size, dt, peak)) if peak else None,
     }
 
 

@@ -16,14 +16,12 @@ from pathlib import Path
 import torch
 
 from nanogpt import fileio
-from nanogpt.model import GPT, ConfigError, GPTConfig
+from nanogpt.errors import CheckpointError, ConfigError
+from nanogpt.model import GPT, GPTConfig
 
 FORMAT = "nanogpt-workflow/1"
 _CKPT_NAME = re.compile(r"^ckpt_(\d+)\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit."""
+SET_ASIDE = "set_aside"  # checkpoints/set_aside/: what resume and pruning refused, kept for a human to look at
 
 
 def save(obj: dict, dest: str | os.PathLike) -> None:
@@ -116,18 +114,64 @@ def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def newest_complete(ckpt_dir: str | os.PathLike, map_location: str | torch.device = "cpu"
-                    ) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads; a torn or corrupt one is skipped with a warning."""
+def peek(path: str | os.PathLike) -> dict:
+    """A checkpoint's small entries (iter_num, fingerprint, ...), read without loading its tensors (mmap)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated: expected a complete torch.save file"
+                              ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "iter_num" not in ckpt:
+        raise CheckpointError(f"checkpoint {str(path)!r} has no 'model'/'iter_num': expected one of our checkpoints")
+    return {k: v for k, v in ckpt.items() if not isinstance(v, dict | torch.Tensor)}
+
+
+def choose_resume(ckpt_dir: str | os.PathLike, fingerprint: str, max_iters: int
+                  ) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest periodic checkpoint of this exact trajectory within max_iters, and the others to set aside.
+
+    Newer checkpoints that are unreadable, belong to other settings or data, or lie beyond max_iters are set
+    aside; older ones of other trajectories too (they would otherwise be pruned as if they were ours).
+    """
+    chosen, refused = None, []
     for _, path in reversed(list_checkpoints(ckpt_dir)):
         try:
-            return path, load(path, map_location)
-        except CheckpointError as e:
-            warnings.warn(f"skipping {e}", stacklevel=2)
-    return None
+            info = peek(path)
+        except CheckpointError:
+            refused.append((path, "unreadable"))
+            continue
+        if info.get("fingerprint") != fingerprint:
+            refused.append((path, "made with other settings, data or initial weights"))
+        elif int(info["iter_num"]) > max_iters:
+            refused.append((path, f"beyond max_iters={max_iters}"))
+        elif chosen is None:
+            chosen = path
+    return chosen, refused
 
 
-def prune(ckpt_dir: str | os.PathLike, keep: int) -> None:
-    """Keep only the newest `keep` periodic checkpoints."""
-    for _, path in list_checkpoints(ckpt_dir)[:-keep]:
-        path.unlink(missing_ok=True)
+def set_aside(path: str | os.PathLike) -> Path:
+    """Move a checkpoint into checkpoints/set_aside/ (replacing one of the same name there)."""
+    path = Path(path)
+    dest = path.parent / SET_ASIDE / path.name
+    dest.parent.mkdir(exist_ok=True)
+    os.replace(path, dest)
+    return dest
+
+
+def prune(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:
+    """Keep the newest `keep` periodic checkpoints that load; set unreadable ones aside, never count them."""
+    kept, moved = 0, []
+    for _, path in reversed(list_checkpoints(ckpt_dir)):
+        try:
+            peek(path)
+        except CheckpointError:
+            moved.append(set_aside(path))
+            continue
+        if kept < keep:
+            kept += 1
+        else:
+            path.unlink(missing_ok=True)
+    return moved

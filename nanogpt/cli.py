@@ -16,7 +16,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from nanogpt.config import ConfigError
+from nanogpt.errors import ConfigError, UserError
+from nanogpt.runlock import LOCK_NAME
 
 
 def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
@@ -26,9 +27,17 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
             spec = json.loads(args.spec)
         except json.JSONDecodeError as e:
             raise ConfigError(f"--spec is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
-        return args.name or spec.get("name", section.removesuffix("s")), spec
+        if not isinstance(spec, dict):
+            raise ConfigError(f"--spec is {type(spec).__name__} JSON: expected a JSON object")
+        from nanogpt.config import check_name
+
+        name = check_name(args.name or spec.get("name", section.removesuffix("s")), f"--name: {section.removesuffix('s')}")
+        return name, spec
     if not args.config or not args.name:
         raise ConfigError(f"give --spec JSON, or --config FILE with --name of an entry under '{section}'")
+    from nanogpt.config import check_name
+
+    check_name(args.name, f"--name: {section.removesuffix('s')}")
     from nanogpt.config import load_yaml
 
     cfg = load_yaml(args.config)
@@ -52,7 +61,8 @@ def _no_empty_dir(path: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        if not existed and path.is_dir() and not any(path.iterdir()):
+        if not existed and path.is_dir() and all(p.name == LOCK_NAME for p in path.iterdir()):
+            (path / LOCK_NAME).unlink(missing_ok=True)
             path.rmdir()
         raise
 
@@ -91,7 +101,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
                 f"runs.{name}.launch.nnodes={run.launch.nnodes}: a multi-node run must be started by torchrun on "
                 "every node (see README, 'Multi-node'); expected nnodes=1 when started by `nanogpt train`"
             )
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+        cmd = [sys.executable, "-m", "nanogpt.launch", "--standalone",
                f"--nproc_per_node={run.launch.nproc_per_node}", "-m", "nanogpt.cli", *sys.argv[1:]]
         os.execv(sys.executable, cmd)
     with _no_empty_dir(out_dir):
@@ -100,21 +110,25 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from nanogpt.config import resolve_sample
     from nanogpt.sample import generate_samples, load_model_and_tokenizer, write_samples
 
     source = args.checkpoint or args.init_from
     if not source:
         raise ConfigError("give --checkpoint PATH (one of our runs or a nanoGPT ckpt.pt) or --init-from gpt2*")
+    keys = ("start", "num_samples", "max_new_tokens", "temperature", "top_k", "seed", "device", "dtype")
+    settings = resolve_sample({"model": str(source), **{k: getattr(args, k) for k in keys}}, "sample")
     model, tok = load_model_and_tokenizer(source, meta_path=args.meta, mirror=args.mirror)
     import torch
 
-    from nanogpt.train import pick_device, pick_dtype
+    from nanogpt.runtime import pick_device, pick_dtype, setup_device
 
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device, model.config.n_embd)
+    device = pick_device(settings.device)
+    setup_device(device)
+    dtype = pick_dtype(settings.dtype, device, model.config.n_embd)
     samples, tps = generate_samples(
-        model, tok, start=args.start, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, seed=args.seed, device=str(device),
+        model, tok, start=settings.start, num_samples=settings.num_samples, max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature, top_k=settings.top_k, seed=settings.seed, device=str(device),
         dtype=dtype if device.type != "cpu" or dtype == torch.bfloat16 else torch.float32,
     )
     if args.out:
@@ -133,9 +147,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    meta = None
+    if args.meta:
+        from nanogpt.sample import _read_meta
+
+        meta = _read_meta(Path(args.meta))
+    if args.format == "nanogpt":
+        from nanogpt.interop import export_nanogpt
+
+        out = export_nanogpt(args.checkpoint, args.out, meta=meta)
+        extra = " and meta.pkl" if (out / "meta.pkl").is_file() else ""
+        print(f"wrote {out / 'ckpt.pt'}{extra} (nanoGPT: python sample.py --out_dir={out})")
+        return
     from nanogpt.pretrained import export_hf
 
-    print(f"wrote {export_hf(args.checkpoint, args.out)} (Hugging Face GPT-2: GPT2LMHeadModel.from_pretrained)")
+    out = export_hf(args.checkpoint, args.out, meta=meta, mirror=args.mirror)
+    tok = "+ tokenizer: AutoTokenizer" if (out / "tokenizer.json").is_file() else "no tokenizer: pass --meta"
+    print(f"wrote {out} (Hugging Face GPT-2: AutoModelForCausalLM.from_pretrained; {tok})")
 
 
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -168,6 +196,16 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
 
 
+def _optional_int(text: str) -> int | None:
+    """An integer, or none/null for "no limit" (what `top_k: null` means in config.yaml)."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer or 'none'") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanogpt", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -194,15 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out-dir", help="run folder (default results/runs/NAME)")
 
     sp = sub.add_parser("sample", help="generate text from a checkpoint or pretrained GPT-2")
-    sp.add_argument("--checkpoint", help="model.pt of a run, or a nanoGPT ckpt.pt")
+    sp.add_argument("--checkpoint", help="model.pt of a run, a nanoGPT ckpt.pt, or a run folder (its model.pt, "
+                                         "else nanoGPT's ckpt.pt)")
     sp.add_argument("--init-from", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local HF directory")
-    sp.add_argument("--meta", help="meta.json of the dataset (when the checkpoint lacks it)")
+    sp.add_argument("--meta", help="the dataset's meta.json, or nanoGPT's meta.pkl (read as plain data: nothing in "
+                                   "it runs) when the checkpoint lacks it")
     sp.add_argument("--mirror")
     sp.add_argument("--start", default="\n", help="prompt text, or FILE:path")
     sp.add_argument("--num-samples", type=int, default=10)
     sp.add_argument("--max-new-tokens", type=int, default=500)
     sp.add_argument("--temperature", type=float, default=0.8)
-    sp.add_argument("--top-k", type=int, default=200)
+    sp.add_argument("--top-k", type=_optional_int, default=200, help="keep the k likeliest tokens ('none': all)")
     sp.add_argument("--seed", type=int, default=1337)
     sp.add_argument("--device", default="auto")
     sp.add_argument("--dtype", default="auto")
@@ -211,9 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("eval", help="loss of a run or a pretrained GPT-2 on a prepared dataset")
     add_eval_arguments(sp)
 
-    sp = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 folder (safetensors)")
+    sp = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 folder or a nanoGPT ckpt.pt")
     sp.add_argument("--checkpoint", required=True, help="model.pt of a run, or a nanoGPT ckpt.pt")
-    sp.add_argument("--out", required=True, help="the folder to write (config.json, model.safetensors)")
+    sp.add_argument("--out", required=True, help="the folder to write (replaced if it holds an earlier export)")
+    sp.add_argument("--format", choices=("hf", "nanogpt"), default="hf",
+                    help="hf: config.json, model.safetensors, tokenizer.json (default); "
+                         "nanogpt: ckpt.pt, and meta.pkl for char models")
+    sp.add_argument("--meta", help="meta.json or nanoGPT meta.pkl of the dataset (default: the checkpoint's own)")
+    sp.add_argument("--mirror", help="where encoder.json/vocab.bpe are (default: config `mirror`, $NANOGPT_MIRROR "
+                                     "or the package's copy)")
 
     sp = sub.add_parser("bench", help="time training iterations of a model shape (nanoGPT's bench.py)")
     add_bench_arguments(sp)
@@ -236,10 +282,20 @@ def main(argv: list[str] | None = None) -> int:
             {"download": cmd_download, "prepare": cmd_prepare, "sample": cmd_sample, "eval": cmd_eval,
              "export": cmd_export}[
                 args.command](args)
-    except (ConfigError, ValueError, OSError) as e:  # OSError: missing/unreadable files, network
-        print(f"nanogpt {args.command}: error: {e}", file=sys.stderr)
+    except (UserError, OSError) as e:  # OSError: missing/unreadable files, network; anything else is a bug
+        message = f"nanogpt {args.command}: error: {_one_line(e)}"
+        print(message, file=sys.stderr)
+        from nanogpt.launch import report_user_error
+
+        report_user_error(message)
         return 2
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.strerror}: {str(error.filename)!r}"
+    return " ".join(str(error).split())
 
 
 if __name__ == "__main__":

@@ -17,15 +17,31 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from nanogpt.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A bad setting: the message names the value and what was expected."""
+# The one rule for every entry name (datasets, runs, samples, evals): names become folder names and command-line
+# arguments, so they hold only letters, digits and . _ - and start with a letter or digit (no "..", no spaces, no
+# shell syntax).
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def check_name(name: object, where: str) -> str:
+    """`name` if it follows NAME_PATTERN, else a ConfigError naming it."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"{where} name {name!r} is not allowed: expected 1-100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 @dataclass
@@ -149,21 +165,163 @@ class RunConfig:
             bias=m.bias,
         )
 
-    def fingerprint(self) -> str:
-        """Hash of the settings that shape the training trajectory (a checkpoint resumes only if it matches).
+    def fingerprint(self, dataset_meta: dict | None = None, init_identity: str = "") -> str:
+        """Hash of what shapes the training trajectory: a checkpoint is resumed only if its hash is the same.
 
-        Lengthening max_iters, or changing logging, eval and checkpoint cadence, keeps the checkpoints usable;
-        a different init_from (scratch vs a GPT-2 finetune) does not.
+        The trajectory is the settings (less max_iters, logging, eval and checkpoint cadence, compile, launch:
+        lengthening a run keeps its checkpoints), the prepared data as meta.json describes it (source sha256,
+        tokenizer, split, counts) and the identity of the initial weights.
         """
         d = self.to_dict()
         for key in ("max_iters", "log_interval", "eval_interval", "eval_iters", "eval_only",
                     "always_save_checkpoint", "checkpoint_interval", "keep_checkpoints", "compile", "peak_flops"):
             d["train"].pop(key)
         d.pop("launch")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        identity = {"settings": d, "data": dataset_meta or {}, "init": init_identity}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _SECTIONS = {"model": ModelSettings, "train": TrainSettings, "launch": LaunchSettings}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_dtype(value: str, where: str) -> str:
+    if value not in DTYPES:
+        raise ConfigError(f"{where}={value!r}: expected one of {', '.join(DTYPES)}")
+    return value
+
+
+def check_device(value: str, where: str) -> str:
+    if not (value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value)):
+        raise ConfigError(f"{where}={value!r}: expected auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+# Generation beyond this many tokens per sample is a typo, not a plan (the output is held in memory).
+MAX_NEW_TOKENS_LIMIT = 1_000_000
+MAX_NUM_SAMPLES = 100_000
+
+
+@dataclass
+class SampleSettings:
+    """A `samples:` entry (or `nanogpt sample`'s flags): nanoGPT's sample.py options."""
+
+    model: str
+    start: str = "\n"
+    num_samples: int = 10
+    max_new_tokens: int = 500
+    temperature: float = 0.8
+    top_k: int | None = 200
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def validate(self, where: str) -> SampleSettings:
+        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
+            raise ConfigError(f"{where}.num_samples={self.num_samples}: expected an integer in [1, {MAX_NUM_SAMPLES}]")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise ConfigError(f"{where}.max_new_tokens={self.max_new_tokens}: expected an integer in "
+                              f"[1, {MAX_NEW_TOKENS_LIMIT:,}]")
+        if self.temperature <= 0:
+            raise ConfigError(f"{where}.temperature={self.temperature}: expected a positive finite number")
+        if self.top_k is not None and self.top_k < 1:
+            raise ConfigError(f"{where}.top_k={self.top_k}: expected a positive integer, or null for no top-k")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"{where}.seed={self.seed}: expected an integer in [0, 2**63)")
+        if not self.start:
+            raise ConfigError(f"{where}.start is empty: expected prompt text or FILE:path")
+        check_device(self.device, f"{where}.device")
+        check_dtype(self.dtype, f"{where}.dtype")
+        return self
+
+
+@dataclass
+class EvalSettings:
+    """How a model is evaluated on a dataset (nanoGPT's eval_gpt2*.py defaults)."""
+
+    batch_size: int = 8
+    eval_iters: int = 500
+    block_size: int | None = None  # None: the model's
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    splits: str = "train,val"
+
+    def validate(self, where: str) -> EvalSettings:
+        for key in ("batch_size", "eval_iters"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}={getattr(self, key)}: expected a positive integer")
+        if self.block_size is not None and self.block_size < 1:
+            raise ConfigError(f"{where}.block_size={self.block_size}: expected a positive integer or null")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"{where}.seed={self.seed}: expected an integer in [0, 2**63)")
+        parts = self.splits.split(",")
+        if not parts or any(p not in ("train", "val") for p in parts) or len(set(parts)) != len(parts):
+            raise ConfigError(f"{where}.splits={self.splits!r}: expected a comma-separated subset of train,val")
+        check_device(self.device, f"{where}.device")
+        check_dtype(self.dtype, f"{where}.dtype")
+        return self
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        return tuple(self.splits.split(","))
+
+
+DATASET_KEYS = ("source", "hf", "files", "tokenizer", "val_fraction", "seed", "dtype", "text_column")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def check_dataset(spec: dict, name: str) -> dict:
+    """A `datasets:` entry: known keys, one kind of source, and values in range (before any job starts)."""
+    where = f"datasets.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}={spec!r}: expected a mapping")
+    for key in spec:
+        if key not in DATASET_KEYS:
+            raise ConfigError(f"unknown key {where}.{key}{_suggest(key, list(DATASET_KEYS))}")
+    kinds = [k for k in ("source", "hf", "files") if k in spec]
+    if len(kinds) != 1:
+        raise ConfigError(f"{where}: has {kinds or 'none'} of source / hf / files: expected exactly one")
+    if "source" in spec:
+        src = spec["source"]
+        if not isinstance(src, dict) or not isinstance(src.get("url"), str) or "sha256" not in src:
+            raise ConfigError(f"{where}.source={src!r}: expected a mapping with url and sha256")
+        if not isinstance(src["sha256"], str) or not _SHA256_RE.fullmatch(src["sha256"]):
+            raise ConfigError(f"{where}.source.sha256={src['sha256']!r}: expected 64 lowercase hex digits")
+    elif not isinstance(spec[kinds[0]], dict):
+        raise ConfigError(f"{where}.{kinds[0]}={spec[kinds[0]]!r}: expected a mapping")
+    tokenizers = ("char", "gpt2") if "source" in spec else ("gpt2",)
+    if spec.get("tokenizer", tokenizers[0]) not in tokenizers:
+        raise ConfigError(f"{where}.tokenizer={spec['tokenizer']!r}: expected one of {', '.join(tokenizers)}")
+    fraction = spec.get("val_fraction", 0.1)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        raise ConfigError(f"{where}.val_fraction={fraction!r}: expected a number between 0 and 1")
+    seed = spec.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"{where}.seed={seed!r}: expected an integer in [0, 2**32)")
+    if spec.get("dtype") not in (None, "uint16", "uint32"):
+        raise ConfigError(f"{where}.dtype={spec['dtype']!r}: expected uint16, uint32 or null")
+    if not isinstance(spec.get("text_column", "text"), str):
+        raise ConfigError(f"{where}.text_column={spec['text_column']!r}: expected a column name")
+    return spec
+
+
+def resolve_sample(entry: dict, where: str = "sample") -> SampleSettings:
+    """A `samples:` entry (or the CLI's flags as a dict) -> validated SampleSettings."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}={entry!r}: expected a mapping")
+    entry = _floats_from_strings(dict(entry))
+    if "model" not in entry:
+        raise ConfigError(f"{where}: missing required key 'model'")
+    return _build(SampleSettings, entry, where).validate(where)
+
+
+def resolve_eval(entry: dict, where: str = "eval") -> EvalSettings:
+    """The evaluation settings of an `evals:` entry (model, datasets and resources are the pipeline's)."""
+    entry = _floats_from_strings({k: v for k, v in entry.items() if k not in ("model", "datasets", "resources")})
+    if isinstance(entry.get("splits"), list):
+        entry["splits"] = ",".join(map(str, entry["splits"]))
+    return _build(EvalSettings, entry, where).validate(where)
 
 
 def _suggest(key: str, known: list[str]) -> str:
@@ -189,9 +347,9 @@ def _check_type(where: str, value: Any, annotation: str) -> Any:
             return value
         raise ConfigError(f"{where}={value!r}: expected an integer")
     if base == "float":
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-        raise ConfigError(f"{where}={value!r}: expected a number")
+        raise ConfigError(f"{where}={value!r}: expected a finite number")
     if base == "str":
         if isinstance(value, str):
             return value
@@ -219,16 +377,26 @@ def _validate(run: RunConfig, name: str) -> None:
     for key in ("learning_rate",):
         if getattr(t, key) <= 0:
             raise ConfigError(f"runs.{name}.train.{key}={getattr(t, key)}: expected a positive number")
+    for key, low, high in (("weight_decay", 0.0, None), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0),
+                           ("grad_clip", 0.0, None)):
+        value = getattr(t, key)
+        if value < low or (high is not None and value >= high):
+            expected = f"a number in [{low}, {high})" if high is not None else f"a number >= {low}"
+            raise ConfigError(f"runs.{name}.train.{key}={value}: expected {expected}")
+    if t.lr_decay_iters < 0:
+        raise ConfigError(f"runs.{name}.train.lr_decay_iters={t.lr_decay_iters}: expected >= 0")
+    if not 0 <= t.seed < 2**63:
+        raise ConfigError(f"runs.{name}.train.seed={t.seed}: expected an integer in [0, 2**63)")
+    if t.peak_flops is not None and t.peak_flops <= 0:
+        raise ConfigError(f"runs.{name}.train.peak_flops={t.peak_flops}: expected a positive number of FLOP/s")
     if t.min_lr < 0 or t.min_lr > t.learning_rate:
         raise ConfigError(f"runs.{name}.train.min_lr={t.min_lr}: expected 0 <= min_lr <= learning_rate")
     if t.warmup_iters < 0:
         raise ConfigError(f"runs.{name}.train.warmup_iters={t.warmup_iters}: expected >= 0")
     if t.checkpoint_interval is not None and t.checkpoint_interval <= 0:
         raise ConfigError(f"runs.{name}.train.checkpoint_interval={t.checkpoint_interval}: expected a positive integer")
-    if t.dtype not in ("auto", "float32", "bfloat16", "float16"):
-        raise ConfigError(f"runs.{name}.train.dtype={t.dtype!r}: expected auto, float32, bfloat16 or float16")
-    if not (t.device in ("auto", "cpu", "cuda", "mps") or t.device.startswith("cuda:")):
-        raise ConfigError(f"runs.{name}.train.device={t.device!r}: expected auto, cpu, cuda, cuda:N or mps")
+    check_dtype(t.dtype, f"runs.{name}.train.dtype")
+    check_device(t.device, f"runs.{name}.train.device")
     if launch.nproc_per_node <= 0 or launch.nnodes <= 0:
         raise ConfigError(f"runs.{name}.launch: nproc_per_node and nnodes must be positive integers")
     if launch.backend not in ("auto", "nccl", "gloo"):
@@ -260,7 +428,7 @@ def resolve_run(entry: dict, name: str = "run", overrides: dict | None = None) -
     for key, value in (overrides or {}).items():
         apply_override(entry, key, value, name)
     run = RunConfig(
-        dataset=_check_type(f"runs.{name}.dataset", entry["dataset"], "str"),
+        dataset=check_name(entry["dataset"], f"runs.{name}.dataset: dataset"),
         init_from=_check_type(f"runs.{name}.init_from", entry.get("init_from", "scratch"), "str"),
         model=_build(ModelSettings, entry.get("model", {}), f"runs.{name}.model"),
         train=_build(TrainSettings, entry.get("train", {}), f"runs.{name}.train"),

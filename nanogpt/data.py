@@ -24,30 +24,28 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nanogpt import fileio
+from nanogpt.errors import ChecksumError, DataError
 
 if TYPE_CHECKING:
     import torch
-from nanogpt.config import ConfigError
-from nanogpt.tokenizer import CharTokenizer, find_in_mirror, gpt2_tokenizer, mirror_dir
+from nanogpt.config import ConfigError, check_dataset
+from nanogpt.tokenizer import CharTokenizer, find_local, gpt2_tokenizer
 
 SPLITS = ("train", "val")
 _SPLIT_ID = {"train": 0, "val": 1}
 DOWNLOAD_TIMEOUT_S = 60
 
 
-class ChecksumError(ValueError):
-    """A file whose sha256 differs from the expected one."""
-
-
 def fetch(url: str, sha256: str, dest: str | os.PathLike, mirror: str | os.PathLike | None = None) -> Path:
     """Put the file at `url` on `dest`, verified against `sha256`.
 
-    A mirror directory (argument or $NANOGPT_MIRROR) holding a file of the same name is used instead of
-    the network. Nothing is left at `dest` unless the checksum matched.
+    A local copy is used instead of the network (`tokenizer.find_local`): a mirror directory's (argument,
+    config `mirror` or $NANOGPT_MIRROR) file of the same name, else the package's bundled file of that name
+    and sha256. Nothing is left at `dest` unless the checksum matched.
     """
     dest = Path(dest)
     filename = url.rstrip("/").rsplit("/", 1)[-1]
-    local = find_in_mirror(mirror_dir(mirror), filename)
+    local = find_local(filename, sha256, mirror)
     with fileio.atomic_path(dest) as tmp:
         if local is not None:
             shutil.copyfile(local, tmp)
@@ -142,31 +140,12 @@ def prepare_text(
     return meta
 
 
-DATASET_KEYS = ("source", "hf", "files", "tokenizer", "val_fraction", "seed", "dtype", "text_column")
-
-
-def _check_dataset_entry(spec: dict, name: str) -> None:
-    import difflib
-
-    if not isinstance(spec, dict):
-        raise ConfigError(f"datasets.{name}={spec!r}: expected a mapping")
-    for key in spec:
-        if key not in DATASET_KEYS:
-            close = difflib.get_close_matches(key, DATASET_KEYS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown key datasets.{name}.{key}{hint}")
-    if "source" not in spec and "hf" not in spec and "files" not in spec:
-        raise ConfigError(f"datasets.{name}: expected one of 'source' (url + sha256), 'hf' or 'files'")
-
-
 def download(spec: dict, out: str | os.PathLike, mirror: str | os.PathLike | None = None, name: str = "dataset"
              ) -> Path:
     """The download step of a dataset entry: a checksummed file for `source` entries."""
-    _check_dataset_entry(spec, name)
+    check_dataset(spec, name)
     if "source" in spec:
         src = spec["source"]
-        if not isinstance(src, dict) or "url" not in src or "sha256" not in src:
-            raise ConfigError(f"datasets.{name}.source={src!r}: expected a mapping with url and sha256")
         return fetch(src["url"], src["sha256"], out, mirror)
     from nanogpt.hf_corpus import download_hf
 
@@ -176,7 +155,7 @@ def download(spec: dict, out: str | os.PathLike, mirror: str | os.PathLike | Non
 def prepare(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike, num_proc: int = 1,
             mirror: str | os.PathLike | None = None, name: str = "dataset") -> dict:
     """The prepare step of a dataset entry: tokenized bins and meta.json in `out_dir`."""
-    _check_dataset_entry(spec, name)
+    check_dataset(spec, name)
     if "source" in spec:
         return prepare_text(source, out_dir, tokenizer=spec.get("tokenizer", "char"),
                             val_fraction=spec.get("val_fraction", 0.1), dtype=spec.get("dtype"),
@@ -186,11 +165,39 @@ def prepare(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike, n
     return prepare_hf(spec, source, out_dir, num_proc=num_proc, mirror=mirror, name=name)
 
 
+META_KEYS = {"vocab_size": int, "dtype": str, "train_tokens": int, "val_tokens": int, "tokenizer": dict}
+
+
 def load_meta(data_dir: str | os.PathLike) -> dict:
-    path = Path(data_dir) / "meta.json"
+    """meta.json of a prepared dataset, checked: its required keys, and bins whose sizes match its counts."""
+    data_dir = Path(data_dir)
+    path = data_dir / "meta.json"
+    rerun = "rerun prepare (snakemake -R prepare, or `nanogpt prepare`)"
     if not path.is_file():
-        raise ConfigError(f"{str(path)!r} does not exist: expected a prepared dataset (run `nanogpt prepare` first)")
-    return json.loads(path.read_text())
+        raise DataError(f"{str(path)!r} does not exist: expected a prepared dataset; {rerun}")
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{str(path)!r} is not valid JSON ({e}): expected prepare's metadata; {rerun}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{str(path)!r} holds no JSON object: expected prepare's metadata; {rerun}")
+    for key, kind in META_KEYS.items():
+        value = meta.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DataError(f"{str(path)!r}: {key}={value!r} is missing or not a {kind.__name__}; {rerun}")
+    if meta["dtype"] not in ("uint16", "uint32") or meta["vocab_size"] - 1 > np.iinfo(meta["dtype"]).max:
+        raise DataError(f"{str(path)!r}: dtype={meta['dtype']!r} cannot hold vocab_size={meta['vocab_size']}: "
+                        f"expected uint16 or uint32 wide enough; {rerun}")
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in SPLITS:
+        bin_path = data_dir / f"{split}.bin"
+        expected = meta[f"{split}_tokens"] * itemsize
+        actual = bin_path.stat().st_size if bin_path.is_file() else None
+        if actual != expected:
+            found = "is missing" if actual is None else f"has {actual:,} bytes"
+            raise DataError(f"{str(bin_path)!r} {found}: expected {expected:,} bytes ({meta[f'{split}_tokens']:,} "
+                            f"{meta['dtype']} tokens, as meta.json says); {rerun}")
+    return meta
 
 
 class BatchSampler:
@@ -204,8 +211,9 @@ class BatchSampler:
     def __init__(self, data_dir: str | os.PathLike, block_size: int, batch_size: int, seed: int,
                  device: torch.device | str = "cpu"):
         self.meta = load_meta(data_dir)
-        dtype = np.dtype(self.meta.get("dtype", "uint16"))
-        self.data = {s: np.memmap(Path(data_dir) / f"{s}.bin", dtype=dtype, mode="r") for s in SPLITS}
+        self.vocab_size = self.meta["vocab_size"]
+        self.paths = {s: Path(data_dir) / f"{s}.bin" for s in SPLITS}
+        self.data = {s: np.memmap(p, dtype=np.dtype(self.meta["dtype"]), mode="r") for s, p in self.paths.items()}
         self.block_size, self.batch_size, self.seed = block_size, batch_size, seed
         import torch  # training-side only: preparing data never needs torch
 
@@ -226,9 +234,17 @@ class BatchSampler:
         starts = rng.integers(0, len(data) - self.block_size, size=self.batch_size)
         import torch
 
-        chunk = torch.from_numpy(data[starts[:, None] + self._offsets].astype(np.int64))
-        x, y = chunk[:, :-1], chunk[:, 1:]
+        windows = data[starts[:, None] + self._offsets]
+        if int(windows.max()) >= self.vocab_size:  # a corrupt bin: cheap to catch here, cryptic in the embedding
+            raise DataError(
+                f"{str(self.paths[split])!r} holds token id {int(windows.max())}: expected ids below meta.json's "
+                f"vocab_size {self.vocab_size}; rerun prepare (snakemake -R prepare, or `nanogpt prepare`)"
+            )
+        chunk = torch.from_numpy(windows.astype(np.int64))
+        # contiguous copies: pinning a strided view keeps its strides, and the copy to the GPU then goes through a
+        # pageable temporary instead of the pinned buffer
+        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
         if self.device.type == "cuda":
             return (x.pin_memory().to(self.device, non_blocking=True),
                     y.pin_memory().to(self.device, non_blocking=True))
-        return x.contiguous().to(self.device), y.contiguous().to(self.device)
+        return x.to(self.device), y.to(self.device)

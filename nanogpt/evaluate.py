@@ -10,7 +10,8 @@ import torch
 
 from nanogpt import fileio
 from nanogpt.data import BatchSampler
-from nanogpt.model import GPT, ConfigError
+from nanogpt.errors import ConfigError
+from nanogpt.model import GPT
 
 
 @torch.no_grad()
@@ -56,10 +57,13 @@ def evaluate_cli(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from nanogpt import checkpoint as ckpt_io
-    from nanogpt.train import pick_device, pick_dtype
+    from nanogpt.config import resolve_eval
+    from nanogpt.runtime import pick_device, pick_dtype, setup_device
 
     if bool(args.checkpoint) == bool(args.init_from):
         raise ConfigError("give exactly one of --checkpoint PATH or --init-from gpt2*/hub id/local HF directory")
+    keys = ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype", "splits")
+    settings = resolve_eval({k: getattr(args, k) for k in keys}, "eval")
     if args.init_from:
         from nanogpt.pretrained import load_pretrained
 
@@ -67,16 +71,13 @@ def evaluate_cli(args: argparse.Namespace) -> None:
     else:
         model, _ = ckpt_io.load_model(args.checkpoint)
     source = args.checkpoint or args.init_from
-    device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device, model.config.n_embd)
-    splits = tuple(s for s in args.splits.split(",") if s)
-    bad = [s for s in splits if s not in ("train", "val")]
-    if bad or not splits:
-        raise ConfigError(f"--splits {args.splits!r}: expected a comma-separated subset of train,val")
+    device = pick_device(settings.device)
+    setup_device(device)
+    dtype = pick_dtype(settings.dtype, device, model.config.n_embd)
     result = {"model": args.model_name or source, "dataset": args.dataset_name or Path(args.data_dir).name,
               "source": str(source), "params": model.get_num_params()}
-    result.update(evaluate(model, args.data_dir, splits, args.batch_size, args.block_size, args.eval_iters,
-                           args.seed, str(device), dtype))
+    result.update(evaluate(model, args.data_dir, settings.split_names, settings.batch_size, settings.block_size,
+                           settings.eval_iters, settings.seed, str(device), dtype))
     result.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
     if args.out:
         fileio.write_json(args.out, result)

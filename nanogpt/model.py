@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanogpt.config import ConfigError, GPTConfig  # noqa: F401 (GPTConfig and ConfigError live with the config)
+from nanogpt.config import GPTConfig
+from nanogpt.errors import ConfigError
 
 
 class KVCache:
@@ -198,7 +199,7 @@ class GPT(nn.Module):
             return logits, loss
         if all_logits:
             return self.lm_head(x), None
-        return self.lm_head(x[:, [-1], :]), None
+        return self.lm_head(x[:, -1:, :]), None  # a slice, not a list index: no host-to-device copy
 
     def crop_block_size(self, block_size: int) -> None:
         """Model surgery: shrink the context (e.g. GPT-2's 1024 down to a smaller run's block_size)."""
@@ -268,7 +269,7 @@ class GPT(nn.Module):
             logits = logits[:, -1, :].float() / temperature
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
+                logits[logits < v[:, -1:]] = -float("inf")
             probs = F.softmax(logits, dim=-1)
             out[:, L : L + 1] = torch.multinomial(probs, num_samples=1, generator=generator)
         return out

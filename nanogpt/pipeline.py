@@ -7,11 +7,19 @@ made here, in plain Python that tests can call.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from nanogpt.config import PRETRAINED_NAMES, ConfigError, resolve_run
+from nanogpt.config import (
+    PRETRAINED_NAMES,
+    RunConfig,
+    check_dataset,
+    check_name,
+    resolve_eval,
+    resolve_run,
+    resolve_sample,
+)
+from nanogpt.errors import ConfigError
 
 RESULTS = "results"
 
@@ -24,6 +32,7 @@ def _option_args(entry: dict, keys: tuple[str, ...]) -> list[str]:
 @dataclass
 class Pipeline:
     config: dict
+    _runs: dict[str, RunConfig] = field(default_factory=dict, repr=False)  # resolved once per name
 
     # ---- datasets -------------------------------------------------------------------------------------
     def datasets(self) -> dict:
@@ -54,10 +63,12 @@ class Pipeline:
     def runs(self) -> dict:
         return self.config.get("runs") or {}
 
-    def run(self, name: str):
+    def run(self, name: str) -> RunConfig:
         if name not in self.runs():
             raise ConfigError(f"unknown run {name!r}: expected one of {sorted(self.runs())}")
-        return resolve_run(self.runs()[name], name)
+        if name not in self._runs:
+            self._runs[name] = resolve_run(self.runs()[name], name)
+        return self._runs[name]
 
     def run_spec(self, name: str) -> str:
         """The run's complete resolved settings: the train rule's params, so any change reruns it."""
@@ -104,14 +115,14 @@ class Pipeline:
         """
         launch = self.run(name).launch
         if launch.nnodes == 1:
-            return f"torchrun --standalone --nproc_per_node={launch.nproc_per_node}"
+            return f"python -m nanogpt.launch --standalone --nproc_per_node={launch.nproc_per_node}"
         res = self.run_resources(name)
         n = launch.nnodes
         step = f"srun --nodes={n} --ntasks={n} --ntasks-per-node=1 --cpus-per-task={res['cpus_per_task']}"
         if res["gres"]:
             step += f" --gres={res['gres']}"
         torchrun = (
-            f"exec torchrun --nnodes={n} --nproc_per_node={launch.nproc_per_node} "
+            f"exec python -m nanogpt.launch --nnodes={n} --nproc_per_node={launch.nproc_per_node} "
             '--rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d '
             '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500" "$@"'
         )
@@ -121,14 +132,11 @@ class Pipeline:
         """A run's final checkpoint; None for pretrained models (gpt2*, local HF dirs)."""
         if model in self.runs():
             return f"{RESULTS}/runs/{model}/model.pt"
-        if model in PRETRAINED_NAMES or os.path.isdir(model):
-            return None
-        pretrained = self.config.get("pretrained") or {}
-        if model in pretrained:
+        if model in PRETRAINED_NAMES or model in (self.config.get("pretrained") or {}):
             return None
         raise ConfigError(
             f"unknown model {model!r}: expected a run name {sorted(self.runs())}, one of {list(PRETRAINED_NAMES)}, "
-            "or an entry under `pretrained`"
+            "or a name under `pretrained` (local folders are named there)"
         )
 
     def model_source_args(self, model: str) -> str:
@@ -163,17 +171,23 @@ class Pipeline:
 
     # ---- validation and targets -----------------------------------------------------------------------
     def check(self) -> None:
-        """Cross-references the JSON schema cannot express: names that must exist, settings that must agree."""
+        """Every entry, before any job starts: names, settings and cross-references the JSON schema cannot express."""
+        for section in ("datasets", "runs", "samples", "evals", "pretrained"):
+            for name in self.config.get(section) or {}:
+                check_name(name, f"{section}.{name}: {section.removesuffix('s')}")
+        for name, spec in self.datasets().items():
+            check_dataset(spec, name)
         for name in self.runs():
             run = self.run(name)
             if run.dataset not in self.datasets():
                 raise ConfigError(f"runs.{name}.dataset={run.dataset!r}: no such dataset, expected one of "
                                   f"{sorted(self.datasets())}")
         for name, entry in self.samples().items():
-            if "model" not in entry:
-                raise ConfigError(f"samples.{name}: missing required key 'model'")
-            self.model_checkpoint(entry["model"])
-        for name, entry in (self.config.get("evals") or {}).items():
+            self.model_checkpoint(resolve_sample(entry, f"samples.{name}").model)
+        for name, entry in self.evals().items():
+            if not isinstance(entry, dict) or "model" not in entry:
+                raise ConfigError(f"evals.{name}={entry!r}: expected a mapping with 'model' and 'datasets'")
+            resolve_eval(entry, f"evals.{name}")
             self.model_checkpoint(entry["model"])
             for ds in entry.get("datasets", []):
                 if ds not in self.datasets():
@@ -225,11 +239,12 @@ class Pipeline:
     def eval_args(self, model: str, dataset: str) -> str:
         """`nanogpt eval` arguments: the model source, the data folder and the entry's settings."""
         entry = self.eval_entry(model, dataset)
-        args = [self.model_source_args(model), f"--data-dir {RESULTS}/data/{dataset}",
+        args = [self.model_source_args(model), f"--data-dir {shlex.quote(f'{RESULTS}/data/{dataset}')}",
                 f"--model-name {shlex.quote(model)} --dataset-name {shlex.quote(dataset)}"]
         args += _option_args(entry, ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype"))
         if entry.get("splits"):
-            args.append(f"--splits {','.join(entry['splits'])}")
+            splits = entry["splits"] if isinstance(entry["splits"], str) else ",".join(entry["splits"])
+            args.append(f"--splits {shlex.quote(splits)}")
         return " ".join(args)
 
     def eval_resources(self, model: str, dataset: str) -> dict:

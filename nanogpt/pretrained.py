@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from nanogpt.model import GPT, ConfigError, GPTConfig
+from nanogpt.errors import ConfigError
+from nanogpt.model import GPT, GPTConfig
 
 # HF Conv1D weights (in x out) that are nn.Linear (out x in) here.
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -163,15 +162,6 @@ def load_pretrained(name_or_dir: str, dropout: float | None = None) -> GPT:
     return model
 
 
-def _as_model(model_or_checkpoint: GPT | str | os.PathLike) -> GPT:
-    if isinstance(model_or_checkpoint, GPT):
-        return model_or_checkpoint
-    from nanogpt import checkpoint as ckpt_io
-
-    model, _ = ckpt_io.load_model(model_or_checkpoint)
-    return model
-
-
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our weights under HF GPT-2 names; a bias=False model gets zero biases, which computes the same thing."""
     out = {}
@@ -188,15 +178,33 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write a Hugging Face GPT-2 folder (config.json + model.safetensors) that reproduces our model's logits.
+def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.PathLike, meta: dict | None = None,
+              mirror: str | os.PathLike | None = None) -> Path:
+    """Write a Hugging Face GPT-2 folder that reproduces our model's logits, and its tokenizer when known.
 
-    Written to a temp folder and renamed into place, so a half-written export never sits at `out_dir`.
+    config.json + model.safetensors (+ generation_config.json), and tokenizer.json + tokenizer_config.json for
+    the tokenizer described by `meta` (a dataset's meta.json dict) or, for a checkpoint path, its `dataset_meta`;
+    a checkpoint without one and a GPT-2-sized vocabulary gets GPT-2 BPE (nanoGPT's fallback too), anything else
+    is exported without a tokenizer. Every check runs before anything is written; the folder is written to a temp
+    folder and renamed into place, so a half-written export never sits at `out_dir`.
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    model = _as_model(model_or_checkpoint)
+    from nanogpt import interop
+
+    interop.check_out_dir(out_dir, "config.json", "Hugging Face")
+    if isinstance(model_or_checkpoint, GPT):
+        model = model_or_checkpoint
+    else:
+        from nanogpt import checkpoint as ckpt_io
+
+        model, ckpt = ckpt_io.load_model(model_or_checkpoint)
+        meta = meta if meta is not None else ckpt.get("dataset_meta")
     c = model.config
+    tok_meta = meta.get("tokenizer") if isinstance(meta, dict) else None
+    if tok_meta is None and c.vocab_size >= 50257:
+        tok_meta = {"kind": "gpt2"}
+    tokenizer = interop.hf_tokenizer(tok_meta, c.vocab_size, c.block_size, mirror)
     eot = 50256 if c.vocab_size > 50256 else None
     hf_config = GPT2Config(
         vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
@@ -211,17 +219,10 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
     if missing or unexpected:
         raise PretrainedError(f"cannot export: HF GPT-2 expects {missing[:3]}, got extra {unexpected[:3]}")
     hf.tie_weights()
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         hf.save_pretrained(tmp)
-        if out.exists():
-            if not (out / "config.json").is_file() and any(out.iterdir()):
-                raise PretrainedError(f"{str(out)!r} exists and is not a model folder: expected a new or model folder")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        if tokenizer is not None:
+            interop.save_hf_tokenizer(tokenizer, tmp)
+
+    return interop.write_folder(out_dir, "config.json", "Hugging Face", write)

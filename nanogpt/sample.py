@@ -11,8 +11,9 @@ import torch
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
 from nanogpt.config import is_pretrained_source
-from nanogpt.model import GPT, ConfigError
-from nanogpt.tokenizer import Tokenizer, from_meta, gpt2_tokenizer
+from nanogpt.errors import ConfigError
+from nanogpt.model import GPT
+from nanogpt.tokenizer import CharTokenizer, Tokenizer, from_meta, gpt2_tokenizer
 
 SEPARATOR = "\n---------------\n"
 
@@ -30,16 +31,33 @@ def read_prompt(start: str) -> str:
 def load_model_and_tokenizer(
     source: str, meta_path: str | os.PathLike | None = None, mirror: str | os.PathLike | None = None
 ) -> tuple[GPT, Tokenizer]:
-    """`source` is a .pt checkpoint, gpt2* or a local Hugging Face GPT-2 directory."""
+    """`source` is a .pt checkpoint, a run folder, gpt2* or a local Hugging Face GPT-2 directory.
+
+    A run folder means its model.pt (ours) or ckpt.pt (nanoGPT's out_dir). The tokenizer comes from `meta_path`
+    (a meta.json, or nanoGPT's meta.pkl read without running anything), else the checkpoint's own metadata, else
+    a nanoGPT meta.pkl beside the checkpoint, else GPT-2 BPE (nanoGPT's fallback).
+    """
+    from nanogpt import interop
+
+    if Path(source).is_dir():
+        found = interop.checkpoint_in_folder(source)
+        if found is not None:
+            source = str(found)
     if is_pretrained_source(source):
         from nanogpt.pretrained import load_pretrained
 
-        return load_pretrained(source), gpt2_tokenizer(mirror)
+        chars = interop.chars_of_hf_export(source) if Path(source).is_dir() else None
+        return load_pretrained(source), CharTokenizer(chars) if chars else gpt2_tokenizer(mirror)
     model, state = ckpt_io.load_model(source)
+    beside = Path(source).with_name("meta.pkl")
     if meta_path is not None:
         meta = _read_meta(Path(meta_path))
+    elif state.get("dataset_meta"):
+        meta = state["dataset_meta"]
+    elif beside.is_file():  # our `export --format nanogpt` folder, or a ckpt.pt put next to its meta.pkl
+        meta = interop.read_meta_pkl(beside)
     else:
-        meta = state.get("dataset_meta")
+        meta = None
     if meta and "tokenizer" in meta:
         tok = from_meta(meta["tokenizer"], mirror)
     else:  # a nanoGPT checkpoint without our metadata: nanoGPT's own fallback is GPT-2 BPE
@@ -47,22 +65,29 @@ def load_model_and_tokenizer(
     if tok.vocab_size > model.config.vocab_size:
         raise ConfigError(
             f"the {tok.kind} tokenizer has {tok.vocab_size} tokens but the checkpoint's model.vocab_size is "
-            f"{model.config.vocab_size}: expected --meta with the meta.json of the dataset it was trained on"
+            f"{model.config.vocab_size}: expected --meta with the meta.json (or nanoGPT meta.pkl) of the dataset "
+            "it was trained on"
         )
     return model, tok
 
 
 def _read_meta(path: Path) -> dict:
-    """A dataset's meta.json; nanoGPT's meta.pkl is a pickle and is never loaded."""
+    """A dataset's meta.json, or nanoGPT's meta.pkl through a restricted unpickler (plain values only)."""
     import json
 
     if not path.is_file():
-        raise ConfigError(f"--meta {str(path)!r} does not exist: expected a dataset's meta.json")
+        raise ConfigError(f"--meta {str(path)!r} does not exist: expected a dataset's meta.json or nanoGPT's meta.pkl")
+    data = path.read_bytes()
+    if path.suffix == ".pkl" or data[:1] == b"\x80":  # pickle protocol 2+ starts with PROTO (0x80)
+        from nanogpt.interop import load_plain_pickle, meta_from_nanogpt
+
+        label = f"--meta {str(path)!r}"
+        return meta_from_nanogpt(load_plain_pickle(data, label), label, dataset=path.parent.name)
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ConfigError(f"--meta {str(path)!r} is not JSON: expected a dataset's meta.json (pickles are not read)"
-                          ) from None
+        raise ConfigError(f"--meta {str(path)!r} is neither JSON nor a pickle: expected a dataset's meta.json or "
+                          "nanoGPT's meta.pkl") from None
     if not isinstance(meta, dict) or "tokenizer" not in meta:
         raise ConfigError(f"--meta {str(path)!r} has no 'tokenizer' entry: expected a dataset's meta.json")
     return meta

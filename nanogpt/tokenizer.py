@@ -1,18 +1,19 @@
 """Character and GPT-2 BPE tokenizers behind one small interface, described by JSON metadata.
 
 The metadata (`to_meta()`) goes into a dataset's meta.json; `from_meta()` rebuilds the same tokenizer for
-training, evaluation and sampling. No pickles: nanoGPT's meta.pkl is replaced by plain JSON.
+training, evaluation and sampling. Our metadata is plain JSON (nanoGPT's meta.pkl is read only by
+`nanogpt.interop`, through an unpickler that admits no classes or functions).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
-from nanogpt.config import ConfigError
+from nanogpt.errors import ConfigError
+from nanogpt.fileio import sha256_file
 
 # The original GPT-2 BPE files and the sha256 tiktoken itself expects of them.
 GPT2_FILES = {
@@ -27,6 +28,8 @@ GPT2_FILES = {
 }
 GPT2_EOT = 50256
 GPT2_VOCAB = 50257
+# Small public files shipped with the package (see its README.md): a built-in, checksummed mirror.
+BUNDLED_DIR = Path(__file__).resolve().parent / "assets"
 
 
 class Tokenizer(Protocol):
@@ -117,8 +120,26 @@ def find_in_mirror(mirror: Path | None, filename: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def bundled_file(filename: str, sha256: str) -> Path | None:
+    """The package's own copy of `filename` (under nanogpt/assets), only if its sha256 is the one asked for."""
+    if not BUNDLED_DIR.is_dir():
+        return None
+    for path in sorted(BUNDLED_DIR.rglob("*")):
+        if path.name == filename and path.is_file() and sha256_file(path) == sha256:
+            return path
+    return None
+
+
+def find_local(filename: str, sha256: str, mirror: str | os.PathLike | None = None) -> Path | None:
+    """Where file `filename` with checksum `sha256` is on this machine, or None (then: the network).
+
+    1. the explicit mirror (argument, config `mirror`, or $NANOGPT_MIRROR): its file of that name whatever its
+       content, so that the caller's checksum check refuses a wrong one rather than silently skipping it;
+    2. the files bundled with the package (nanogpt/assets), only one whose sha256 matches.
+    Callers still verify the sha256 of what they read.
+    """
+    found = find_in_mirror(mirror_dir(mirror), filename)
+    return found if found is not None else bundled_file(filename, sha256)
 
 
 @lru_cache(maxsize=4)
@@ -127,17 +148,19 @@ def _gpt2_encoding(mirror: str | None):
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
-    local = {name: find_in_mirror(Path(mirror), name) if mirror else None for name in GPT2_FILES}
+    local = {name: find_local(name, sha256, mirror) for name, (_, sha256) in GPT2_FILES.items()}
     if all(local.values()):
         for name, path in local.items():
-            actual = _sha256(path.read_bytes())
+            actual = sha256_file(path)
             if actual != GPT2_FILES[name][1]:
                 raise ConfigError(
                     f"sha256 of mirror file {str(path)!r} is {actual}: expected {GPT2_FILES[name][1]}"
                 )
-        ranks = data_gym_to_mergeable_bpe_ranks(
+        ranks = data_gym_to_mergeable_bpe_ranks(  # the hashes also keep tiktoken off a stale cache entry
             vocab_bpe_file=str(local["vocab.bpe"]),
             encoder_json_file=str(local["encoder.json"]),
+            vocab_bpe_hash=GPT2_FILES["vocab.bpe"][1],
+            encoder_json_hash=GPT2_FILES["encoder.json"][1],
         )
         return tiktoken.Encoding(
             name="gpt2",
@@ -150,13 +173,14 @@ def _gpt2_encoding(mirror: str | None):
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # network errors come in many types
         raise ConfigError(
-            f"cannot load the GPT-2 BPE files ({type(e).__name__}): put encoder.json and vocab.bpe in a mirror "
-            "directory (config key `mirror` or env NANOGPT_MIRROR), or set TIKTOKEN_CACHE_DIR to a tiktoken cache"
+            f"cannot load the GPT-2 BPE files ({type(e).__name__}; the copies bundled in {str(BUNDLED_DIR)!r} "
+            "are missing): put encoder.json and vocab.bpe in a mirror directory (config key `mirror` or env "
+            "NANOGPT_MIRROR), or set TIKTOKEN_CACHE_DIR to a tiktoken cache"
         ) from None
 
 
 def gpt2_tokenizer(mirror: str | os.PathLike | None = None) -> GPT2Tokenizer:
-    """tiktoken's `gpt2` encoding, built offline from the mirror's encoder.json/vocab.bpe when present."""
+    """tiktoken's `gpt2` encoding, built offline from encoder.json/vocab.bpe: the mirror's, else the bundled ones."""
     m = mirror_dir(mirror)
     return GPT2Tokenizer(_gpt2_encoding(str(m) if m else None))
 

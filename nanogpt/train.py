@@ -1,11 +1,12 @@
 """The training loop: nanoGPT's train.py, run the same way on 1 process, N CPU processes (gloo) or N GPUs (NCCL).
 
-Launch it through torchrun (`nanogpt train` re-executes itself under torchrun when the run asks for more
-than one process); RANK / WORLD_SIZE / LOCAL_RANK come from torchrun's environment.
+Launch it through torchrun (the train rule runs `python -m nanogpt.launch`, torchrun with one-line errors);
+RANK / WORLD_SIZE / LOCAL_RANK come from torchrun's environment.
 
 Resume is exact: the data sampler is stateless (windows depend on seed, step and micro-batch index only), and
 checkpoints carry model, optimizer, scaler and RNG states, so an interrupted run that resumes from its newest
-checkpoint ends with the same weights as an uninterrupted one.
+checkpoint ends with the same weights as an uninterrupted one. A checkpoint is resumed only if it belongs to the
+same trajectory: same settings, same prepared data, same initial weights (see `RunConfig.fingerprint`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import signal
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,95 +28,20 @@ from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
 from nanogpt.config import PRETRAINED_NAMES, RunConfig, is_pretrained_source
 from nanogpt.data import BatchSampler, load_meta
-from nanogpt.model import GPT, ConfigError
+from nanogpt.errors import ConfigError
+from nanogpt.model import GPT
 from nanogpt.provenance import provenance
-
-# bf16 dense peak FLOP/s of common accelerators, for MFU when the run does not give `peak_flops`.
-GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10G": 125e12, "L4": 121e12,
-                  "V100": 125e12, "4090": 165e12, "3090": 71e12}
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_master(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(backend: str, device_type: str) -> Dist:
-    """Join the process group torchrun set up (nothing to do for a single process)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if backend == "auto":
-        backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return Dist(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), world_size=world)
-
-
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """auto: cuda > mps > cpu. Asking for a device this machine lacks is an error, not a silent fallback."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={requested!r} but this machine has no CUDA GPU: expected device: cpu or auto")
-        if requested == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        index = int(requested.split(":", 1)[1])
-        if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"device={requested!r} but only {torch.cuda.device_count()} CUDA device(s) exist: expected cuda:0.."
-                f"cuda:{torch.cuda.device_count() - 1}"
-            )
-        return torch.device("cuda", index)
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device='mps' but MPS is not available on this machine: expected device: cpu or auto")
-    return torch.device(requested)
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 matmul units (AVX512-BF16 or AMX), where bf16 is ~2x fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-# On CPUs with bf16 units, bf16 autocast pays off only once matmuls are large enough to outweigh the casts.
-# Training step, bf16 vs fp32, measured here (benchmarks/train_step_ab.py): 128 wide 0.83x, 192 wide 1.27x,
-# 256 wide 1.70x, 512 wide 2.32x, 768 wide 2.82x. So `auto` keeps models narrower than 256 in fp32.
-CPU_BF16_MIN_WIDTH = 256
-
-
-def pick_dtype(requested: str, device: torch.device, n_embd: int = 0) -> torch.dtype:
-    """auto: bf16 on GPUs that support it (else fp16); on CPUs bf16 for wide models where it is faster."""
-    if requested != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_bf16() and n_embd >= CPU_BF16_MIN_WIDTH:
-        return torch.bfloat16
-    return torch.float32
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from nanogpt.runlock import die_with_parent, run_folder_lock
+from nanogpt.runtime import (
+    Dist,
+    autocast_context,
+    mfu_or_none,
+    peak_flops_for,
+    pick_device,
+    pick_dtype,
+    setup_device,
+    setup_distributed,
+)
 
 
 def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int, min_lr: float,
@@ -133,25 +58,8 @@ def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int
     return min_lr + coeff * (learning_rate - min_lr)
 
 
-def peak_flops_for(device: torch.device, dtype: torch.dtype) -> float | None:
-    """Peak FLOP/s used for MFU: a table for GPUs, a quick matmul measurement on the CPU."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return next((v for k, v in GPU_PEAK_FLOPS.items() if k in name), None)
-    if device.type == "cpu":
-        n = 1024
-        gen = torch.Generator().manual_seed(0)  # its own stream: the training RNG (dropout) stays untouched
-        a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
-        a @ b
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        return 4 * 2 * n**3 / (time.perf_counter() - t0)
-    return None
-
-
 class _StopFlag:
-    """SIGTERM (SLURM's time limit, preemption) asks the loop to checkpoint and exit at the next step."""
+    """SIGTERM (SLURM's time limit, preemption, a dead parent) asks the loop to checkpoint and exit."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -184,89 +92,77 @@ class TerminatedError(SystemExit):
     """Raised after SIGTERM once the checkpoint is safely on disk (exit status 143, like a SIGTERM death)."""
 
 
-def _init_model(run: RunConfig, vocab_size: int, out_dir: Path, log) -> tuple[GPT, dict | None]:
-    """The starting model: the newest matching checkpoint of this run, or init_from (scratch/resume/gpt2*/file)."""
-    expected = run.gpt_config(vocab_size)
-    ckpt_dir = out_dir / "checkpoints"
-    found = ckpt_io.newest_complete(ckpt_dir)
-    if found is not None:
-        path, state = found
-        if state.get("fingerprint") == run.fingerprint():
-            log(f"resuming from {path} (iter {state['iter_num']})")
-            # a finetune's shape is the pretrained model's (cropped), not the run's model: section
-            shape = expected if run.init_from == "scratch" else None
-            return ckpt_io.model_from_checkpoint(state, shape, dropout=run.model.dropout), state
-        log(f"checkpoints in {ckpt_dir} are from different settings: starting afresh and removing them")
-        if int(os.environ.get("RANK", "0")) == 0:  # one remover; the other ranks only read
-            for _, old in ckpt_io.list_checkpoints(ckpt_dir):
-                old.unlink(missing_ok=True)
-    source = run.init_from
+def init_identity(source: str) -> str:
+    """What the initial weights are, for the trajectory fingerprint: a file's sha256, a folder's listing."""
+    path = Path(source)
+    if source.endswith(".pt") and path.is_file():
+        return "sha256:" + fileio.sha256_file(path)
+    if path.is_dir():
+        files = sorted((p.name, p.stat().st_size) for p in path.iterdir() if p.is_file())
+        config = (path / "config.json").read_text() if (path / "config.json").is_file() else ""
+        return json.dumps({"files": files, "config": config}, sort_keys=True)
+    return source
+
+
+def _initial_model(run: RunConfig, vocab_size: int, out_dir: Path, log) -> GPT:
+    """init_from: scratch, resume (this run's model.pt), gpt2*, a local HF folder or hub id, or a .pt file."""
+    source, expected = run.init_from, run.gpt_config(vocab_size)
     if source == "scratch":
-        return GPT(expected), None
+        return GPT(expected)
     if source == "resume":
         path = out_dir / "model.pt"
         if not path.is_file():
-            raise ConfigError(
-                f"init_from='resume' but neither {ckpt_dir}/ckpt_*.pt nor {path} exists: expected a checkpoint to resume"
-            )
-        state = ckpt_io.load(path)
-        log(f"resuming from {path} (iter {state['iter_num']})")
-        try:
-            return ckpt_io.model_from_checkpoint(state, expected, dropout=run.model.dropout), state
-        except ckpt_io.CheckpointError as e:
-            raise ckpt_io.CheckpointError(f"{path}: {e}") from None
+            raise ConfigError(f"init_from='resume' but {path} does not exist: expected a finished run to continue")
+        log(f"continuing from {path} (iter {ckpt_io.peek(path)['iter_num']}) with a new optimizer and schedule")
+        return ckpt_io.model_from_checkpoint(ckpt_io.load(path), expected, dropout=run.model.dropout)
     if is_pretrained_source(source):
-        from nanogpt.pretrained import load_pretrained  # a GPT-2 size, a local HF folder or a hub id
+        from nanogpt.pretrained import load_pretrained
 
         model = load_pretrained(source, dropout=run.model.dropout)
-        if run.model.block_size < model.config.block_size:
-            model.crop_block_size(run.model.block_size)
-        model.config.dropout = run.model.dropout
-        return model, None
-    if source.endswith(".pt"):
-        state = ckpt_io.load(source)
-        model = ckpt_io.model_from_checkpoint(state, dropout=run.model.dropout)
-        if run.model.block_size < model.config.block_size:
-            model.crop_block_size(run.model.block_size)
-        return model, None  # weights only: a new run with its own optimizer and schedule
-    raise ConfigError(
-        f"init_from={source!r}: expected scratch, resume, one of {', '.join(PRETRAINED_NAMES)}, "
-        "a local Hugging Face GPT-2 directory, or a .pt checkpoint"
-    )
+    elif source.endswith(".pt"):
+        model = ckpt_io.model_from_checkpoint(ckpt_io.load(source), dropout=run.model.dropout)
+    else:
+        raise ConfigError(
+            f"init_from={source!r}: expected scratch, resume, one of {', '.join(PRETRAINED_NAMES)}, "
+            "a local Hugging Face GPT-2 directory, or a .pt checkpoint"
+        )
+    if run.model.block_size < model.config.block_size:
+        model.crop_block_size(run.model.block_size)
+    model.config.dropout = run.model.dropout
+    return model
 
 
-@torch.no_grad()
-def estimate_loss(model: torch.nn.Module, sampler: BatchSampler, eval_iters: int, step: int, ctx, d: Dist,
-                  device: torch.device) -> dict[str, float]:
-    """Mean loss over `eval_iters` batches per split, shared out across ranks and averaged over all of them."""
-    was_training = model.training
-    model.eval()
-    out = {}
-    for split in ("train", "val"):
-        total = torch.zeros(1, device=device, dtype=torch.float64)
-        for k in range(d.rank, eval_iters, d.world_size):
-            x, y = sampler.get_batch(split, step, k, for_eval=True)
-            with ctx:
-                _, loss = model(x, y)
-            total += loss.double()
-        if d.enabled:
-            dist.all_reduce(total)
-        out[split] = total.item() / eval_iters
-    model.train(was_training)
-    return out
+def _resume_point(ckpt_dir: Path, out_dir: Path, fingerprint: str, max_iters: int, d: Dist, log) -> Path | None:
+    """The checkpoint to resume from; rank 0 sets aside every checkpoint that does not belong to this trajectory."""
+    chosen, refused = ckpt_io.choose_resume(ckpt_dir, fingerprint, max_iters)
+    if d.enabled:
+        dist.barrier()  # every rank has chosen before rank 0 moves anything
+    if d.is_master:
+        for path, reason in refused:
+            log(f"setting aside {path.name} ({reason}) -> {ckpt_dir / ckpt_io.SET_ASIDE}/")
+            ckpt_io.set_aside(path)
+        best = out_dir / "best.pt"
+        if chosen is None and best.is_file():  # a fresh start: the old best model is not this run's
+            log(f"setting aside {best.name} (from an earlier start) -> {ckpt_dir / ckpt_io.SET_ASIDE}/")
+            ckpt_dir.mkdir(exist_ok=True)
+            os.replace(best, ckpt_dir / best.name)
+            ckpt_io.set_aside(ckpt_dir / best.name)
+    return chosen
 
 
-def _rng_state() -> dict:
+def _rng_state(device: torch.device) -> dict:
+    """The CPU RNG and the current GPU's (one state, whatever the number of visible GPUs)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    cuda = state.get("cuda")
+    if device.type == "cuda" and isinstance(cuda, torch.Tensor):
+        torch.cuda.set_rng_state(cuda.cpu(), device)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -303,207 +199,280 @@ def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     """Train one run; writes checkpoints/, tb/, history.jsonl, then model.pt and metrics.json (rank 0)."""
     t_start = time.time()
     out_dir, data_dir = Path(out_dir), Path(data_dir)
-    t = run.train
-    check_world_size(t.gradient_accumulation_steps, int(os.environ.get("WORLD_SIZE", "1")))
-    probe_device = pick_device(t.device)  # before init_process_group: picks the backend
+    check_world_size(run.train.gradient_accumulation_steps, int(os.environ.get("WORLD_SIZE", "1")))
+    if "LOCAL_RANK" in os.environ:
+        die_with_parent()  # torchrun puts its workers in their own session: a killed pipeline must take them along
+    probe_device = pick_device(run.train.device)  # before init_process_group: picks the backend
     d = setup_distributed(run.launch.backend, probe_device.type)
     try:
-        return _train(run, data_dir, out_dir, t, d, log, t_start)
+        lock = run_folder_lock(out_dir, log) if d.is_master else contextlib.nullcontext()
+        with lock:
+            if d.enabled:
+                dist.barrier()  # nobody reads the run folder before rank 0 owns it
+            trainer = Trainer(run, data_dir, out_dir, d, log if d.is_master else _silent)
+            return trainer.fit(t_start)
     finally:
         if d.enabled:
             dist.destroy_process_group()
 
 
-def _train(run: RunConfig, data_dir: Path, out_dir: Path, t, d: Dist, log, t_start: float) -> dict:
-    device = pick_device(t.device, d.local_rank)
-    if device.type == "cuda" and d.enabled:  # one GPU per rank on each node, whatever cuda:N the config named
-        device = torch.device("cuda", d.local_rank % torch.cuda.device_count())
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    dtype = pick_dtype(t.dtype, device, run.model.n_embd)
-    ctx = autocast_context(device, dtype)
-    if not d.is_master:
-        log = _silent
-    accum = check_world_size(t.gradient_accumulation_steps, d.world_size)
-    tokens_per_iter = t.gradient_accumulation_steps * t.batch_size * run.model.block_size
+class Trainer:
+    """One run's training state: set up in __init__, advanced by fit(), written out by finish()."""
 
-    meta = load_meta(data_dir)
-    sampler = BatchSampler(data_dir, run.model.block_size, t.batch_size, t.seed, device)
-    torch.manual_seed(t.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
-    model, state = _init_model(run, meta["vocab_size"], out_dir, log)
-    model.to(device)
-    optimizer = model.configure_optimizers(t.weight_decay, t.learning_rate, (t.beta1, t.beta2), device.type)
-    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16))
-    iter_num, best_val_loss = 0, float("inf")
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if "scaler" in state and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        iter_num, best_val_loss = int(state["iter_num"]), float(state["best_val_loss"])
-        if "rng" in state:
-            _set_rng_state(state["rng"])
-    raw_model = model
-    if t.compile:
-        model = torch.compile(model)
-    if d.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def __init__(self, run: RunConfig, data_dir: Path, out_dir: Path, d: Dist, log) -> None:
+        self.run, self.t, self.d, self.out_dir, self.log = run, run.train, d, out_dir, log
+        self.ckpt_dir = out_dir / "checkpoints"
+        self.device = pick_device(self.t.device, d.local_rank)
+        if self.device.type == "cuda" and d.enabled:  # one GPU per rank on each node, whatever cuda:N was named
+            self.device = torch.device("cuda", d.local_rank % torch.cuda.device_count())
+        setup_device(self.device)
+        self.dtype = pick_dtype(self.t.dtype, self.device, run.model.n_embd)
+        self.ctx = autocast_context(self.device, self.dtype)
+        self.accum = check_world_size(self.t.gradient_accumulation_steps, d.world_size)
+        self.tokens_per_iter = self.t.gradient_accumulation_steps * self.t.batch_size * run.model.block_size
+        self.meta = load_meta(data_dir)
+        self.sampler = BatchSampler(data_dir, run.model.block_size, self.t.batch_size, self.t.seed, self.device)
+        self.fingerprint = run.fingerprint(self.meta, init_identity(run.init_from))
+        self._build_state()
+        self.peak = self.t.peak_flops or peak_flops_for(self.device, self.dtype)
+        log(f"device {self.device}, dtype {str(self.dtype).removeprefix('torch.')}, world size {d.world_size}, "
+            f"{self.raw_model.get_num_params() / 1e6:.2f}M parameters, {self.tokens_per_iter:,} tokens/iter")
 
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    peak = t.peak_flops or peak_flops_for(device, dtype)
-    log(f"device {device}, dtype {str(dtype).removeprefix('torch.')}, world size {d.world_size}, "
-        f"{raw_model.get_num_params() / 1e6:.2f}M parameters, {tokens_per_iter:,} tokens/iter")
+    def _build_state(self) -> None:
+        """Model, optimizer and scaler: from this trajectory's newest checkpoint, else from init_from."""
+        t = self.t
+        resume = _resume_point(self.ckpt_dir, self.out_dir, self.fingerprint, t.max_iters, self.d, self.log)
+        torch.manual_seed(t.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
+        state = None
+        if resume is not None:
+            state = ckpt_io.load(resume)
+            self.log(f"resuming from {resume} (iter {state['iter_num']})")
+            shape = self.run.gpt_config(self.meta["vocab_size"]) if self.run.init_from == "scratch" else None
+            model = ckpt_io.model_from_checkpoint(state, shape, dropout=self.run.model.dropout)
+        else:
+            model = _initial_model(self.run, self.meta["vocab_size"], self.out_dir, self.log)
+        self.raw_model = model.to(self.device)
+        self.optimizer = model.configure_optimizers(t.weight_decay, t.learning_rate, (t.beta1, t.beta2),
+                                                    self.device.type)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=(self.dtype == torch.float16))
+        self.iter_num, self.best_val_loss = 0, float("inf")
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.iter_num, self.best_val_loss = int(state["iter_num"]), float(state["best_val_loss"])
+            if "rng" in state:
+                _set_rng_state(state["rng"], self.device)
+        self.model = torch.compile(model) if t.compile else model
+        if self.d.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-    writer = history = None
-    if d.is_master:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(self.model, device_ids=ids)
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------
+    def checkpoint(self, with_optimizer: bool = True) -> dict:
+        ckpt = {
+            "format": ckpt_io.FORMAT,
+            "model": self.raw_model.state_dict(),
+            "model_args": self.raw_model.config.to_dict(),
+            "iter_num": self.iter_num,
+            "best_val_loss": self.best_val_loss,
+            "config": self.run.to_dict(),
+            "fingerprint": self.fingerprint,
+            "dataset_meta": self.meta,  # the tokenizer travels with the weights
+        }
+        if with_optimizer:
+            ckpt.update(optimizer=self.optimizer.state_dict(), rng=_rng_state(self.device),
+                        scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None)
+        return ckpt
+
+    def save_periodic(self) -> None:
+        if self.d.is_master:
+            ckpt_io.save(self.checkpoint(), ckpt_io.checkpoint_path(self.ckpt_dir, self.iter_num))
+            for moved in ckpt_io.prune(self.ckpt_dir, self.t.keep_checkpoints):
+                self.log(f"set aside unreadable checkpoint {moved.name} -> {moved.parent}/")
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def fit(self, t_start: float) -> dict:
+        """Train from iter_num to max_iters; evaluate, log and checkpoint once in a while; then finish()."""
+        t = self.t
+        self._open_logs()
+        self.last_eval: dict[str, float] = {}
+        self.step_times: list[float] = []
+        self.running_mfu, self.last_loss = None, float("nan")
+        x, y = self.sampler.get_batch("train", self.iter_num, self.d.rank * self.accum)
+        self.model.train()
+        t0 = time.perf_counter()
+        with _StopFlag() as stop:
+            while True:
+                lr = get_lr(self.iter_num, t.learning_rate, t.warmup_iters, t.lr_decay_iters, t.min_lr, t.decay_lr)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                if self.iter_num % t.eval_interval == 0 or self.iter_num == t.max_iters or t.eval_only:
+                    self.evaluate(lr)
+                if 0 < self.iter_num < t.max_iters and self.iter_num % (t.checkpoint_interval or t.eval_interval) == 0:
+                    self.save_periodic()
+                if self.iter_num >= t.max_iters or t.eval_only:
+                    break
+                x, y, loss, grad_norm = self.step(x, y)
+                t1 = time.perf_counter()
+                dt, t0 = t1 - t0, t1
+                logging_step = self.iter_num % t.log_interval == 0
+                if logging_step:
+                    self.log_step(loss, grad_norm, lr, dt)
+                # single process: check every step (free); DDP: agree at log steps, where ranks sync anyway
+                if (logging_step or not self.d.enabled) and stop.agreed(self.d, self.device):
+                    self.save_periodic()
+                    self.log(f"SIGTERM: checkpoint saved at iter {self.iter_num}; rerun to resume")
+                    self._close_logs()
+                    raise TerminatedError(143)
+        return self.finish(t_start)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor):
+        """One optimizer step over `accum` micro-batches; returns the next batch, the loss and the grad norm."""
+        t, d = self.t, self.d
+        # Dropout masks come from (seed, step, rank) alone, like the batches: a resumed run draws exactly what
+        # the uninterrupted one would have.
+        torch.manual_seed(step_seed(t.seed, self.iter_num, d.rank))
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.accum):
+            last = micro == self.accum - 1
+            no_sync = self.model.no_sync() if (d.enabled and not last) else contextlib.nullcontext()
+            with no_sync:
+                with self.ctx:
+                    _, loss = self.model(x, y)
+                    loss = loss / self.accum
+                # fetch the next micro-batch while the backward pass runs on the GPU
+                nxt = (self.iter_num + 1, d.rank * self.accum) if last else (self.iter_num, d.rank * self.accum + micro + 1)
+                x, y = self.sampler.get_batch("train", *nxt)
+                self.scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        grad_norm = None
+        if t.grad_clip != 0.0:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iter_num += 1
+        return x, y, loss_sum, grad_norm
+
+    # ---- once in a while ------------------------------------------------------------------------------------
+    def evaluate(self, lr: float) -> None:
+        self.last_eval = estimate_loss(self.model, self.sampler, self.t.eval_iters, self.iter_num, self.ctx, self.d,
+                                       self.device)
+        self.log(f"step {self.iter_num}: train loss {self.last_eval['train']:.4f}, "
+                 f"val loss {self.last_eval['val']:.4f}")
+        if self.writer:
+            self.writer.add_scalar("loss/train_eval", self.last_eval["train"], self.iter_num)
+            self.writer.add_scalar("loss/val", self.last_eval["val"], self.iter_num)
+            self.writer.add_scalar("lr", lr, self.iter_num)
+        if self.last_eval["val"] < self.best_val_loss:
+            self.best_val_loss = self.last_eval["val"]
+            if self.d.is_master and self.iter_num > 0 and not self.t.always_save_checkpoint:
+                # nanoGPT's ckpt.pt: the best weights (no optimizer state: resuming uses the periodic ones)
+                ckpt_io.save(self.checkpoint(with_optimizer=False), self.out_dir / "best.pt")
+
+    def log_step(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor | None, lr: float, dt: float) -> None:
+        """The only host sync of the loop: once per log_interval."""
+        t, d = self.t, self.d
+        if d.enabled:
+            dist.all_reduce(loss_sum)
+            loss_sum /= d.world_size
+        self.last_loss = loss_sum.item()
+        if self.iter_num > 5 or t.max_iters <= 5:
+            self.step_times.append(dt)
+            if self.peak:
+                # MFU of one device: the micro-batches this rank ran, against this device's peak
+                mfu = self.raw_model.estimate_mfu(t.batch_size * self.accum, dt, self.peak)
+                avg = mfu if self.running_mfu is None else 0.9 * self.running_mfu + 0.1 * mfu
+                self.running_mfu = avg
+        mfu_text = f"{mfu_or_none(self.running_mfu):.3f}" if self.running_mfu and mfu_or_none(self.running_mfu) else "n/a"
+        self.log(f"iter {self.iter_num}: loss {self.last_loss:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}")
+        if self.writer:
+            self.writer.add_scalar("loss/train", self.last_loss, self.iter_num)
+            self.writer.add_scalar("lr", lr, self.iter_num)
+            self.writer.add_scalar("tokens_per_sec", self.tokens_per_iter / dt, self.iter_num)
+            if grad_norm is not None:
+                self.writer.add_scalar("grad_norm", float(grad_norm), self.iter_num)
+            if self.running_mfu and mfu_or_none(self.running_mfu):
+                self.writer.add_scalar("mfu", self.running_mfu, self.iter_num)
+        if self.history:
+            row = {"iter": self.iter_num, "loss": self.last_loss, "lr": lr, "dt": dt}
+            self.history.write(json.dumps(row) + "\n")
+            self.history.flush()
+
+    # ---- outputs --------------------------------------------------------------------------------------------
+    def _open_logs(self) -> None:
+        self.writer = self.history = None
+        if not self.d.is_master:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
-        for stale in (out_dir / "checkpoints").glob(".ckpt_*.tmp"):  # left by a writer killed mid-save
-            stale.unlink(missing_ok=True)
         # TensorBoard drops events at steps >= purge_step from earlier attempts; history.jsonl likewise.
-        writer = SummaryWriter(log_dir=str(out_dir / "tb"), purge_step=iter_num)
-        trim_history(out_dir / "history.jsonl", iter_num)
-        history = (out_dir / "history.jsonl").open("a")
-    ckpt_every = t.checkpoint_interval or t.eval_interval
+        self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.iter_num)
+        trim_history(self.out_dir / "history.jsonl", self.iter_num)
+        self.history = (self.out_dir / "history.jsonl").open("a")
 
-    def make_checkpoint(step: int) -> dict:
-        return {
-            "format": ckpt_io.FORMAT,
-            "model": raw_model.state_dict(),
-            "model_args": raw_model.config.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-            "iter_num": step,
-            "best_val_loss": best_val_loss,
-            "config": run.to_dict(),
-            "fingerprint": run.fingerprint(),
-            "rng": _rng_state(),
-            "dataset_meta": meta,  # the tokenizer travels with the weights
+    def _close_logs(self) -> None:
+        if self.writer:
+            self.writer.close()
+        if self.history:
+            self.history.close()
+
+    def finish(self, t_start: float) -> dict:
+        """metrics.json, then model.pt (rank 0); returns the metrics."""
+        self._close_logs()
+        median_dt = statistics.median(self.step_times) if self.step_times else None
+        metrics = {
+            "iters": self.iter_num,
+            "train_loss": self.last_eval.get("train"),
+            "val_loss": self.last_eval.get("val"),
+            "best_val_loss": self.best_val_loss,
+            "last_step_loss": self.last_loss,
+            "median_ms_per_iter": median_dt * 1000 if median_dt else None,
+            "tokens_per_sec": self.tokens_per_iter / median_dt if median_dt else None,
+            "mfu": mfu_or_none(self.running_mfu) if self.running_mfu else None,
+            "peak_flops": self.peak,
+            "wall_time_s": time.time() - t_start,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "world_size": self.d.world_size,
+            "provenance": provenance(self.run.to_dict(), self.meta),
         }
+        if self.d.is_master:
+            fileio.write_json(self.out_dir / "metrics.json", metrics)
+            ckpt_io.save(self.checkpoint(), self.out_dir / "model.pt")
+            self.log(f"done: val loss {_fmt(metrics['val_loss'])} after {self.iter_num} iters, "
+                     f"median {_fmt(metrics['median_ms_per_iter'], '.1f')} ms/iter, wall {metrics['wall_time_s']:.0f}s")
+        return metrics
 
-    def save_periodic(step: int) -> None:
-        if d.is_master:
-            ckpt_io.save(make_checkpoint(step), ckpt_io.checkpoint_path(out_dir / "checkpoints", step))
-            ckpt_io.prune(out_dir / "checkpoints", t.keep_checkpoints)
 
-    last_eval: dict[str, float] = {}
-    step_times: list[float] = []
-    running_mfu = -1.0
-    last_loss = float("nan")
-    t0 = time.perf_counter()
-    x, y = sampler.get_batch("train", iter_num, d.rank * accum)
-    model.train()
-    with _StopFlag() as stop:
-        while True:
-            lr = get_lr(iter_num, t.learning_rate, t.warmup_iters, t.lr_decay_iters, t.min_lr, t.decay_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if iter_num % t.eval_interval == 0 or iter_num == t.max_iters or t.eval_only:
-                last_eval = estimate_loss(model, sampler, t.eval_iters, iter_num, ctx, d, device)
-                log(f"step {iter_num}: train loss {last_eval['train']:.4f}, val loss {last_eval['val']:.4f}")
-                if writer:
-                    writer.add_scalar("loss/train_eval", last_eval["train"], iter_num)
-                    writer.add_scalar("loss/val", last_eval["val"], iter_num)
-                    writer.add_scalar("lr", lr, iter_num)
-                if last_eval["val"] < best_val_loss:
-                    best_val_loss = last_eval["val"]
-                    if d.is_master and iter_num > 0 and not t.always_save_checkpoint:
-                        ckpt_io.save(make_checkpoint(iter_num), out_dir / "best.pt")  # nanoGPT's ckpt.pt
-            if 0 < iter_num < t.max_iters and iter_num % ckpt_every == 0:
-                save_periodic(iter_num)
-            if iter_num >= t.max_iters or t.eval_only:
-                break
+@torch.no_grad()
+def estimate_loss(model: torch.nn.Module, sampler: BatchSampler, eval_iters: int, step: int, ctx, d: Dist,
+                  device: torch.device) -> dict[str, float]:
+    """Mean loss over `eval_iters` batches per split, shared out across ranks and averaged over all of them."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # Apple GPUs have no float64
+    for split in ("train", "val"):
+        total = torch.zeros(1, device=device, dtype=acc_dtype)
+        for k in range(d.rank, eval_iters, d.world_size):
+            x, y = sampler.get_batch(split, step, k, for_eval=True)
+            with ctx:
+                _, loss = model(x, y)
+            total += loss.to(acc_dtype)
+        if d.enabled:
+            dist.all_reduce(total)
+        out[split] = total.item() / eval_iters
+    model.train(was_training)
+    return out
 
-            # Dropout masks come from (seed, step, rank) alone, like the batches: each rank draws its own, and a
-            # resumed run draws exactly what the uninterrupted one would have.
-            torch.manual_seed(step_seed(t.seed, iter_num, d.rank))
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(accum):
-                sync = micro == accum - 1
-                no_sync = model.no_sync() if (d.enabled and not sync) else contextlib.nullcontext()
-                with no_sync:
-                    with ctx:
-                        _, loss = model(x, y)
-                        loss = loss / accum
-                    # fetch the next micro-batch while the backward pass runs on the GPU
-                    if sync:
-                        x, y = sampler.get_batch("train", iter_num + 1, d.rank * accum)
-                    else:
-                        x, y = sampler.get_batch("train", iter_num, d.rank * accum + micro + 1)
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach()
-            if t.grad_clip != 0.0:
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            else:
-                grad_norm = None
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            iter_num += 1
 
-            t1 = time.perf_counter()
-            dt, t0 = t1 - t0, t1
-            if iter_num % t.log_interval == 0:
-                if d.enabled:
-                    dist.all_reduce(loss_sum)
-                    loss_sum /= d.world_size
-                last_loss = loss_sum.item()  # the only host sync in the loop, once per log_interval
-                if iter_num > 5 or t.max_iters <= 5:
-                    step_times.append(dt)
-                    if peak:
-                        mfu = raw_model.estimate_mfu(t.batch_size * t.gradient_accumulation_steps, dt, peak)
-                        running_mfu = mfu if running_mfu < 0 else 0.9 * running_mfu + 0.1 * mfu
-                log(f"iter {iter_num}: loss {last_loss:.4f}, time {dt * 1000:.2f}ms, "
-                    f"mfu {max(running_mfu, 0) * 100:.2f}%")
-                if writer:
-                    writer.add_scalar("loss/train", last_loss, iter_num)
-                    writer.add_scalar("lr", lr, iter_num)
-                    writer.add_scalar("tokens_per_sec", tokens_per_iter / dt, iter_num)
-                    if grad_norm is not None:
-                        writer.add_scalar("grad_norm", float(grad_norm), iter_num)
-                    if running_mfu >= 0:
-                        writer.add_scalar("mfu", running_mfu, iter_num)
-                if history:
-                    history.write(json.dumps({"iter": iter_num, "loss": last_loss, "lr": lr, "dt": dt}) + "\n")
-                    history.flush()
-            if stop.agreed(d, device):
-                save_periodic(iter_num)
-                log(f"SIGTERM: checkpoint saved at iter {iter_num}; rerun to resume")
-                if writer:
-                    writer.close()
-                if history:
-                    history.close()
-                raise TerminatedError(143)
-
-    if history:
-        history.close()
-    median_dt = statistics.median(step_times) if step_times else float("nan")
-    metrics = {
-        "iters": iter_num,
-        "train_loss": last_eval.get("train"),
-        "val_loss": last_eval.get("val"),
-        "best_val_loss": best_val_loss,
-        "last_step_loss": last_loss,
-        "median_ms_per_iter": median_dt * 1000,
-        "tokens_per_sec": tokens_per_iter / median_dt if step_times else None,
-        "mfu": running_mfu if running_mfu >= 0 else None,
-        "peak_flops": peak,
-        "wall_time_s": time.time() - t_start,
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "world_size": d.world_size,
-        "provenance": provenance(run.to_dict(), meta),
-    }
-    if d.is_master:
-        if writer:
-            writer.close()
-        ckpt_io.save(make_checkpoint(iter_num), out_dir / "model.pt")
-        fileio.write_json(out_dir / "metrics.json", metrics)
-        log(f"done: val loss {metrics['val_loss']:.4f} after {iter_num} iters, "
-            f"median {metrics['median_ms_per_iter']:.1f} ms/iter, wall {metrics['wall_time_s']:.0f}s")
-    return metrics
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _silent(*args, **kwargs) -> None:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline data mirror, and a tiny copy of the pipeline to run snakemake on."""
+"""Shared fixtures: an offline data mirror, and a tiny copy of the pipeline to run snakemake on."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nanogpt.tokenizer import BUNDLED_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 BIN = Path(sys.executable).parent  # the venv's bin: snakemake, nanogpt, torchrun
 
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -48,15 +49,21 @@ def tiny_config() -> dict:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not (SHARED_DATA / "tinyshakespeare" / "input.txt").is_file():
-        pytest.fail(f"offline data not found at {SHARED_DATA}: expected ../shared/data beside the repository")
-    return SHARED_DATA
+def shared_data(tmp_path_factory) -> Path:
+    """A mirror folder as an air-gapped site would lay it out (tinyshakespeare/input.txt, gpt2-bpe/encoder.json,
+    gpt2-bpe/vocab.bpe, SHA256SUMS), built in tmp from the files bundled in nanogpt/assets."""
+    mirror = tmp_path_factory.mktemp("mirror")
+    shutil.copy(BUNDLED_DIR / "SHA256SUMS", mirror / "SHA256SUMS")
+    for line in (BUNDLED_DIR / "SHA256SUMS").read_text().splitlines():
+        rel = line.split(maxsplit=1)[1]
+        (mirror / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(BUNDLED_DIR / rel, mirror / rel)
+    return mirror
 
 
 @pytest.fixture
 def mirror_env(shared_data, monkeypatch) -> Path:
-    """Serve downloads from ../shared/data (the same path an air-gapped cluster uses)."""
+    """Serve downloads from an explicit mirror ($NANOGPT_MIRROR), not from the bundled files."""
     monkeypatch.setenv("NANOGPT_MIRROR", str(shared_data))
     return shared_data
 
@@ -66,6 +73,7 @@ def make_pipeline(dest: Path, config: dict | None = None) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "Snakefile", dest / "Snakefile")
     shutil.copytree(REPO / "workflow", dest / "workflow", dirs_exist_ok=True)
+    shutil.copytree(REPO / "profiles", dest / "profiles", dirs_exist_ok=True)  # the default workflow profile
     write_config(dest, config or tiny_config())
     return dest
 
@@ -76,10 +84,12 @@ def write_config(workdir: Path, config: dict) -> None:
 
 def run_snakemake(workdir: Path, *args: str, timeout: int = 600, check: bool = True,
                   env: dict | None = None) -> subprocess.CompletedProcess:
-    """snakemake in `workdir`, under `timeout -k` (Snakemake ignores a plain SIGTERM while jobs run)."""
+    """snakemake in `workdir`, under `timeout -k` (Snakemake ignores a plain SIGTERM while jobs run).
+
+    $NANOGPT_MIRROR passes through as it is: unset, downloads come from the files bundled in nanogpt/assets.
+    """
     full_env = dict(os.environ)
     full_env["PATH"] = f"{BIN}{os.pathsep}{full_env.get('PATH', '')}"
-    full_env.setdefault("NANOGPT_MIRROR", str(SHARED_DATA))
     full_env.update(env or {})
     cmd = ["timeout", "-k", "10", str(timeout), str(BIN / "snakemake"), "--cores", "2", *args]
     proc = subprocess.run(cmd, cwd=workdir, env=full_env, capture_output=True, text=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nanogpt.data import prepare_text, token_dtype
-from nanogpt.model import ConfigError
+from nanogpt.errors import ConfigError
 from nanogpt.tokenizer import GPT2_EOT, from_meta, gpt2_tokenizer
 
 

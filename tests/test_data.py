@@ -12,15 +12,9 @@ from nanogpt.tokenizer import CharTokenizer, from_meta
 
 @pytest.fixture(scope="module")
 def char_data(tmp_path_factory, shared_data):
-    import os
-
     root = tmp_path_factory.mktemp("char")
-    os.environ["NANOGPT_MIRROR"] = str(shared_data)
-    try:
-        src = fetch(SHAKESPEARE_URL, SHAKESPEARE_SHA256, root / "source.txt")
-        meta = prepare_text(src, root / "data", tokenizer="char", val_fraction=0.1)
-    finally:
-        del os.environ["NANOGPT_MIRROR"]
+    src = fetch(SHAKESPEARE_URL, SHAKESPEARE_SHA256, root / "source.txt", mirror=shared_data)
+    meta = prepare_text(src, root / "data", tokenizer="char", val_fraction=0.1)
     return root / "data", meta
 
 

@@ -20,7 +20,7 @@ import torch
 
 from conftest import BIN, make_pipeline, run_snakemake, tiny_config
 from nanogpt.config import resolve_run
-from nanogpt.model import ConfigError
+from nanogpt.errors import ConfigError
 from nanogpt.train import check_world_size, train
 
 TOL = 1e-5

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import make_pipeline, run_snakemake, tiny_config
 from nanogpt import fileio
+from nanogpt.errors import ConfigError
 from nanogpt.hf_corpus import CorpusError, download_hf, prepare_hf, val_mask
-from nanogpt.model import ConfigError
 from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer
 
 N_DOCS = 3000

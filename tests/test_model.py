@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from nanogpt import checkpoint as ckpt_io
-from nanogpt.model import GPT, ConfigError, GPTConfig
+from nanogpt.errors import ConfigError
+from nanogpt.model import GPT, GPTConfig
 
 
 def tiny(**kw) -> GPT:

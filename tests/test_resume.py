@@ -13,13 +13,12 @@ import re
 import signal
 import subprocess
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import BIN, SHARED_DATA, make_pipeline, run_snakemake, tiny_config
+from conftest import BIN, make_pipeline, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
 
 MAX_ITERS = 80
@@ -37,7 +36,7 @@ def resume_config() -> dict:
 
 
 def start_snakemake(work: Path) -> subprocess.Popen:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", NANOGPT_MIRROR=str(SHARED_DATA))
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")  # data: the bundled files
     cmd = ["timeout", "-k", "10", "240", str(BIN / "snakemake"), "--cores", "2", "--rerun-incomplete"]
     return subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -135,7 +134,7 @@ def test_sigkill_anywhere_then_rerun_is_bit_identical(reference, tmp_path):
 
     run_snakemake(work, "--rerun-incomplete", timeout=240)
     log = (work / "logs/train/tiny.log").read_text()
-    assert f"skipping checkpoint '{RUN_DIR}/checkpoints/{newest.name}' is corrupt" in log, log[-2000:]
+    assert f"setting aside {newest.name} (unreadable)" in log, log[-2000:]
     assert f"ckpt_{previous_iter:08d}.pt (iter {previous_iter})" in log, log[-2000:]
     assert_bit_identical(final_weights(work), reference, f"seed {seed}, killed at {reached}")
     history = [json.loads(line) for line in (work / RUN_DIR / "history.jsonl").read_text().splitlines()]
@@ -160,16 +159,14 @@ def test_sigterm_saves_a_checkpoint_and_rerun_resumes_from_it(reference, tmp_pat
     assert_bit_identical(final_weights(work), reference, f"SIGTERM at {stopped}")
 
 
-def test_truncated_newest_checkpoint_is_skipped(tmp_path):
-    """newest_complete: a torn newest file gives a warning naming it, and the previous checkpoint is returned."""
+def test_truncated_newest_checkpoint_is_set_aside(tmp_path):
+    """choose_resume: a torn newest file is refused (to be set aside), and the previous checkpoint is chosen."""
     d = tmp_path / "checkpoints"
     for it in (4, 8):
-        ckpt_io.save({"model": {"w": torch.full((3,), float(it))}, "model_args": {}, "iter_num": it},
-                     ckpt_io.checkpoint_path(d, it))
+        ckpt_io.save({"model": {"w": torch.full((3,), float(it))}, "model_args": {}, "iter_num": it,
+                      "fingerprint": "abc"}, ckpt_io.checkpoint_path(d, it))
     torn = ckpt_io.checkpoint_path(d, 8)
     torn.write_bytes(torn.read_bytes()[:100])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        path, state = ckpt_io.newest_complete(d)
-    assert path == ckpt_io.checkpoint_path(d, 4) and state["iter_num"] == 4
-    assert any(str(torn) in str(w.message) and "corrupt" in str(w.message) for w in caught)
+    chosen, refused = ckpt_io.choose_resume(d, "abc", max_iters=100)
+    assert chosen == ckpt_io.checkpoint_path(d, 4)
+    assert refused == [(torn, "unreadable")]

@@ -56,7 +56,7 @@ def test_single_node_gpu_run_is_one_task_with_all_gpus():
     res = p.run_resources("big")
     assert res == {"cpus_per_task": 8, "mem_mb": 16000, "runtime": 60, "gpus": 4, "gres": None, "nodes": 1,
                    "tasks": 1, "mpi": None}  # None: the key is dropped (an `mpi` key would skip the srun step)
-    assert p.torchrun_launcher("big") == "torchrun --standalone --nproc_per_node=4"
+    assert p.torchrun_launcher("big") == "python -m nanogpt.launch --standalone --nproc_per_node=4"
 
 
 def test_multi_node_run_is_srun_torchrun_one_task_per_node():
@@ -69,11 +69,11 @@ def test_multi_node_run_is_srun_torchrun_one_task_per_node():
                         "--gres=gpu:4", "--kill-on-bad-exit=1", "bash"]
     assert argv[8] == "-c" and argv[10] == "torchrun"  # "$@" gets the rule's `-m nanogpt.cli train ...`
     script = argv[9]
-    assert script.startswith("exec torchrun --nnodes=2 --nproc_per_node=4 ")
+    assert script.startswith("exec python -m nanogpt.launch --nnodes=2 --nproc_per_node=4 ")
     assert '--rdzv_backend=c10d' in script and '--rdzv_id="$SLURM_JOB_ID"' in script
     assert '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500"' in script
     # the srun step expands the variables on each node, and passes the module and its arguments through
-    out = subprocess.run(["bash", "-c", script.replace("exec torchrun", "echo"), "torchrun", "-m", "x y"],
+    out = subprocess.run(["bash", "-c", script.replace("exec python -m nanogpt.launch", "echo"), "torchrun", "-m", "x y"],
                          env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "n1"},
                          capture_output=True, text=True).stdout
     assert "--rdzv_id=42" in out and out.rstrip().endswith("-m x y")
@@ -148,7 +148,7 @@ def test_training_job_cpus_and_torchrun_world_size(slurm_pipeline):
     assert info["TimeLimit"] == "00:10:00", info
     # the jobstep ran the rule in one srun step with the job's CPUs
     slurm_log = next((workdir / ".snakemake" / "slurm_logs" / "rule_train").rglob(f"{train_id}.log")).read_text()
-    assert "torchrun --standalone --nproc_per_node=2" in slurm_log
+    assert "python -m nanogpt.launch --standalone --nproc_per_node=2" in slurm_log
     train_log = (workdir / "logs" / "train" / "tiny.log").read_text()
     assert "world size 2" in train_log, train_log[-2000:]
 

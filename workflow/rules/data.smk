@@ -25,8 +25,8 @@ rule download:
     log:
         "logs/download/{dataset}.log",
     shell:
-        "nanogpt download --name {wildcards.dataset} --spec {params.spec:q} {params.mirror} "
-        "--out {output} > {log} 2>&1"
+        "nanogpt download --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule download_hf:
@@ -42,8 +42,8 @@ rule download_hf:
     log:
         "logs/download/{dataset}.log",
     shell:
-        "nanogpt download --name {wildcards.dataset} --spec {params.spec:q} {params.mirror} "
-        "--out {output} > {log} 2>&1"
+        "nanogpt download --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -56,9 +56,10 @@ rule prepare:
     params:
         spec=lambda w: P.spec("datasets", w.dataset),
         mirror=P.mirror_arg(),
+        out_dir=lambda w: f"results/data/{w.dataset}",
     threads: 2  # --num-proc: tokenizer worker processes
     log:
         "logs/prepare/{dataset}.log",
     shell:
-        "nanogpt prepare --name {wildcards.dataset} --spec {params.spec:q} {params.mirror} "
-        "--source {input} --out-dir results/data/{wildcards.dataset} --num-proc {threads} > {log} 2>&1"
+        "nanogpt prepare --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
+        "--source {input:q} --out-dir {params.out_dir:q} --num-proc {threads} > {log:q} 2>&1"

@@ -14,9 +14,6 @@ rule evaluate:
     params:
         args=lambda w: P.eval_args(w.model, w.dataset),
         mirror=P.mirror_arg(),
-    wildcard_constraints:
-        model=r"[^/]+",
-        dataset=r"[^/]+",
     threads: lambda w: P.eval_resources(w.model, w.dataset)["cpus_per_task"]
     resources:
         gpu=lambda w: P.eval_resources(w.model, w.dataset)["gpu"],
@@ -26,7 +23,7 @@ rule evaluate:
     log:
         "logs/evaluate/{model}/{dataset}.log",
     shell:
-        "nanogpt eval {params.args} {params.mirror} --out {output} > {log} 2>&1"
+        "nanogpt eval {params.args} {params.mirror} --out {output:q} > {log:q} 2>&1"
 
 
 # nanoGPT README's baselines: the four OpenAI GPT-2 sizes on OpenWebText (a GPU job: 2 x 500 x 8 x 1024 tokens each).
@@ -38,4 +35,4 @@ rule gpt2_baselines:
     log:
         "logs/gpt2_baselines.log",
     shell:
-        "python -m nanogpt.summary baselines {input} --out {output} > {log} 2>&1"
+        "python -m nanogpt.summary baselines {input:q} --out {output:q} > {log:q} 2>&1"

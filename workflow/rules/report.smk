@@ -14,11 +14,13 @@ rule loss_curve:
     output:
         report("results/plots/{run}_loss.png", category="Loss curves", caption="../report/loss_curve.rst",
                labels={"run": "{run}"}),
+    params:
+        run_dir=lambda w: f"results/runs/{w.run}",
     log:
         "logs/loss_curve/{run}.log",
     shell:
-        "python -m nanogpt.summary curve --run-dir results/runs/{wildcards.run} --title {wildcards.run:q} "
-        "--out {output} > {log} 2>&1"
+        "python -m nanogpt.summary curve --run-dir {params.run_dir:q} --title {wildcards.run:q} "
+        "--out {output:q} > {log:q} 2>&1"
 
 
 rule summary:
@@ -30,4 +32,4 @@ rule summary:
     log:
         "logs/summary.log",
     shell:
-        "python -m nanogpt.summary table --results results --csv {output.csv} --md {output.md} > {log} 2>&1"
+        "python -m nanogpt.summary table --results results --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"

@@ -11,4 +11,4 @@ rule sample:
     log:
         "logs/sample/{sample}.log",
     shell:
-        "nanogpt sample {params.args} --out {output} > {log} 2>&1"
+        "nanogpt sample {params.args} --out {output:q} > {log:q} 2>&1"

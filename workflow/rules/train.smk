@@ -12,6 +12,7 @@ rule train:
         spec=lambda w: P.run_spec(w.run),
         launcher=lambda w: P.torchrun_launcher(w.run),
         data_dir=lambda w: f"results/data/{P.run(w.run).dataset}",
+        out_dir=lambda w: f"results/runs/{w.run}",
     threads: lambda w: P.run_resources(w.run)["cpus_per_task"]
     resources:
         cpus_per_task=lambda w: P.run_resources(w.run)["cpus_per_task"],
@@ -30,5 +31,5 @@ rule train:
     log:
         "logs/train/{run}.log",
     shell:
-        "{params.launcher} -m nanogpt.cli train --name {wildcards.run} --spec {params.spec:q} "
-        "--data-dir {params.data_dir} --out-dir results/runs/{wildcards.run} > {log} 2>&1"
+        "{params.launcher} -m nanogpt.cli train --name {wildcards.run:q} --spec {params.spec:q} "
+        "--data-dir {params.data_dir:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -1,0 +1,169 @@
+"""Where and how the model runs: device, dtype, autocast, the distributed process group, and the peak FLOP/s that
+MFU is measured against. Shared by training, evaluation, sampling and the benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from nanogpt.errors import ConfigError
+
+# Dense bf16/fp16 tensor-core peak FLOP/s per GPU model, matched as whole words in order (H100 PCIe before H100).
+GPU_PEAK_FLOPS: list[tuple[str, float]] = [
+    (r"H100.*\bPCIe\b", 756e12),
+    (r"H100.*\bNVL\b", 835e12),
+    (r"\bH100\b", 989e12),  # SXM
+    (r"\bH200\b", 989e12),
+    (r"\bGH200\b", 989e12),
+    (r"\bA100\b", 312e12),
+    (r"\bL40S\b", 362e12),
+    (r"\bL40\b", 181e12),
+    (r"\bL4\b", 121e12),
+    (r"\bA10G\b", 70e12),
+    (r"\bA10\b", 125e12),
+    (r"\bV100\b", 125e12),  # fp16
+    (r"\bT4\b", 65e12),  # fp16
+    (r"RTX 4090\b", 165e12),
+    (r"RTX 3090\b", 71e12),
+]
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(backend: str, device_type: str) -> Dist:
+    """Join the process group torchrun set up (nothing to do for a single process)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if backend == "auto":
+        backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return Dist(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), world_size=world)
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    """auto: cuda > mps > cpu. Asking for a device this machine lacks is an error, not a silent fallback."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={requested!r} but this machine has no CUDA GPU: expected device: cpu or auto")
+        if requested == "cuda":
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+        index = int(requested.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={requested!r} but only {torch.cuda.device_count()} CUDA device(s) exist: expected cuda:0.."
+                f"cuda:{torch.cuda.device_count() - 1}"
+            )
+        return torch.device("cuda", index)
+    if requested == "mps" and not _mps_available():
+        raise ConfigError("device='mps' but MPS is not available on this machine: expected device: cpu or auto")
+    return torch.device(requested)
+
+
+def setup_device(device: torch.device) -> None:
+    """Select the GPU and allow TF32 matmuls (nanoGPT's setting), through the current precision API."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matmul units (AVX512-BF16 or AMX), where bf16 is ~2x fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# On CPUs with bf16 units, bf16 autocast pays off only once matmuls are large enough to outweigh the casts.
+# Training step, bf16 vs fp32, measured here (benchmarks/train_step_ab.py): 128 wide 0.83x, 192 wide 1.27x,
+# 256 wide 1.70x, 512 wide 2.32x, 768 wide 2.82x. So `auto` keeps models narrower than 256 in fp32.
+CPU_BF16_MIN_WIDTH = 256
+
+
+def gpu_has_native_bf16(capability: tuple[int, int]) -> bool:
+    """bf16 tensor cores arrived with Ampere (8.0); older GPUs only emulate bf16, where fp16 is the fast type."""
+    return capability >= (8, 0)
+
+
+def pick_dtype(requested: str, device: torch.device, n_embd: int = 0) -> torch.dtype:
+    """auto: bf16 on GPUs with bf16 units (else fp16); on CPUs bf16 for wide models where it is faster."""
+    if requested != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
+    if device.type == "cuda":
+        native = gpu_has_native_bf16(torch.cuda.get_device_capability(device))
+        return torch.bfloat16 if native else torch.float16
+    if device.type == "cpu" and cpu_has_bf16() and n_embd >= CPU_BF16_MIN_WIDTH:
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def gpu_peak_flops(name: str, capability: tuple[int, int], dtype: torch.dtype) -> float | None:
+    """The card's dense peak for `dtype` from GPU_PEAK_FLOPS; fp32 runs use TF32, half the bf16 rate (Ampere+)."""
+    peak = next((v for pattern, v in GPU_PEAK_FLOPS if re.search(pattern, name)), None)
+    if peak is None or dtype != torch.float32:
+        return peak
+    return peak / 2 if capability >= (8, 0) else None
+
+
+def measure_cpu_flops(dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
+    """The best of several timed n x n matmuls: what this CPU's cores reach in `dtype` (an upper bound for MFU)."""
+    gen = torch.Generator().manual_seed(0)  # its own stream: the training RNG (dropout) stays untouched
+    a, b = (torch.randn(n, n, generator=gen).to(dtype) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def peak_flops_for(device: torch.device, dtype: torch.dtype) -> float | None:
+    """Peak FLOP/s used for MFU: a table for GPUs, a matmul measurement on the CPU, None when unknown."""
+    if device.type == "cuda":
+        return gpu_peak_flops(torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device), dtype)
+    if device.type == "cpu":
+        return measure_cpu_flops(dtype)
+    return None
+
+
+def mfu_or_none(mfu: float) -> float | None:
+    """An MFU above 1 means the peak was wrong (noise in a measured CPU peak): report n/a, not a wrong number."""
+    return mfu if 0 < mfu <= 1 else None
