@@ -1,26 +1,30 @@
 # nanogpt-workflow: download -> prepare -> train (torchrun) -> evaluate / sample -> summary.
 # Every rule calls the `nanogpt` package; config.yaml holds the experiments. See README.md.
-import os
-import sys
-
 from snakemake.utils import min_version, validate
 
+from nanogpt import paths
 from nanogpt.config import NAME_PATTERN
-from nanogpt.pipeline import Pipeline
+from nanogpt.pipeline import Pipeline, coerce_config_overrides, setup_rule_environment
 
 min_version("9.0")
 
-# Rules run `nanogpt`, `torchrun` and `python` from the environment snakemake itself runs in (a virtualenv
-# need not be activated; SLURM jobs re-run this file with the same interpreter).
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+# Rules run `nanogpt`, `torchrun` and `python` from the environment snakemake itself runs in, activated or not
+# (with --sdm conda, each rule's conda environment goes in front).
+setup_rule_environment(workflow.basedir)
 
 
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+report: "workflow/report/workflow.rst"
+
+
+# Values given with --config get config.yaml's types: Snakemake leaves nested ones as strings.
+coerce_config_overrides(config, workflow.config_settings.config)
+# nanogpt's own checks first (one line naming the value and what was expected), then the schema's structure.
 P = Pipeline(config)
 P.check()
+validate(config, "workflow/schemas/config.schema.yaml")
 
 
 # Every name in a path follows the one name rule, so no path or shell word can be smuggled in through one.
@@ -36,8 +40,10 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/sweeps.smk"
 
 
 rule all:
+    """What config.yaml's `targets` name: runs, samples, evals, and the summary."""
     input:
         P.target_files(),

@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,6 +39,19 @@ sys.path.insert(0, str(ROOT))
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 
 CPU_CONFIG = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "dropout": 0.0}
+
+
+def default_ref() -> str:
+    """$NANOGPT_REF, else benchmarks/reference/nanoGPT (or benchmarks/reference itself when it is the checkout)."""
+    if os.environ.get("NANOGPT_REF"):
+        return os.environ["NANOGPT_REF"]
+    base = ROOT / "benchmarks" / "reference"
+    return str(base / "nanoGPT" if (base / "nanoGPT" / "model.py").is_file() else base)
+
+
+def child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None) -> tuple[str, float]:
@@ -70,12 +84,13 @@ def train_ref(ref: Path, iters: int, work: Path) -> dict:
     args = [f"--{k}={v}" for k, v in c.items()] + [
         "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1", f"--max_iters={iters}",
         f"--lr_decay_iters={iters}", f"--eval_interval={min(250, iters)}", f"--out_dir={work / 'ref-run'}"]
+    cpu0 = child_cpu_s()
     out, wall = run([sys.executable, "train.py", "config/train_shakespeare_char.py", *args], cwd=ref)
-    times = [float(m) for m in re.findall(r"^iter \d+: loss [\d.]+, time ([\d.]+)ms", out, re.M)][5:]
+    times = [float(t) for i, t in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", out, re.M) if int(i) > 5]
     vals = re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", out, re.M)
     step, _, val = vals[-1]
     assert int(step) == iters, f"nanoGPT's last eval is at step {step}, expected {iters}"
-    return {"ms_per_iter": statistics.median(times), "val_loss": float(val), "wall_s": wall}
+    return {"ms": times, "val_loss": float(val), "wall_s": wall, "cpu_s": child_cpu_s() - cpu0}
 
 
 def train_ours(data_dir: Path, iters: int, work: Path) -> dict:
@@ -85,10 +100,28 @@ def train_ours(data_dir: Path, iters: int, work: Path) -> dict:
     args = [f"--{k}={v}" for k, v in c.items()] + [
         "--device=cpu", "--compile=false", "--eval_iters=20", "--log_interval=1", f"--max_iters={iters}",
         f"--lr_decay_iters={iters}", f"--eval_interval={min(250, iters)}"]
+    cpu0 = child_cpu_s()
     _, wall = run([sys.executable, "-m", "nanogpt.cli", "train", "--config", str(ROOT / "config.yaml"), "--name",
                    "shakespeare_char_cpu", "--data-dir", str(data_dir), "--out-dir", str(out_dir), *args], cwd=ROOT)
     m = json.loads((out_dir / "metrics.json").read_text())
-    return {"ms_per_iter": m["median_ms_per_iter"], "val_loss": m["val_loss"], "wall_s": wall}
+    rows = [json.loads(line) for line in (out_dir / "history.jsonl").read_text().splitlines()]
+    times = [row["dt"] * 1000 for row in rows if row["iter"] > 5]  # the iterations nanoGPT's side counts
+    return {"ms": times, "val_loss": m["val_loss"], "wall_s": wall, "cpu_s": child_cpu_s() - cpu0}
+
+
+def train_both(data_dir: Path, ref: Path, iters: int, work: Path, repeats: int) -> dict:
+    """ours, nanoGPT, ours, nanoGPT, ...: load from other processes hits both alike; per-iteration times pooled."""
+    runs: dict[str, list[dict]] = {"ours": [], "ref": []}
+    for _ in range(repeats):
+        runs["ours"].append(train_ours(data_dir, iters, work))
+        runs["ref"].append(train_ref(ref, iters, work))
+    out = {}
+    for side, rs in runs.items():
+        out[side] = {"ms_per_iter": statistics.median([t for r in rs for t in r["ms"]]),
+                     "val_loss": rs[-1]["val_loss"], "wall_s": statistics.median(r["wall_s"] for r in rs),
+                     "cpu_s": statistics.median(r["cpu_s"] for r in rs),
+                     "per_run_ms": [statistics.median(r["ms"]) for r in rs]}
+    return out
 
 
 def load_ref_model_module(ref: Path):
@@ -162,8 +195,11 @@ def main() -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="200 training iters, 124M sampling at 200 tokens")
     mode.add_argument("--full", action="store_true", help="2000 training iters, sampling at 200 and 1000 tokens")
-    p.add_argument("--ref", default=os.environ.get("NANOGPT_REF", str(ROOT / "benchmarks" / "reference")),
-                   help="nanoGPT checkout (default $NANOGPT_REF or benchmarks/reference)")
+    p.add_argument("--ref", default=default_ref(),
+                   help="nanoGPT checkout (default $NANOGPT_REF, else benchmarks/reference/nanoGPT)")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="training runs per side, alternated (ours, nanoGPT, ours, ...); medians of the pooled iterations")
+    p.add_argument("--skip-sampling", action="store_true")
     p.add_argument("--iters", type=int, help="training iterations (default 200 quick, 2000 full)")
     p.add_argument("--ref-measure-max", type=int, default=200,
                    help="nanoGPT's 124M generation is run for real up to this many new tokens and estimated from "
@@ -188,7 +224,7 @@ def main() -> None:
     prep = prepare_both(ref, work)
     result["prepare"] = {"ours_s": prep["ours_s"], "ref_s": prep["ref_s"]}
     if not args.skip_train:
-        result["train"] = {"ours": train_ours(prep["ours_dir"], iters, work), "ref": train_ref(ref, iters, work)}
+        result["train"] = train_both(prep["ours_dir"], ref, iters, work, args.repeats)
 
     ref_mod = load_ref_model_module(ref)
     char_cfg = {k: CPU_CONFIG[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
@@ -196,18 +232,22 @@ def main() -> None:
     gpt2_cfg = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304,
                 "bias": True, "dropout": 0.0}
     lengths = [200, 1000] if full else [200]
-    rows = sampling(ref_mod, "char 4x128 (block 64)", char_cfg, lengths, estimate_ref_above=10**9)
-    rows += sampling(ref_mod, "GPT-2 124M shape", gpt2_cfg, lengths, estimate_ref_above=args.ref_measure_max)
+    rows = [] if args.skip_sampling else sampling(ref_mod, "char 4x128 (block 64)", char_cfg, lengths, 10**9)
+    if not args.skip_sampling:
+        rows += sampling(ref_mod, "GPT-2 124M shape", gpt2_cfg, lengths, estimate_ref_above=args.ref_measure_max)
     result["sampling"] = rows
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, nanoGPT at {ref}")
     print(f"prepare (fresh process): ours {prep['ours_s']:.2f}s, nanoGPT {prep['ref_s']:.2f}s")
     if "train" in result:
         o, r = result["train"]["ours"], result["train"]["ref"]
-        print(f"\ntraining, CPU config, {iters} iters | ms/iter (median) | val loss | wall s")
-        print(f"  ours    | {o['ms_per_iter']:7.1f} | {o['val_loss']:.4f} | {o['wall_s']:6.1f}")
-        print(f"  nanoGPT | {r['ms_per_iter']:7.1f} | {r['val_loss']:.4f} | {r['wall_s']:6.1f}")
-        print(f"  speed ratio (tokens/s ours / nanoGPT): {r['ms_per_iter'] / o['ms_per_iter']:.2f}x")
+        print(f"\ntraining, CPU config, {iters} iters x {args.repeats} runs each, alternated | ms/iter (median) | "
+              "val loss | wall s | CPU s (process) | per-run medians")
+        for label, x in (("ours   ", o), ("nanoGPT", r)):
+            print(f"  {label} | {x['ms_per_iter']:7.2f} | {x['val_loss']:.4f} | {x['wall_s']:6.1f} | {x['cpu_s']:6.1f} | "
+                  + " ".join(f"{v:.1f}" for v in x["per_run_ms"]))
+        print(f"  speed ratio (tokens/s ours / nanoGPT): {r['ms_per_iter'] / o['ms_per_iter']:.2f}x; "
+              f"CPU time ratio {r['cpu_s'] / o['cpu_s']:.2f}x")
     print("\nsampling (1 sample, temperature 0.8, top_k 200) | new tokens | ours tok/s | nanoGPT tok/s | ratio | "
           "same samples")
     for row in rows:

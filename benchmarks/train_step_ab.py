@@ -67,12 +67,16 @@ def main() -> None:
     p.add_argument("--vocab", type=int, default=65)
     p.add_argument("--steps", type=int, default=20, help="steps per round per variant")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--ref", default=os.environ.get("NANOGPT_REF", str(ROOT / "benchmarks" / "reference")))
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time steps by process CPU time (user + sys) instead of wall time: steadier on a loaded machine, "
+                        "meaningful with 1 thread")
+    p.add_argument("--ref", default=os.environ.get("NANOGPT_REF", str(ROOT / "benchmarks" / "reference" / "nanoGPT")))
     a = p.parse_args()
     cfg = dict(n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, block_size=a.block, vocab_size=a.vocab,
                bias=False, dropout=0.0)
     x = torch.randint(a.vocab, (a.batch, a.block))
     y = torch.randint(a.vocab, (a.batch, a.block))
+    clock = time.process_time if a.cpu_time else time.perf_counter
     setups = {}
     for v in a.variants.split(","):
         model, fwd, opt, ctx, threads, _ = build(v, cfg, Path(a.ref))
@@ -86,9 +90,9 @@ def main() -> None:
         for v, (fwd, opt, ctx, threads, _) in setups.items():
             torch.set_num_threads(threads)
             for _ in range(a.steps):
-                t0 = time.perf_counter()
+                t0 = clock()
                 step(fwd, opt, ctx, x, y)
-                times[v].append(time.perf_counter() - t0)
+                times[v].append(clock() - t0)
     base = statistics.median(times[next(iter(times))])
     print(f"config {cfg} batch {a.batch}; {a.rounds} rounds x {a.steps} steps, interleaved")
     for v, ts in times.items():

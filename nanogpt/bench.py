@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
 import torch
 
-from nanogpt.config import parse_overrides, resolve_run
+from nanogpt.config import resolve_run
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT
 from nanogpt.runtime import (
@@ -79,6 +77,3 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
         "mfu": mfu_or_none(model.estimate_mfu(t.batch_size, dt, peak)) if peak else None,
     }
 
-
-def bench_cli(args: argparse.Namespace, overrides: list[str]) -> None:
-    print(json.dumps(bench(parse_overrides(overrides), args.steps, args.warmup, args.data_dir, args.threads), indent=2))

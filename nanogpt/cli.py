@@ -1,7 +1,7 @@
-"""`nanogpt <download|prepare|train|eval|sample|bench>`: every pipeline step, also usable without Snakemake.
+"""`nanogpt <command>`: every pipeline step, also usable without Snakemake, and the report rules' summary.
 
-Each command takes its settings either from config.yaml (`--config config.yaml --name NAME`) or as the JSON
-entry Snakemake passes (`--spec '{...}'`), plus nanoGPT-style `--key=value` overrides for training.
+Each step takes its settings either from config.yaml (`--config config.yaml --name NAME`) or as the JSON
+entry Snakemake passes (`--spec '{...}'`), plus nanoGPT-style `--key=value` overrides for train and bench.
 Errors a user can fix are printed as one line and exit with status 2.
 """
 
@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from nanogpt import paths
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.runlock import LOCK_NAME
 
@@ -86,14 +87,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     print(f"{name}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, vocab {meta['vocab_size']}")
 
 
-def cmd_train(args: argparse.Namespace, overrides: list[str]) -> None:
+def cmd_train(args: argparse.Namespace) -> None:
     from nanogpt.config import parse_overrides, resolve_run
     from nanogpt.train import train
 
     name, spec = _entry(args, "runs")
-    run = resolve_run(spec, name, parse_overrides(overrides))
-    data_dir = Path(args.data_dir or Path("results/data") / run.dataset)
-    out_dir = Path(args.out_dir or Path("results/runs") / name)
+    run = resolve_run(spec, name, parse_overrides(args.overrides))
+    data_dir = Path(args.data_dir or paths.DATA_DIR.format(dataset=run.dataset))
+    out_dir = Path(args.out_dir or paths.RUN_DIR.format(run=name))
     world = run.launch.nproc_per_node * run.launch.nnodes
     if world > 1 and "WORLD_SIZE" not in os.environ:
         if run.launch.nnodes > 1:
@@ -133,6 +134,9 @@ def cmd_sample(args: argparse.Namespace) -> None:
     )
     if args.out:
         write_samples(args.out, samples)
+        from nanogpt.sample import add_samples_to_tensorboard
+
+        add_samples_to_tensorboard(source, samples, Path(args.out).stem)  # a run's samples beside its curves
     else:
         from nanogpt.sample import SEPARATOR
 
@@ -141,9 +145,35 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from nanogpt.evaluate import evaluate_cli
+    from nanogpt import checkpoint as ckpt_io
+    from nanogpt import fileio
+    from nanogpt.config import resolve_eval
+    from nanogpt.evaluate import evaluate
+    from nanogpt.runtime import pick_device, pick_dtype, setup_device
 
-    evaluate_cli(args)
+    if bool(args.checkpoint) == bool(args.init_from):
+        raise ConfigError("give exactly one of --checkpoint PATH or --init-from gpt2*/hub id/local HF directory")
+    keys = ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype", "splits")
+    settings = resolve_eval({k: getattr(args, k) for k in keys}, "eval")
+    if args.init_from:
+        from nanogpt.pretrained import load_pretrained
+
+        model = load_pretrained(args.init_from, mirror=args.mirror)
+    else:
+        model, _ = ckpt_io.load_model(args.checkpoint)
+    source = args.checkpoint or args.init_from
+    device = pick_device(settings.device)
+    setup_device(device)
+    dtype = pick_dtype(settings.dtype, device, model.config.n_embd)
+    result = {"model": args.model_name or source, "dataset": args.dataset_name or Path(args.data_dir).name,
+              "source": str(source), "params": model.get_num_params()}
+    result.update(evaluate(model, args.data_dir, settings.split_names, settings.batch_size, settings.block_size,
+                           settings.eval_iters, settings.seed, str(device), dtype))
+    result.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
+    if args.out:
+        fileio.write_json(args.out, result)
+    else:
+        print(json.dumps(result, indent=2))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -166,34 +196,37 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {out} (Hugging Face GPT-2: AutoModelForCausalLM.from_pretrained; {tok})")
 
 
-def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> None:
-    from nanogpt.bench import bench_cli
+def cmd_bench(args: argparse.Namespace) -> None:
+    from nanogpt.bench import bench
+    from nanogpt.config import parse_overrides
 
-    bench_cli(args, overrides)
-
-
-def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--checkpoint", help="model.pt of a run, or a nanoGPT ckpt.pt")
-    sp.add_argument("--init-from", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local HF directory")
-    sp.add_argument("--data-dir", required=True, help="prepared dataset folder (train.bin, val.bin, meta.json)")
-    sp.add_argument("--out", help="write the result JSON here (default: stdout)")
-    sp.add_argument("--model-name", help="name recorded in the result (default: the checkpoint or init-from)")
-    sp.add_argument("--dataset-name", help="name recorded in the result (default: the data folder's name)")
-    sp.add_argument("--batch-size", type=int, default=8)
-    sp.add_argument("--block-size", type=int, default=None, help="default: the model's block_size")
-    sp.add_argument("--eval-iters", type=int, default=500)
-    sp.add_argument("--splits", default="train,val")
-    sp.add_argument("--seed", type=int, default=1337)
-    sp.add_argument("--device", default="auto")
-    sp.add_argument("--dtype", default="auto")
-    sp.add_argument("--mirror")
+    result = bench(parse_overrides(args.overrides), args.steps, args.warmup, args.data_dir, args.threads)
+    print(json.dumps(result, indent=2))
 
 
-def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--steps", type=int, default=20)
-    sp.add_argument("--warmup", type=int, default=5)
-    sp.add_argument("--data-dir", help="prepared dataset to draw batches from (default: random tokens)")
-    sp.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+def cmd_summary_table(args: argparse.Namespace) -> None:
+    from nanogpt.summary import write_table
+
+    print(f"{write_table(args.results, args.csv, args.md)} rows -> {args.csv}, {args.md}")
+
+
+def cmd_summary_curve(args: argparse.Namespace) -> None:
+    from nanogpt.summary import plot_curve
+
+    print(f"{plot_curve(args.run_dir, args.out, args.title)} points -> {args.out}")
+
+
+def cmd_summary_baselines(args: argparse.Namespace) -> None:
+    from nanogpt.summary import baselines
+
+    baselines(args.files, args.out)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each flag's default (argparse's own formatter), except for flags that have none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _optional_int(text: str) -> int | None:
@@ -206,63 +239,151 @@ def _optional_int(text: str) -> int | None:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer or 'none'") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nanogpt", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    """The installed package's version (pyproject.toml), as pip reports it."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    def entry_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--config", help="config.yaml to read the entry from")
-        sp.add_argument("--name", help="the entry's name in config.yaml")
-        sp.add_argument("--spec", help="the entry as JSON (what the Snakemake rules pass)")
-        sp.add_argument("--mirror", help="local mirror directory (default: config `mirror` or $NANOGPT_MIRROR)")
+    try:
+        return version("nanogpt-workflow")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
 
-    sp = sub.add_parser("download", help="fetch a dataset's source, sha256-checked (or from the mirror)")
-    entry_args(sp)
+
+def _entry_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--config", help="config.yaml to read the entry from")
+    sp.add_argument("--name", help="the entry's name in config.yaml")
+    sp.add_argument("--spec", help="the entry as JSON (what the Snakemake rules pass)")
+    sp.add_argument("--mirror", help="local mirror directory (default: config `mirror` or $NANOGPT_MIRROR)")
+
+
+def _model_source_args(sp: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    sp.add_argument("--checkpoint", help=checkpoint_help)
+    sp.add_argument("--init-from", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, a hub id or a local HF directory")
+    sp.add_argument("--mirror", help="local mirror directory: GPT-2 BPE files and `<name>/` GPT-2 weight folders "
+                                     "(default: $NANOGPT_MIRROR)")
+
+
+def add_data_commands(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("download", help="fetch a dataset's source, sha256-checked (or from the mirror)",
+                        formatter_class=_HelpFormatter)
+    _entry_args(sp)
     sp.add_argument("--out", required=True, help="where the verified source goes")
+    sp.set_defaults(func=cmd_download)
 
-    sp = sub.add_parser("prepare", help="tokenize a source into train.bin/val.bin/meta.json")
-    entry_args(sp)
+    sp = sub.add_parser("prepare", help="tokenize a source into train.bin/val.bin/meta.json",
+                        formatter_class=_HelpFormatter)
+    _entry_args(sp)
     sp.add_argument("--source", required=True, help="the downloaded source (file or folder)")
-    sp.add_argument("--out-dir", required=True)
+    sp.add_argument("--out-dir", required=True, help="folder for train.bin, val.bin and meta.json")
     sp.add_argument("--num-proc", type=int, default=1, help="tokenizer worker processes")
+    sp.set_defaults(func=cmd_prepare)
 
-    sp = sub.add_parser("train", help="train a run (torchrun for several processes); extra --key=value override")
-    entry_args(sp)
-    sp.add_argument("--data-dir", help="prepared dataset folder (default results/data/DATASET)")
-    sp.add_argument("--out-dir", help="run folder (default results/runs/NAME)")
 
-    sp = sub.add_parser("sample", help="generate text from a checkpoint or pretrained GPT-2")
-    sp.add_argument("--checkpoint", help="model.pt of a run, a nanoGPT ckpt.pt, or a run folder (its model.pt, "
-                                         "else nanoGPT's ckpt.pt)")
-    sp.add_argument("--init-from", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl or a local HF directory")
+def add_train_command(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("train", help="train a run (torchrun for several processes); extra --key=value override",
+                        formatter_class=_HelpFormatter)
+    _entry_args(sp)
+    sp.add_argument("--data-dir", help=f"prepared dataset folder (default: {paths.DATA_DIR} of the run's dataset)")
+    sp.add_argument("--out-dir", help=f"run folder (default: {paths.RUN_DIR.replace('{run}', '{name}')})")
+    sp.set_defaults(func=cmd_train, overrides_allowed=True)
+
+
+def add_sample_command(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("sample", help="generate text from a checkpoint or pretrained GPT-2",
+                        formatter_class=_HelpFormatter)
+    _model_source_args(sp, "model.pt of a run, a nanoGPT ckpt.pt, or a run folder (its model.pt, else nanoGPT's "
+                           "ckpt.pt)")
     sp.add_argument("--meta", help="the dataset's meta.json, or nanoGPT's meta.pkl (read as plain data: nothing in "
                                    "it runs) when the checkpoint lacks it")
-    sp.add_argument("--mirror")
-    sp.add_argument("--start", default="\n", help="prompt text, or FILE:path")
-    sp.add_argument("--num-samples", type=int, default=10)
-    sp.add_argument("--max-new-tokens", type=int, default=500)
-    sp.add_argument("--temperature", type=float, default=0.8)
+    sp.add_argument("--start", default="\n", help="prompt text, or FILE:path (default: %(default)r)")
+    sp.add_argument("--num-samples", type=int, default=10, help="how many samples")
+    sp.add_argument("--max-new-tokens", type=int, default=500, help="tokens generated per sample")
+    sp.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (lower: more likely tokens)")
     sp.add_argument("--top-k", type=_optional_int, default=200, help="keep the k likeliest tokens ('none': all)")
-    sp.add_argument("--seed", type=int, default=1337)
-    sp.add_argument("--device", default="auto")
-    sp.add_argument("--dtype", default="auto")
+    sp.add_argument("--seed", type=int, default=1337, help="random seed")
+    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
+    sp.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto")
     sp.add_argument("--out", help="write the samples here (default: stdout)")
+    sp.set_defaults(func=cmd_sample)
 
-    sp = sub.add_parser("eval", help="loss of a run or a pretrained GPT-2 on a prepared dataset")
-    add_eval_arguments(sp)
 
-    sp = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 folder or a nanoGPT ckpt.pt")
+def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
+    _model_source_args(sp, "model.pt of a run, or a nanoGPT ckpt.pt")
+    sp.add_argument("--data-dir", required=True, help="prepared dataset folder (train.bin, val.bin, meta.json)")
+    sp.add_argument("--out", help="write the result JSON here (default: stdout)")
+    sp.add_argument("--model-name", help="name recorded in the result (default: the checkpoint or init-from)")
+    sp.add_argument("--dataset-name", help="name recorded in the result (default: the data folder's name)")
+    sp.add_argument("--batch-size", type=int, default=8, help="sequences per batch")
+    sp.add_argument("--block-size", type=int, default=None, help="tokens per sequence (default: the model's)")
+    sp.add_argument("--eval-iters", type=int, default=500, help="batches per split")
+    sp.add_argument("--splits", default="train,val", help="comma-separated splits to evaluate")
+    sp.add_argument("--seed", type=int, default=1337, help="random seed of the batch positions")
+    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
+    sp.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto")
+
+
+def add_export_command(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("export", help="write a checkpoint as a Hugging Face GPT-2 folder or a nanoGPT ckpt.pt",
+                        formatter_class=_HelpFormatter)
     sp.add_argument("--checkpoint", required=True, help="model.pt of a run, or a nanoGPT ckpt.pt")
     sp.add_argument("--out", required=True, help="the folder to write (replaced if it holds an earlier export)")
     sp.add_argument("--format", choices=("hf", "nanogpt"), default="hf",
-                    help="hf: config.json, model.safetensors, tokenizer.json (default); "
+                    help="hf: config.json, model.safetensors, tokenizer.json; "
                          "nanogpt: ckpt.pt, and meta.pkl for char models")
     sp.add_argument("--meta", help="meta.json or nanoGPT meta.pkl of the dataset (default: the checkpoint's own)")
     sp.add_argument("--mirror", help="where encoder.json/vocab.bpe are (default: config `mirror`, $NANOGPT_MIRROR "
                                      "or the package's copy)")
+    sp.set_defaults(func=cmd_export)
 
-    sp = sub.add_parser("bench", help="time training iterations of a model shape (nanoGPT's bench.py)")
+
+def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    sp.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    sp.add_argument("--data-dir", help="prepared dataset to draw batches from (default: random tokens)")
+    sp.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, one per core)")
+
+
+def add_summary_command(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("summary", help="the summary table, loss curves and GPT-2 baselines the report rules write",
+                        formatter_class=_HelpFormatter)
+    steps = sp.add_subparsers(dest="summary_command", required=True)
+    t = steps.add_parser("table", help="summary.csv and .md from every metrics.json and eval JSON",
+                         formatter_class=_HelpFormatter)
+    t.add_argument("--results", default=paths.RESULTS, help="the results folder to read")
+    t.add_argument("--csv", required=True, help="the CSV table to write")
+    t.add_argument("--md", required=True, help="the Markdown table to write")
+    t.set_defaults(func=cmd_summary_table)
+    c = steps.add_parser("curve", help="a run's loss curve PNG from its TensorBoard events",
+                         formatter_class=_HelpFormatter)
+    c.add_argument("--run-dir", required=True, help="the run folder (its tb/ events)")
+    c.add_argument("--out", required=True, help="the PNG to write")
+    c.add_argument("--title", help="plot title (default: none)")
+    c.set_defaults(func=cmd_summary_curve)
+    b = steps.add_parser("baselines", help="GPT-2 eval JSONs beside nanoGPT's published losses",
+                         formatter_class=_HelpFormatter)
+    b.add_argument("files", nargs="+", help="eval JSONs of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    b.add_argument("--out", required=True, help="the Markdown table to write")
+    b.set_defaults(func=cmd_summary_baselines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`nanogpt` and its subcommands; each subcommand's `func` runs it."""
+    p = argparse.ArgumentParser(prog="nanogpt", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", required=True)
+    add_data_commands(sub)
+    add_train_command(sub)
+    add_sample_command(sub)
+    sp = sub.add_parser("eval", help="loss of a run or a pretrained GPT-2 on a prepared dataset",
+                        formatter_class=_HelpFormatter)
+    add_eval_arguments(sp)
+    sp.set_defaults(func=cmd_eval)
+    add_export_command(sub)
+    sp = sub.add_parser("bench", help="time training iterations of a model shape (nanoGPT's bench.py); extra "
+                                      "--key=value set the model", formatter_class=_HelpFormatter)
     add_bench_arguments(sp)
+    sp.set_defaults(func=cmd_bench, overrides_allowed=True)
+    add_summary_command(sub)
     return p
 
 
@@ -271,17 +392,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("train", "bench"):
+    if extra and not getattr(args, "overrides_allowed", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     try:
-        if args.command == "train":
-            cmd_train(args, extra)
-        elif args.command == "bench":
-            cmd_bench(args, extra)
-        else:
-            {"download": cmd_download, "prepare": cmd_prepare, "sample": cmd_sample, "eval": cmd_eval,
-             "export": cmd_export}[
-                args.command](args)
+        args.func(args)
     except (UserError, OSError) as e:  # OSError: missing/unreadable files, network; anything else is a bug
         message = f"nanogpt {args.command}: error: {_one_line(e)}"
         print(message, file=sys.stderr)

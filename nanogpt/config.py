@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from nanogpt.errors import ConfigError
 
 # The one rule for every entry name (datasets, runs, samples, evals): names become folder names and command-line
@@ -128,6 +126,9 @@ class TrainSettings:
     compile: bool = False
     seed: int = 1337
     peak_flops: float | None = None  # device peak FLOP/s for MFU; None = a table (GPU) or a measurement (CPU)
+    wandb_log: bool = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works too)
+    wandb_project: str = "nanogpt"
+    wandb_run_name: str | None = None  # None: the run's name
 
 
 @dataclass
@@ -174,7 +175,8 @@ class RunConfig:
         """
         d = self.to_dict()
         for key in ("max_iters", "log_interval", "eval_interval", "eval_iters", "eval_only",
-                    "always_save_checkpoint", "checkpoint_interval", "keep_checkpoints", "compile", "peak_flops"):
+                    "always_save_checkpoint", "checkpoint_interval", "keep_checkpoints", "compile", "peak_flops",
+                    "wandb_log", "wandb_project", "wandb_run_name"):
             d["train"].pop(key)
         d.pop("launch")
         identity = {"settings": d, "data": dataset_meta or {}, "init": init_identity}
@@ -465,6 +467,8 @@ def parse_overrides(args: list[str]) -> dict:
         if "=" not in text:
             raise ConfigError(f"override {arg!r}: expected --key=value")
         key, raw = text.split("=", 1)
+        import yaml  # here, not at the top: the package imports with torch alone (a bare GPU box)
+
         value = yaml.safe_load(raw) if raw else ""
         out[key.replace("-", "_")] = _floats_from_strings(value)
     return out
@@ -472,6 +476,8 @@ def parse_overrides(args: list[str]) -> dict:
 
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML file with a one-line error for a missing or malformed file."""
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist: expected a YAML file")

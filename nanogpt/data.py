@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nanogpt import fileio
+from nanogpt.config import ConfigError, check_dataset
 from nanogpt.errors import ChecksumError, DataError
+from nanogpt.hf_corpus import download_hf, prepare_hf
+from nanogpt.tokenizer import CharTokenizer, find_local, gpt2_tokenizer, token_dtype
 
 if TYPE_CHECKING:
     import torch
-from nanogpt.config import ConfigError, check_dataset
-from nanogpt.tokenizer import CharTokenizer, find_local, gpt2_tokenizer
 
 SPLITS = ("train", "val")
 _SPLIT_ID = {"train": 0, "val": 1}
@@ -65,21 +66,6 @@ def fetch(url: str, sha256: str, dest: str | os.PathLike, mirror: str | os.PathL
         if actual != sha256:
             raise ChecksumError(f"sha256 of {filename} from {origin} is {actual}: expected {sha256}")
     return dest
-
-
-def token_dtype(vocab_size: int, requested: str | None = None) -> np.dtype:
-    """uint16 when the vocabulary fits, else uint32; a requested dtype too small for it is an error."""
-    if requested is not None:
-        dtype = np.dtype(requested)
-        if dtype not in (np.uint16, np.uint32):
-            raise ConfigError(f"dtype={requested!r}: expected uint16 or uint32")
-        if vocab_size - 1 > np.iinfo(dtype).max:
-            raise ConfigError(
-                f"dtype={requested!r} cannot hold a vocabulary of {vocab_size} tokens (max id "
-                f"{np.iinfo(dtype).max}): expected dtype uint32, or no dtype to choose it automatically"
-            )
-        return dtype
-    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
 def write_bin(dest: str | os.PathLike, ids: np.ndarray | list[int], dtype: np.dtype) -> int:
@@ -147,8 +133,6 @@ def download(spec: dict, out: str | os.PathLike, mirror: str | os.PathLike | Non
     if "source" in spec:
         src = spec["source"]
         return fetch(src["url"], src["sha256"], out, mirror)
-    from nanogpt.hf_corpus import download_hf
-
     return download_hf(spec, out, mirror=mirror, name=name)
 
 
@@ -156,12 +140,12 @@ def prepare(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike, n
             mirror: str | os.PathLike | None = None, name: str = "dataset") -> dict:
     """The prepare step of a dataset entry: tokenized bins and meta.json in `out_dir`."""
     check_dataset(spec, name)
+    if not 1 <= num_proc <= 1024:
+        raise ConfigError(f"num_proc={num_proc}: expected a number of worker processes in [1, 1024]")
     if "source" in spec:
         return prepare_text(source, out_dir, tokenizer=spec.get("tokenizer", "char"),
                             val_fraction=spec.get("val_fraction", 0.1), dtype=spec.get("dtype"),
                             mirror=mirror, name=name)
-    from nanogpt.hf_corpus import prepare_hf
-
     return prepare_hf(spec, source, out_dir, num_proc=num_proc, mirror=mirror, name=name)
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import torch
 
-from nanogpt import fileio
 from nanogpt.data import BatchSampler
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT
@@ -51,35 +49,3 @@ def evaluate(model: GPT, data_dir: str, splits: tuple[str, ...] = ("train", "val
                tokens_per_split=eval_iters * batch_size * block_size, wall_time_s=time.perf_counter() - t0)
     return out
 
-
-def evaluate_cli(args: argparse.Namespace) -> None:
-    import json
-    from pathlib import Path
-
-    from nanogpt import checkpoint as ckpt_io
-    from nanogpt.config import resolve_eval
-    from nanogpt.runtime import pick_device, pick_dtype, setup_device
-
-    if bool(args.checkpoint) == bool(args.init_from):
-        raise ConfigError("give exactly one of --checkpoint PATH or --init-from gpt2*/hub id/local HF directory")
-    keys = ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype", "splits")
-    settings = resolve_eval({k: getattr(args, k) for k in keys}, "eval")
-    if args.init_from:
-        from nanogpt.pretrained import load_pretrained
-
-        model = load_pretrained(args.init_from)
-    else:
-        model, _ = ckpt_io.load_model(args.checkpoint)
-    source = args.checkpoint or args.init_from
-    device = pick_device(settings.device)
-    setup_device(device)
-    dtype = pick_dtype(settings.dtype, device, model.config.n_embd)
-    result = {"model": args.model_name or source, "dataset": args.dataset_name or Path(args.data_dir).name,
-              "source": str(source), "params": model.get_num_params()}
-    result.update(evaluate(model, args.data_dir, settings.split_names, settings.batch_size, settings.block_size,
-                           settings.eval_iters, settings.seed, str(device), dtype))
-    result.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
-    if args.out:
-        fileio.write_json(args.out, result)
-    else:
-        print(json.dumps(result, indent=2))

@@ -34,7 +34,8 @@ import numpy as np
 
 from nanogpt import fileio
 from nanogpt.config import ConfigError
-from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer, mirror_dir
+from nanogpt.errors import ChecksumError
+from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer, mirror_dir, token_dtype
 
 # file format (config `files.format` or file suffix) -> `datasets` packaged builder
 BUILDERS = {"parquet": "parquet", "json": "json", "jsonl": "json", "text": "text", "txt": "text", "csv": "csv"}
@@ -166,8 +167,6 @@ def _hub_manifest(hf: dict, data_files, local_dir: Path, name: str) -> dict:
         lfs = getattr(infos.get(r), "lfs", None)
         expected = getattr(lfs, "sha256", None) if lfs is not None else None
         if expected and record["sha256"] != expected:
-            from nanogpt.data import ChecksumError
-
             raise ChecksumError(f"sha256 of {r} from {repo}@{sha} is {record['sha256']}: expected {expected}")
         records.append({**record, "name": r})
     manifest["files"] = records
@@ -333,8 +332,6 @@ def prepare_hf(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike
                mirror: str | os.PathLike | None = None, name: str = "dataset") -> dict:
     """Tokenize the manifest's corpus into out_dir/train.bin, val.bin and meta.json (written last)."""
     import json
-
-    from nanogpt.data import token_dtype
 
     source, out_dir = Path(source), Path(out_dir)
     manifest = json.loads(source.read_text())

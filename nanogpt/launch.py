@@ -4,16 +4,30 @@ Plain torchrun ends a failed run with a 30-line ChildFailedError traceback of it
 matters. Here the workers write their one-line user error to a file this process names ($NANOGPT_ERROR_FILE),
 and a failed run ends with that line (exit status 2), or with one line naming the failed rank and its exit code
 (a bug: the worker's traceback is above it in the log).
+
+GPU slots: Snakemake runs several local train jobs at once and sets no CUDA_VISIBLE_DEVICES, so every job would
+land on cuda:0. When CUDA_VISIBLE_DEVICES is unset, outside SLURM, for a run that may use CUDA, this launcher
+claims nproc_per_node free GPUs through one flock'ed file per GPU index (released by the kernel when this process
+dies, however it dies), waits while none are free, and gives the workers CUDA_VISIBLE_DEVICES.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 ERROR_FILE_ENV = "NANOGPT_ERROR_FILE"
+GPU_COUNT_ENV = "NANOGPT_GPU_COUNT"  # overrides the detected GPU count (tests; or to use fewer GPUs)
+GPU_LOCK_DIR_ENV = "NANOGPT_GPU_LOCK_DIR"  # share one folder between users; default: a per-user temp folder
+POLL_S = 5.0
 
 
 def report_user_error(message: str) -> None:
@@ -26,7 +40,105 @@ def report_user_error(message: str) -> None:
             pass
 
 
+def gpu_lock_dir() -> Path:
+    """Where the per-GPU lock files live: $NANOGPT_GPU_LOCK_DIR, else a private folder in the temp dir."""
+    configured = os.environ.get(GPU_LOCK_DIR_ENV)
+    path = Path(configured) if configured else Path(tempfile.gettempdir()) / f"nanogpt-gpus-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def local_gpu_count() -> int:
+    """$NANOGPT_GPU_COUNT if set, else the CUDA devices torch sees (0 without CUDA)."""
+    configured = os.environ.get(GPU_COUNT_ENV)
+    if configured is not None:
+        return int(configured)
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _try_lock(path: Path) -> IO | None:
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")  # who holds it, for a curious user
+    handle.flush()
+    return handle
+
+
+def claim_gpus(n: int, count: int, lock_dir: Path, log: Callable[[str], None] = print,
+               poll_s: float = POLL_S) -> tuple[list[int], list[IO]]:
+    """Lock `n` of the GPU indices 0..count-1 (all or none, then retry: no job holds some while waiting)."""
+    waiting = False
+    while True:
+        held: list[tuple[int, IO]] = []
+        for index in range(count):
+            handle = _try_lock(lock_dir / f"gpu{index}.lock")
+            if handle is not None:
+                held.append((index, handle))
+                if len(held) == n:
+                    return [i for i, _ in held], [h for _, h in held]
+        for _, handle in held:
+            handle.close()
+        if not waiting:
+            log(f"nanogpt.launch: waiting for {n} free GPU(s) of {count}: the others are held by running jobs "
+                f"(lock files in {lock_dir})")
+            waiting = True
+        time.sleep(poll_s)
+
+
+def run_wants_cuda(script_args: list[str]) -> bool:
+    """Whether the worker's `train.device` (from --spec JSON, or a --device override) is auto or plain cuda.
+
+    A cpu/mps run needs no GPU, and an explicit cuda:N names its own GPU, which a remapping would move.
+    """
+    device = "auto"
+    for i, arg in enumerate(script_args):
+        if arg == "--spec" and i + 1 < len(script_args):
+            with contextlib.suppress(json.JSONDecodeError, AttributeError, TypeError):
+                device = str(json.loads(script_args[i + 1]).get("train", {}).get("device", device))
+    for i, arg in enumerate(script_args):
+        if arg.startswith("--device="):
+            device = arg.split("=", 1)[1]
+        elif arg == "--device" and i + 1 < len(script_args):
+            device = script_args[i + 1]
+    return device in ("auto", "cuda")
+
+
+@contextlib.contextmanager
+def gpu_slots(nproc: str, script_args: list[str], log: Callable[[str], None] = print) -> Iterator[list[int] | None]:
+    """Claim GPUs for the workers and set CUDA_VISIBLE_DEVICES while the run lasts; None when not ours to do."""
+    if ("CUDA_VISIBLE_DEVICES" in os.environ or "SLURM_JOB_ID" in os.environ or not nproc.isdigit()
+            or not run_wants_cuda(script_args)):
+        yield None
+        return
+    count = local_gpu_count()
+    if count == 0:
+        yield None
+        return
+    lock_dir = gpu_lock_dir()
+    indices, handles = claim_gpus(min(int(nproc), count), count, lock_dir, log)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indices))
+    log(f"nanogpt.launch: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']} (free GPUs claimed in {lock_dir})")
+    try:
+        yield indices
+    finally:
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+        for handle in handles:
+            handle.close()
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -35,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     os.close(fd)
     os.environ[ERROR_FILE_ENV] = error_file
     try:
-        run(args)
+        with gpu_slots(str(args.nproc_per_node), list(args.training_script_args), _stderr):
+            run(args)
     except ChildFailedError as e:
         message = Path(error_file).read_text().strip()
         if message:
@@ -49,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nanogpt train: error: worker rank {rank} exited with code {code}: see its traceback above",
               file=sys.stderr)
         return 1
+    except SignalException as e:  # the launcher itself was stopped (srun ending a step, SIGTERM, Ctrl-C)
+        print(f"nanogpt train: stopped by {e.sigval.name}: the workers were stopped too; rerun to resume",
+              file=sys.stderr)
+        return 128 + int(e.sigval)
     finally:
         Path(error_file).unlink(missing_ok=True)
     return 0

@@ -7,9 +7,16 @@ made here, in plain Python that tests can call.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import yaml
+
+from nanogpt import paths
 from nanogpt.config import (
     PRETRAINED_NAMES,
     RunConfig,
@@ -20,8 +27,49 @@ from nanogpt.config import (
     resolve_sample,
 )
 from nanogpt.errors import ConfigError
+from nanogpt.sweeps import Sweep, expand_sweeps, sweep_files
 
-RESULTS = "results"
+
+def setup_rule_environment(source_dir: str | os.PathLike) -> None:
+    """The environment the rules' shell commands inherit from snakemake.
+
+    PATH starts with this interpreter's bin folder, so `nanogpt`, `torchrun` and `python` come from the environment
+    snakemake runs in even when that virtualenv is not activated (SLURM jobs re-run the Snakefile with the same
+    interpreter); with --sdm conda, the rule's conda environment goes in front of it. NANOGPT_SOURCE_DIR (the
+    repository) tells workflow/envs/nanogpt.post-deploy.sh what to install into a new conda environment.
+    """
+    os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    os.environ["NANOGPT_SOURCE_DIR"] = str(source_dir)
+
+
+def coerce_config_overrides(config: dict, overrides: Mapping) -> None:
+    """Give `snakemake --config` values the types config.yaml would give them, in place in `config`.
+
+    Snakemake reads a nested value (`runs={r: {train: {max_iters: 100}}}`) with YAML's BaseLoader, so each scalar
+    in it arrives as a string ('100') that the settings' checks refuse. Each string from `overrides` (Snakemake's
+    parsed --config) is re-read with yaml.safe_load where that gives a number, a boolean or null; any other
+    string stays as it is (the quotes are gone by now, so text like 'ROMEO:' must not become a mapping).
+    """
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(config.get(key), dict):
+            coerce_config_overrides(config[key], value)
+        else:
+            config[key] = _yaml_typed(value)
+
+
+def _yaml_typed(value: object) -> object:
+    """`value` with its strings re-read as YAML scalars (see coerce_config_overrides)."""
+    if isinstance(value, Mapping):
+        return {k: _yaml_typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_yaml_typed(v) for v in value]
+    if isinstance(value, str) and value.strip():  # '' stays '' (config.yaml's "")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        return parsed if parsed is None or isinstance(parsed, bool | int | float) else value
+    return value
 
 
 def _option_args(entry: dict, keys: tuple[str, ...]) -> list[str]:
@@ -33,10 +81,18 @@ def _option_args(entry: dict, keys: tuple[str, ...]) -> list[str]:
 class Pipeline:
     config: dict
     _runs: dict[str, RunConfig] = field(default_factory=dict, repr=False)  # resolved once per name
+    _sweeps: dict[str, Sweep] | None = field(default=None, repr=False)  # expanded once
+
+    def _section(self, name: str) -> dict:
+        """A top-level mapping of config.yaml (targets, datasets, runs, samples, evals), or {} when absent."""
+        value = self.config.get(name) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}={value!r}: expected a mapping of names to entries")
+        return value
 
     # ---- datasets -------------------------------------------------------------------------------------
     def datasets(self) -> dict:
-        return self.config.get("datasets") or {}
+        return self._section("datasets")
 
     def dataset(self, name: str) -> dict:
         if name not in self.datasets():
@@ -45,12 +101,18 @@ class Pipeline:
 
     def source_path(self, name: str) -> str:
         """Where the download step leaves a dataset's source (a file for `source` entries)."""
-        kind = "txt" if "source" in self.dataset(name) else "json"
-        return f"{RESULTS}/data/{name}/source.{kind}"
+        pattern = paths.SOURCE_TXT if "source" in self.dataset(name) else paths.SOURCE_JSON
+        return pattern.format(dataset=name)
 
     def data_files(self, name: str) -> dict[str, str]:
-        base = f"{RESULTS}/data/{name}"
-        return {"train": f"{base}/train.bin", "val": f"{base}/val.bin", "meta": f"{base}/meta.json"}
+        return {"train": paths.TRAIN_BIN.format(dataset=name), "val": paths.VAL_BIN.format(dataset=name),
+                "meta": paths.META.format(dataset=name)}
+
+    def dataset_names_pattern(self, *kinds: str) -> str:
+        """A wildcard regex matching the datasets with one of these keys (source, hf, files): it picks the rule
+        that downloads each one, download or download_hf."""
+        names = [n for n, spec in self.datasets().items() if any(k in spec for k in kinds)]
+        return "|".join(names) if names else "(?!)"  # (?!) matches nothing
 
     def mirror_arg(self) -> str:
         mirror = self.config.get("mirror")
@@ -61,7 +123,10 @@ class Pipeline:
 
     # ---- runs -----------------------------------------------------------------------------------------
     def runs(self) -> dict:
-        return self.config.get("runs") or {}
+        """The runs under `runs:` and one per sweep point: a point is an ordinary run that the train rule trains."""
+        if not self.config.get("sweeps"):
+            return self._section("runs")
+        return {**self._section("runs"), **{p.run: p.entry for s in self.sweeps().values() for p in s.points}}
 
     def run(self, name: str) -> RunConfig:
         if name not in self.runs():
@@ -105,13 +170,33 @@ class Pipeline:
             out["slurm_extra"] = res["slurm_extra"]
         return out
 
+    def train_resources(self) -> dict[str, Callable | int]:
+        """The train rule's whole `resources:` (`resources: **P.train_resources()`): one function of the wildcards
+        per key, read from `run_resources`; a function returning None drops its key for that run.
+
+        gpu: one node's --gpus=G (also Snakemake's local `gpu` count); gres: --gres=gpu:G per node for several
+        nodes; tasks: one per node (torchrun starts the workers); tasks_per_gpu=0, else the SLURM plugin starts one
+        task per GPU; mpi: "srun" for several nodes only; slurm_partition/slurm_extra: the run's own (None drops
+        the key, so the profile's default does not apply to train; the profile's set-resources still override).
+        """
+
+        def per_run(key: str) -> Callable:
+            return lambda wildcards: self.run_resources(wildcards.run).get(key)
+
+        keys = {"cpus_per_task": "cpus_per_task", "mem_mb": "mem_mb", "runtime": "runtime", "gpu": "gpus",
+                "gres": "gres", "nodes": "nodes", "tasks": "tasks", "mpi": "mpi",
+                "slurm_partition": "slurm_partition", "slurm_extra": "slurm_extra"}
+        return {name: per_run(key) for name, key in keys.items()} | {"tasks_per_gpu": 0}
+
     def torchrun_launcher(self, name: str) -> str:
         """torchrun for one node; across nodes, one `srun` task per node runs torchrun with a c10d rendezvous.
 
         The multi-node form is `srun ... bash -c 'exec torchrun ... "$@"' torchrun` so the rule appends the
         module and its arguments unchanged; $SLURM_JOB_NODELIST is expanded inside the step (the jobstep plugin
         strips it from the job's own environment). The step repeats the job's per-node CPUs and GPUs because
-        srun does not inherit --cpus-per-task from sbatch.
+        srun does not inherit --cpus-per-task from sbatch. The allocation's first node hosts the rendezvous (its
+        name must resolve everywhere); is_host comes from $SLURM_NODEID, not from torch's hostname guess, which
+        misses with FQDNs and matches every node where several share one host.
         """
         launch = self.run(name).launch
         if launch.nnodes == 1:
@@ -123,7 +208,7 @@ class Pipeline:
             step += f" --gres={res['gres']}"
         torchrun = (
             f"exec python -m nanogpt.launch --nnodes={n} --nproc_per_node={launch.nproc_per_node} "
-            '--rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d '
+            '--rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_conf=is_host=$((SLURM_NODEID == 0)) '
             '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500" "$@"'
         )
         return f"{step} --kill-on-bad-exit=1 bash -c {shlex.quote(torchrun)} torchrun"
@@ -131,7 +216,7 @@ class Pipeline:
     def model_checkpoint(self, model: str) -> str | None:
         """A run's final checkpoint; None for pretrained models (gpt2*, local HF dirs)."""
         if model in self.runs():
-            return f"{RESULTS}/runs/{model}/model.pt"
+            return paths.MODEL.format(run=model)
         if model in PRETRAINED_NAMES or model in (self.config.get("pretrained") or {}):
             return None
         raise ConfigError(
@@ -149,7 +234,7 @@ class Pipeline:
 
     # ---- samples --------------------------------------------------------------------------------------
     def samples(self) -> dict:
-        return self.config.get("samples") or {}
+        return self._section("samples")
 
     def sample_entry(self, name: str) -> dict:
         if name not in self.samples():
@@ -173,10 +258,11 @@ class Pipeline:
     def check(self) -> None:
         """Every entry, before any job starts: names, settings and cross-references the JSON schema cannot express."""
         for section in ("datasets", "runs", "samples", "evals", "pretrained"):
-            for name in self.config.get(section) or {}:
+            for name in self._section(section):
                 check_name(name, f"{section}.{name}: {section.removesuffix('s')}")
         for name, spec in self.datasets().items():
             check_dataset(spec, name)
+        self.check_sweeps()
         for name in self.runs():
             run = self.run(name)
             if run.dataset not in self.datasets():
@@ -189,14 +275,19 @@ class Pipeline:
                 raise ConfigError(f"evals.{name}={entry!r}: expected a mapping with 'model' and 'datasets'")
             resolve_eval(entry, f"evals.{name}")
             self.model_checkpoint(entry["model"])
-            for ds in entry.get("datasets", []):
+            if not isinstance(entry.get("datasets"), list) or not entry["datasets"]:
+                raise ConfigError(f"evals.{name}.datasets={entry.get('datasets')!r}: expected a list of dataset names")
+            for ds in entry["datasets"]:
                 if ds not in self.datasets():
                     raise ConfigError(f"evals.{name}.datasets: {ds!r} is not a dataset, expected one of "
                                       f"{sorted(self.datasets())}")
-        targets = self.config.get("targets") or {}
+        targets = self._section("targets")
         for section in ("runs", "samples", "evals"):
-            for name in targets.get(section) or []:
-                if name not in (self.config.get(section) or {}):
+            names = targets.get(section) or []
+            if not isinstance(names, list):
+                raise ConfigError(f"targets.{section}={names!r}: expected a list of names under `{section}`")
+            for name in names:
+                if name not in self._section(section):
                     raise ConfigError(f"targets.{section}: {name!r} is not defined under `{section}`")
 
     def target_files(self) -> list[str]:
@@ -204,22 +295,24 @@ class Pipeline:
         targets = self.config.get("targets") or {}
         files = []
         for run in targets.get("runs") or []:
-            files += [f"{RESULTS}/runs/{run}/model.pt", f"{RESULTS}/runs/{run}/metrics.json"]
+            files += [paths.MODEL.format(run=run), paths.METRICS.format(run=run)]
         for sample in targets.get("samples") or []:
-            files.append(f"{RESULTS}/samples/{sample}.txt")
+            files.append(paths.SAMPLE.format(sample=sample))
         for name in targets.get("evals") or []:
             files += self.eval_files(name)
+        for name in targets.get("sweeps") or []:
+            files += self.sweep_files(name)
         if (self.config.get("summary") or {}).get("enabled", True):
-            files += [f"{RESULTS}/summary.csv", f"{RESULTS}/summary.md"]
+            files += [paths.SUMMARY_CSV, paths.SUMMARY_MD]
         return files
 
     # ---- evals ----------------------------------------------------------------------------------------
     def evals(self) -> dict:
-        return self.config.get("evals") or {}
+        return self._section("evals")
 
     def eval_files(self, name: str) -> list[str]:
         entry = self.evals()[name]
-        return [f"{RESULTS}/eval/{entry['model']}/{ds}.json" for ds in entry.get("datasets", [])]
+        return [paths.EVAL.format(model=entry["model"], dataset=ds) for ds in entry.get("datasets", [])]
 
     def eval_entry(self, model: str, dataset: str) -> dict:
         """The `evals` settings for one (model, dataset) file; nanoGPT's defaults where no entry names it."""
@@ -239,7 +332,7 @@ class Pipeline:
     def eval_args(self, model: str, dataset: str) -> str:
         """`nanogpt eval` arguments: the model source, the data folder and the entry's settings."""
         entry = self.eval_entry(model, dataset)
-        args = [self.model_source_args(model), f"--data-dir {shlex.quote(f'{RESULTS}/data/{dataset}')}",
+        args = [self.model_source_args(model), f"--data-dir {shlex.quote(paths.DATA_DIR.format(dataset=dataset))}",
                 f"--model-name {shlex.quote(model)} --dataset-name {shlex.quote(dataset)}"]
         args += _option_args(entry, ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype"))
         if entry.get("splits"):
@@ -258,7 +351,49 @@ class Pipeline:
         targets = self.config.get("targets") or {}
         runs = list(targets.get("runs") or [])
         return {
-            "metrics": [f"{RESULTS}/runs/{r}/metrics.json" for r in runs],
-            "curves": [f"{RESULTS}/plots/{r}_loss.png" for r in runs],
+            "metrics": [paths.METRICS.format(run=r) for r in runs],
+            "curves": [paths.LOSS_CURVE.format(run=r) for r in runs],
             "evals": [f for name in targets.get("evals") or [] for f in self.eval_files(name)],
         }
+
+    # ---- sweeps ---------------------------------------------------------------------------------------
+    def sweeps(self) -> dict[str, Sweep]:
+        """Every sweep, expanded once into its points (named runs; see nanogpt/sweeps.py)."""
+        if self._sweeps is None:
+            self._sweeps = expand_sweeps(self.config.get("sweeps"), self._section("runs"))
+        return self._sweeps
+
+    def sweep(self, name: str) -> Sweep:
+        if name not in self.sweeps():
+            raise ConfigError(f"unknown sweep {name!r}: expected one of {sorted(self.sweeps())}")
+        return self.sweeps()[name]
+
+    def check_sweeps(self) -> None:
+        """Sweeps expand into valid, distinct runs, and `targets.sweeps` names sweeps (part of check())."""
+        self.sweeps()
+        names = self._section("targets").get("sweeps") or []
+        if not isinstance(names, list):
+            raise ConfigError(f"targets.sweeps={names!r}: expected a list of names under `sweeps`")
+        for name in names:
+            if name not in self.sweeps():
+                raise ConfigError(f"targets.sweeps: {name!r} is not defined under `sweeps`: expected one of "
+                                  f"{sorted(self.sweeps())}")
+
+    def sweep_files(self, name: str) -> list[str]:
+        """A sweep's outputs (tables, plots; fit.json and scaling.png for a scaling study)."""
+        return sweep_files(name, scaling=self.sweep(name).scaling is not None)
+
+    def sweep_inputs(self, name: str) -> dict[str, list[str]]:
+        """The current points' metrics and loss curves: a point removed from the grid drops out of the summary."""
+        runs = [p.run for p in self.sweep(name).points]
+        return {"metrics": [paths.METRICS.format(run=r) for r in runs],
+                "curves": [paths.LOSS_CURVE.format(run=r) for r in runs]}
+
+    def sweep_spec(self, name: str) -> str:
+        """The sweep as JSON for `python -m nanogpt.sweeps summarize` (the rule's params)."""
+        return json.dumps(self.sweep(name).spec(), sort_keys=True)
+
+    def sweep_names_pattern(self, scaling: bool) -> str:
+        """A wildcard regex of the grid sweeps (scaling=False) or the scaling studies: it picks the rule."""
+        names = [re.escape(n) for n, s in self.sweeps().items() if (s.scaling is not None) == scaling]
+        return "|".join(names) if names else "(?!)"  # (?!) matches nothing

@@ -7,7 +7,7 @@ approximation ("gelu_new"), which changes logits by ~1e-3: nanoGPT's published l
 ours. An exported model declares `activation_function: gelu`, so HF reproduces our logits exactly.
 
 Offline use: a local folder (`pretrained:` in config.yaml maps a name to it), a `<name>/` folder with a
-config.json inside $NANOGPT_MIRROR, or the HF cache (HF_HUB_OFFLINE=1). The hub is only asked when the cache
+config.json inside the mirror (config `mirror`, `--mirror`, or $NANOGPT_MIRROR), or the HF cache (HF_HUB_OFFLINE=1). The hub is only asked when the cache
 lacks the model, with short timeouts, and a failure is one line saying where to put the weights.
 """
 
@@ -31,27 +31,28 @@ class PretrainedError(ConfigError):
     """A pretrained model that cannot be found, fetched, or mapped onto our GPT."""
 
 
-def _local_source(name_or_dir: str) -> Path | None:
+def _local_source(name_or_dir: str, mirror: str | os.PathLike | None = None) -> Path | None:
     """A local HF folder: the path itself, or `<mirror>/<name>/config.json` for air-gapped machines."""
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
     from nanogpt.tokenizer import mirror_dir
 
-    mirror = mirror_dir()
-    if mirror is not None and "/" not in name_or_dir and (mirror / name_or_dir / "config.json").is_file():
-        return mirror / name_or_dir
+    folder = mirror_dir(mirror)
+    if folder is not None and "/" not in name_or_dir and (folder / name_or_dir / "config.json").is_file():
+        return folder / name_or_dir
     return None
 
 
 def _offline_hint(name: str) -> str:
     return (
         f"download it where there is network (`hf download {name} --local-dir DIR`) and map it in config.yaml "
-        f"(`pretrained: {{{name}: DIR}}`), put it at $NANOGPT_MIRROR/{name}/, or pass the local directory itself"
+        f"(`pretrained: {{{name}: DIR}}`), put it at <mirror>/{name}/ (config `mirror` or $NANOGPT_MIRROR), or pass "
+        "the local directory itself"
     )
 
 
-def _hf_model(name_or_dir: str):
+def _hf_model(name_or_dir: str, mirror: str | os.PathLike | None = None):
     """The transformers GPT2LMHeadModel (fp32): local folder, else HF cache, else the hub with short timeouts."""
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_S)  # read when huggingface_hub is imported
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", HUB_TIMEOUT_S)
@@ -59,7 +60,7 @@ def _hf_model(name_or_dir: str):
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    local = _local_source(name_or_dir)
+    local = _local_source(name_or_dir, mirror)
     if local is not None:
         cfg_path = local / "config.json"
         if not cfg_path.is_file():
@@ -130,13 +131,14 @@ def config_from_hf(hf_config, dropout: float | None = None) -> GPTConfig:
                      n_embd=c.n_embd, dropout=c.resid_pdrop if dropout is None else dropout, bias=True)
 
 
-def load_pretrained(name_or_dir: str, dropout: float | None = None) -> GPT:
+def load_pretrained(name_or_dir: str, dropout: float | None = None, mirror: str | os.PathLike | None = None) -> GPT:
     """GPT-2 (gpt2, gpt2-medium, gpt2-large, gpt2-xl, any hub id or local folder) as our GPT, in fp32.
 
     Like nanoGPT, only dropout may be overridden (None keeps the checkpoint's own, which is 0.1 for OpenAI's;
-    nanoGPT's train.py passes its config dropout, 0.0 by default, and so does ours).
+    nanoGPT's train.py passes its config dropout, 0.0 by default, and so does ours). `mirror` (else
+    $NANOGPT_MIRROR) is searched for a `<name>/` folder before the Hugging Face cache and hub.
     """
-    hf = _hf_model(str(name_or_dir))
+    hf = _hf_model(str(name_or_dir), mirror)
     config = config_from_hf(hf.config, dropout)
     sd_hf = {k: v for k, v in hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     del hf

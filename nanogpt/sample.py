@@ -47,7 +47,7 @@ def load_model_and_tokenizer(
         from nanogpt.pretrained import load_pretrained
 
         chars = interop.chars_of_hf_export(source) if Path(source).is_dir() else None
-        return load_pretrained(source), CharTokenizer(chars) if chars else gpt2_tokenizer(mirror)
+        return load_pretrained(source, mirror=mirror), CharTokenizer(chars) if chars else gpt2_tokenizer(mirror)
     model, state = ckpt_io.load_model(source)
     beside = Path(source).with_name("meta.pkl")
     if meta_path is not None:
@@ -134,3 +134,33 @@ def generate_samples(
 
 def write_samples(dest: str | os.PathLike, samples: list[str]) -> None:
     fileio.write_text(dest, SEPARATOR.join(samples) + "\n")
+
+
+def add_samples_to_tensorboard(source: str | os.PathLike, samples: list[str], name: str) -> Path | None:
+    """Show the samples in TensorBoard's Text tab beside the curves of the run they came from.
+
+    Only when `source` is one of our run folders (or its model.pt): the text goes into that folder's events under
+    `samples/<name>`, at the run's last iteration. Returns the folder, or None for other models (GPT-2, files).
+    """
+    import json
+
+    from nanogpt.tracking import add_text, is_run_folder
+
+    path = Path(source)
+    run_dir = path if path.is_dir() else path.parent
+    if not is_run_folder(run_dir) or (path.is_file() and path.name != "model.pt"):
+        return None
+    try:
+        step = int(json.loads((run_dir / "metrics.json").read_text())["iters"])
+    except (OSError, ValueError, KeyError, TypeError):
+        step = 0
+    add_text(run_dir, f"samples/{name}", "\n\n".join(_markdown_block(s) for s in samples), step)
+    return run_dir
+
+
+def _markdown_block(text: str) -> str:
+    """A fenced code block that keeps the sample's text as it is (a fence longer than any run of backticks in it)."""
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return f"{fence}\n{text}\n{fence}"

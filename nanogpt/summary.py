@@ -1,12 +1,11 @@
-"""One table of every run and evaluation (CSV + Markdown), loss-curve plots, and the GPT-2 baseline table.
+"""One table of every run and evaluation (CSV, Markdown, HTML), loss-curve plots, and the GPT-2 baseline table.
 
-Used by workflow/rules/report.smk (`python -m nanogpt.summary table|curve|baselines`). pandas and matplotlib are
-imported inside the functions so that `--help` and the tests' imports stay fast.
+Used by `nanogpt summary table|curve|baselines` (nanogpt/cli.py), which the report rules run. pandas and
+matplotlib are imported inside the functions so that `--help` and the tests' imports stay fast.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -105,7 +104,39 @@ def write_table(results: str | os.PathLike, csv: str | os.PathLike, md: str | os
     body = to_markdown(df, shown) if len(df) else "_no runs or evaluations yet_\n"
     fileio.write_text(md, "# nanogpt-workflow summary\n\nLosses are mean cross-entropy (nats/token). "
                       "`published_*`: nanoGPT README's GPT-2 baselines on OpenWebText.\n\n" + body)
+    write_html(df, Path(md).with_suffix(".html"))  # what `snakemake --report` shows inline
     return len(df)
+
+
+RUN_COLUMNS = ["model", "dataset", "train_loss", "val_loss", "val_perplexity", "iters", "batch_size", "block_size",
+               "tokens_per_sec", "mfu", "wall_time_s", "device", "dtype"]
+EVAL_COLUMNS = ["model", "dataset", "train_loss", "val_loss", "val_perplexity", "published_train_loss",
+                "published_val_loss", "eval_iters", "batch_size", "block_size", "device", "dtype"]
+
+
+def write_html(df, out: str | os.PathLike) -> None:
+    """The summary as HTML tables: runs, evaluations, and nanoGPT's GPT-2 baselines when they were evaluated."""
+    from nanogpt.report import table, write_page
+
+    def section(title: str, rows, columns: list[str]) -> str:
+        cols = [c for c in columns if c in rows.columns and rows[c].notna().any()]
+        records = [[None if _cell(r[c]) == "" else r[c] for c in cols] for _, r in rows.iterrows()]
+        return f"<h2>{title}</h2>" + table(records, cols, lambda v: _cell(v) if v is not None else "")
+
+    parts = ["<p>Losses are mean cross-entropy (nats/token) over <code>eval_iters</code> random batches per split; "
+             "<code>published_*</code>: nanoGPT README's GPT-2 baselines on OpenWebText.</p>"]
+    runs, evals = df[df["kind"] == "run"], df[df["kind"] == "eval"]
+    if len(runs):
+        parts.append(section("Training runs", runs, RUN_COLUMNS))
+    if len(evals):
+        parts.append(section("Evaluations", evals, EVAL_COLUMNS))
+    gpt2 = evals[evals["published_val_loss"].notna()] if len(evals) else evals
+    if len(gpt2):
+        parts.append(section("GPT-2 baselines (OpenWebText, beside nanoGPT's README)", gpt2,
+                             ["model", "params", "train_loss", "val_loss", "published_train_loss", "published_val_loss"]))
+    if not len(df):
+        parts.append("<p>No runs or evaluations yet.</p>")
+    write_page(out, "nanogpt-workflow summary", "\n".join(parts))
 
 
 def baselines(files: list[str], out: str | os.PathLike) -> None:
@@ -122,11 +153,12 @@ def baselines(files: list[str], out: str | os.PathLike) -> None:
 
 
 def read_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """Scalar loss series from the run's TensorBoard events (tb/), else its history.jsonl."""
+    """Scalar loss series from the run's TensorBoard events (in the run folder, or tb/ for older runs), else its
+    history.jsonl."""
     run_dir = Path(run_dir)
     curves: dict[str, list[tuple[int, float]]] = {}
-    tb = run_dir / "tb"
-    if tb.is_dir():
+    tb = next((d for d in (run_dir, run_dir / "tb") if any(d.glob("events.out.tfevents.*"))), None)
+    if tb is not None:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
@@ -167,30 +199,3 @@ def plot_curve(run_dir: str | os.PathLike, out: str | os.PathLike, title: str | 
     plt.close(fig)
     return sum(len(p) for p in curves.values())
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nanogpt.summary", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    sp = sub.add_parser("table", help="results/summary.csv and .md from every metrics.json and eval JSON")
-    sp.add_argument("--results", default="results")
-    sp.add_argument("--csv", required=True)
-    sp.add_argument("--md", required=True)
-    sp = sub.add_parser("curve", help="a run's loss curve PNG from its TensorBoard events")
-    sp.add_argument("--run-dir", required=True)
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--title")
-    sp = sub.add_parser("baselines", help="GPT-2 eval JSONs beside nanoGPT's published losses")
-    sp.add_argument("files", nargs="+")
-    sp.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    if args.command == "table":
-        print(f"{write_table(args.results, args.csv, args.md)} rows -> {args.csv}, {args.md}")
-    elif args.command == "curve":
-        print(f"{plot_curve(args.run_dir, args.out, args.title)} points -> {args.out}")
-    else:
-        baselines(args.files, args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

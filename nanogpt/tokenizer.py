@@ -12,6 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from nanogpt.errors import ConfigError
 from nanogpt.fileio import sha256_file
 
@@ -30,6 +32,24 @@ GPT2_EOT = 50256
 GPT2_VOCAB = 50257
 # Small public files shipped with the package (see its README.md): a built-in, checksummed mirror.
 BUNDLED_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def token_dtype(vocab_size: int, requested: str | None = None) -> np.dtype:
+    """The storage type of token ids in train.bin/val.bin: uint16 when the vocabulary fits, else uint32.
+
+    Here, not in data.py, so that data.py and hf_corpus.py share it without importing each other.
+    A requested dtype too small for the vocabulary is an error."""
+    if requested is not None:
+        dtype = np.dtype(requested)
+        if dtype not in (np.uint16, np.uint32):
+            raise ConfigError(f"dtype={requested!r}: expected uint16 or uint32")
+        if vocab_size - 1 > np.iinfo(dtype).max:
+            raise ConfigError(
+                f"dtype={requested!r} cannot hold a vocabulary of {vocab_size} tokens (max id "
+                f"{np.iinfo(dtype).max}): expected dtype uint32, or no dtype to choose it automatically"
+            )
+        return dtype
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
 class Tokenizer(Protocol):

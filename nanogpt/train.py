@@ -30,6 +30,7 @@ from nanogpt.config import PRETRAINED_NAMES, RunConfig, is_pretrained_source
 from nanogpt.data import BatchSampler, load_meta
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT
+from nanogpt.progress import Progress
 from nanogpt.provenance import provenance
 from nanogpt.runlock import die_with_parent, run_folder_lock
 from nanogpt.runtime import (
@@ -42,6 +43,7 @@ from nanogpt.runtime import (
     setup_device,
     setup_distributed,
 )
+from nanogpt.tracking import Tracker, check_wandb
 
 
 def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int, min_lr: float,
@@ -196,7 +198,7 @@ def trim_history(path: Path, upto: int) -> None:
 
 
 def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, log=print) -> dict:
-    """Train one run; writes checkpoints/, tb/, history.jsonl, then model.pt and metrics.json (rank 0)."""
+    """Train one run; writes checkpoints/, TensorBoard events, history.jsonl, then model.pt and metrics.json."""
     t_start = time.time()
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     check_world_size(run.train.gradient_accumulation_steps, int(os.environ.get("WORLD_SIZE", "1")))
@@ -364,10 +366,9 @@ class Trainer:
                                        self.device)
         self.log(f"step {self.iter_num}: train loss {self.last_eval['train']:.4f}, "
                  f"val loss {self.last_eval['val']:.4f}")
-        if self.writer:
-            self.writer.add_scalar("loss/train_eval", self.last_eval["train"], self.iter_num)
-            self.writer.add_scalar("loss/val", self.last_eval["val"], self.iter_num)
-            self.writer.add_scalar("lr", lr, self.iter_num)
+        if self.tracker:
+            self.tracker.scalars({"loss/train_eval": self.last_eval["train"], "loss/val": self.last_eval["val"],
+                                  "lr": lr}, self.iter_num)
         if self.last_eval["val"] < self.best_val_loss:
             self.best_val_loss = self.last_eval["val"]
             if self.d.is_master and self.iter_num > 0 and not self.t.always_save_checkpoint:
@@ -388,16 +389,15 @@ class Trainer:
                 mfu = self.raw_model.estimate_mfu(t.batch_size * self.accum, dt, self.peak)
                 avg = mfu if self.running_mfu is None else 0.9 * self.running_mfu + 0.1 * mfu
                 self.running_mfu = avg
-        mfu_text = f"{mfu_or_none(self.running_mfu):.3f}" if self.running_mfu and mfu_or_none(self.running_mfu) else "n/a"
-        self.log(f"iter {self.iter_num}: loss {self.last_loss:.4f}, time {dt * 1000:.2f}ms, mfu {mfu_text}")
-        if self.writer:
-            self.writer.add_scalar("loss/train", self.last_loss, self.iter_num)
-            self.writer.add_scalar("lr", lr, self.iter_num)
-            self.writer.add_scalar("tokens_per_sec", self.tokens_per_iter / dt, self.iter_num)
-            if grad_norm is not None:
-                self.writer.add_scalar("grad_norm", float(grad_norm), self.iter_num)
-            if self.running_mfu and mfu_or_none(self.running_mfu):
-                self.writer.add_scalar("mfu", self.running_mfu, self.iter_num)
+        mfu = mfu_or_none(self.running_mfu) if self.running_mfu else None
+        self.log(f"iter {self.iter_num}: loss {self.last_loss:.4f}, time {dt * 1000:.2f}ms, "
+                 f"mfu {f'{mfu:.3f}' if mfu else 'n/a'}")
+        if (line := self.progress.update(self.iter_num, self.last_loss, dt)) is not None:
+            self.log(line)  # the console's throttled view (nanogpt.progress)
+        if self.tracker:
+            self.tracker.scalars({"loss/train": self.last_loss, "lr": lr, "tokens_per_sec": self.tokens_per_iter / dt,
+                                  "grad_norm": None if grad_norm is None else float(grad_norm),
+                                  "mfu": self.running_mfu if mfu else None}, self.iter_num)
         if self.history:
             row = {"iter": self.iter_num, "loss": self.last_loss, "lr": lr, "dt": dt}
             self.history.write(json.dumps(row) + "\n")
@@ -405,25 +405,26 @@ class Trainer:
 
     # ---- outputs --------------------------------------------------------------------------------------------
     def _open_logs(self) -> None:
-        self.writer = self.history = None
+        """Rank 0's TensorBoard/W&B tracker and history.jsonl; every rank's progress lines (only rank 0 logs)."""
+        check_wandb(self.t)  # every rank, before any step: a missing wandb is one line, not a hung DDP job
+        self.tracker = self.history = None
+        self.progress = Progress(self.t.max_iters, self.tokens_per_iter)
         if not self.d.is_master:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
-        # TensorBoard drops events at steps >= purge_step from earlier attempts; history.jsonl likewise.
-        self.writer = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=self.iter_num)
+        # TensorBoard drops events at steps >= the start from earlier attempts; history.jsonl likewise.
+        self.tracker = Tracker(self.run, self.out_dir, self.iter_num)
         trim_history(self.out_dir / "history.jsonl", self.iter_num)
         self.history = (self.out_dir / "history.jsonl").open("a")
 
-    def _close_logs(self) -> None:
-        if self.writer:
-            self.writer.close()
+    def _close_logs(self, exit_code: int = 143) -> None:
+        """Called by finish() with 0, and on SIGTERM (the W&B run is marked as stopped)."""
+        if self.tracker:
+            self.tracker.close(exit_code)
         if self.history:
             self.history.close()
 
     def finish(self, t_start: float) -> dict:
         """metrics.json, then model.pt (rank 0); returns the metrics."""
-        self._close_logs()
         median_dt = statistics.median(self.step_times) if self.step_times else None
         metrics = {
             "iters": self.iter_num,
@@ -441,6 +442,9 @@ class Trainer:
             "world_size": self.d.world_size,
             "provenance": provenance(self.run.to_dict(), self.meta),
         }
+        if self.tracker:
+            self.tracker.finish(metrics, self.iter_num)
+        self._close_logs(exit_code=0)
         if self.d.is_master:
             fileio.write_json(self.out_dir / "metrics.json", metrics)
             ckpt_io.save(self.checkpoint(), self.out_dir / "model.pt")

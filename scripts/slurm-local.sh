@@ -5,6 +5,9 @@
 #                                   munged + slurmctld + slurmd; waits until the node is idle
 #   scripts/slurm-local.sh down     stop the three daemons (by pid file)
 #   scripts/slurm-local.sh status   show daemons, node and queue; exit 1 unless the node is usable
+#   scripts/slurm-local.sh up2      a SECOND cluster beside it with two compute nodes on this machine (below)
+#   scripts/slurm-local.sh down2    stop it (by pid file)
+#   scripts/slurm-local.sh status2  show it; exit 1 unless both nodes are usable
 #
 # Debian/Ubuntu, as root or with passwordless sudo (CI: a fresh clone, no stdin, no systemd).
 # Fresh machine: apt-get update + install ~15-30 s, then ~1 s to start; already up: <1 s.
@@ -14,12 +17,30 @@
 # the plugin requires MinJobAge >= 3 x slurm-init-seconds-before-status-checks).
 # The node offers all CPUs (nproc) and 80% of MemTotal, in one partition `debug` (Default=YES).
 # Files: /etc/slurm/slurm.conf, state in /var/lib/slurm, logs in /var/log/slurm, pid files in /run.
+#
+# Two nodes (up2), for the multi-node train job (tests/test_multinode.py): its own slurmctld (port 6827) and
+# two slurmd (`slurmd -N <host>-n1|-n2`, ports 6828/6829), each node 1 CPU and 40% of MemTotal, all on
+# 127.0.0.1 and sharing this filesystem; task/none (both nodes would otherwise bind their task to core 0).
+# The login node (snakemake, sbatch) reaches it with SLURM_CONF=/etc/slurm-2node/slurm.conf. The slurmd run in
+# their own mount namespace (unshare -m), where, as on a real compute node, /etc/slurm/ holds this
+# cluster's config (the SLURM jobstep plugin drops SLURM_CONF from the rule's environment, so the train job's
+# own srun reads the default path) and /etc/hosts resolves the node names to 127.0.0.1 (the rendezvous host is
+# the first node's NAME); the machine's own /etc files are left alone. Both clusters share munged. Needs a
+# SLURM built with --enable-multiple-slurmd (Debian's is: `scontrol show config` says MULTIPLE_SLURMD = Yes),
+# unshare + mount namespaces, and 2 CPUs.
+# Files: /etc/slurm-2node/{slurm.conf,hosts}, /var/lib/slurm-2node, /var/log/slurm-2node, /run/slurm-2node.
 set -euo pipefail
 
 PARTITION=debug
 CONF=/etc/slurm/slurm.conf
 LOGDIR=/var/log/slurm
 PIDS=(/run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid)
+CONF2=/etc/slurm-2node/slurm.conf
+STATE2=/var/lib/slurm-2node
+LOGDIR2=/var/log/slurm-2node
+RUN2=/run/slurm-2node
+HOSTS2=/etc/slurm-2node/hosts   # the nodes' /etc/hosts
+PORTS2=(6827 6828 6829)   # slurmctld, node 1, node 2
 
 die() { echo "slurm-local: ERROR: $*" >&2; exit 1; }
 say() { echo "slurm-local: $*"; }
@@ -199,9 +220,194 @@ cmd_up() {
 
 cmd_down() {
   need_root down
+  stop_pidfile /run/slurmd.pid
+  stop_pidfile /run/slurmctld.pid
+  if pid_alive "$RUN2/slurmctld.pid"; then
+    say "stopped slurmd, slurmctld (munged keeps running for the two-node cluster)"
+  else
+    stop_pidfile /run/munge/munged.pid
+    say "stopped slurmd, slurmctld, munged"
+  fi
+}
+
+# ---- two nodes on this machine (up2/down2/status2) ----------------------------------------------------------
+
+node_names2() { local h; h=$(hostname -s); echo "${h}-n1 ${h}-n2"; }
+
+usable_nodes2() {  # how many of the two nodes are usable
+  SLURM_CONF=$CONF2 sinfo -h -N -o %T 2>/dev/null | grep -cE '^(idle|mixed|allocated|completing)' || true
+}
+
+show_logs2() {
   local f
-  for f in "${PIDS[@]}"; do stop_pidfile "$f"; done
-  say "stopped slurmd, slurmctld, munged"
+  for f in "$LOGDIR2"/*.log; do
+    [ -f "$f" ] && { echo "---- last lines of $f" >&2; tail -n 15 "$f" >&2; }
+  done
+  return 0
+}
+
+write_conf2() {  # prints "changed" if the two-node slurm.conf was (re)written
+  local host mem_mb tmp n1 n2
+  host=$(hostname -s)
+  [ -n "$host" ] || die "hostname -s is empty"
+  read -r n1 n2 < <(node_names2)
+  mem_mb=$(( $(awk '/^MemTotal:/ {print int($2/1024)}' /proc/meminfo) * 40 / 100 ))
+  tmp=$(mktemp)
+  cat > "$tmp" <<EOF
+# Written by scripts/slurm-local.sh up2: two compute nodes on one machine (two slurmd, one per node name and
+# port), beside the single-node cluster; no cgroups, no slurmdbd. Clients: SLURM_CONF=${CONF2}
+ClusterName=local2
+SlurmctldHost=${host}(127.0.0.1)
+SlurmctldPort=${PORTS2[0]}
+AuthType=auth/munge
+CredType=cred/munge
+SlurmUser=slurm
+SlurmdUser=root
+StateSaveLocation=${STATE2}/slurmctld
+SlurmdSpoolDir=${STATE2}/slurmd-%n
+SlurmctldPidFile=${RUN2}/slurmctld.pid
+SlurmdPidFile=${RUN2}/slurmd-%n.pid
+SlurmctldLogFile=${LOGDIR2}/slurmctld.log
+SlurmdLogFile=${LOGDIR2}/slurmd-%n.log
+# each node is 1 CPU of this machine: use the configured CPUs, and bind nothing (both would bind to core 0)
+SlurmdParameters=config_overrides
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MinJobAge=300
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=1000
+ReturnToService=2
+EnforcePartLimits=ALL
+SlurmctldTimeout=30
+SlurmdTimeout=30
+NodeName=${n1} NodeHostname=${host} NodeAddr=127.0.0.1 Port=${PORTS2[1]} CPUs=1 RealMemory=${mem_mb} State=UNKNOWN
+NodeName=${n2} NodeHostname=${host} NodeAddr=127.0.0.1 Port=${PORTS2[2]} CPUs=1 RealMemory=${mem_mb} State=UNKNOWN
+PartitionName=${PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+  mkdir -p "$(dirname "$CONF2")"
+  if [ -f "$CONF2" ] && cmp -s "$tmp" "$CONF2"; then
+    rm -f "$tmp"
+  else
+    install -m 0644 "$tmp" "$CONF2"; rm -f "$tmp"
+    echo changed
+  fi
+}
+
+write_hosts2() {  # the nodes' /etc/hosts: the machine's, plus the node names on 127.0.0.1
+  { cat /etc/hosts; echo "127.0.0.1 $(node_names2)"; } > "$HOSTS2.tmp" && mv -f "$HOSTS2.tmp" "$HOSTS2"
+}
+
+start_slurmd2() {  # start_slurmd2 NAME: one node's slurmd, in a mount namespace that looks like a compute node
+  mkdir -p /etc/slurm
+  unshare --mount --propagation private -- bash -c '
+    mount --bind "$(dirname "$1")" /etc/slurm && mount --bind "$2" /etc/hosts || exit 3
+    exec /usr/sbin/slurmd -f "$1" -N "$3" </dev/null' slurmd "$CONF2" "$HOSTS2" "$1"
+}
+
+mount_ns_ok() {  # can this machine make a mount namespace with a bind mount in it?
+  unshare --mount --propagation private -- bash -c 'mount --bind "$1" /etc/hosts && getent hosts "$2" >/dev/null' \
+    check "$HOSTS2" "${1}" 2>/dev/null
+}
+
+port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+cmd_up2() {
+  need_root up2
+  local t0 changed n1 n2 n i f port multiple
+  t0=$(date +%s)
+  [ "$(nproc)" -ge 2 ] || die "two nodes of 1 CPU need 2 CPUs; this machine has $(nproc)"
+  install_packages
+  read -r n1 n2 < <(node_names2)
+  changed=$(write_conf2)
+  install -d -o slurm -g slurm "$STATE2" "$STATE2/slurmctld" "$LOGDIR2" "$RUN2"
+  install -d "$STATE2/slurmd-$n1" "$STATE2/slurmd-$n2"
+  write_hosts2
+  command -v unshare >/dev/null || die "unshare (util-linux) is missing: the two nodes need their own mount namespace"
+  mount_ns_ok "$n1" || die "cannot bind-mount inside a mount namespace here (unshare -m): the two nodes cannot run on this machine"
+  export SLURM_CONF=$CONF2
+
+  if [ -z "$changed" ] && pid_alive "$RUN2/slurmctld.pid" && pid_alive "$RUN2/slurmd-$n1.pid" \
+     && pid_alive "$RUN2/slurmd-$n2.pid" && [ "$(usable_nodes2)" = 2 ]; then
+    say "two-node cluster already up (nodes $n1 $n2); clients: SLURM_CONF=$CONF2"
+    sinfo -N
+    return 0
+  fi
+  if [ -n "$changed" ]; then
+    say "wrote $CONF2 (nodes $n1 $n2, 1 CPU each)"
+    cmd_down2 >/dev/null
+  fi
+  for i in 0 1 2; do
+    case $i in 0) f=$RUN2/slurmctld.pid ;; 1) f=$RUN2/slurmd-$n1.pid ;; 2) f=$RUN2/slurmd-$n2.pid ;; esac
+    port=${PORTS2[$i]}
+    if ! pid_alive "$f" && port_in_use "$port"; then
+      die "port $port is already in use (ss -ltnp 'sport = :$port'): the two-node cluster cannot start here"
+    fi
+  done
+
+  start_munge
+  if ! pid_alive "$RUN2/slurmctld.pid"; then
+    rm -f "$RUN2/slurmctld.pid"
+    /usr/sbin/slurmctld -c -f "$CONF2" </dev/null || { show_logs2; die "slurmctld (two-node) did not start"; }
+  fi
+  for _ in $(seq 1 100); do scontrol ping 2>/dev/null | grep -q UP && break; sleep 0.2; done
+  scontrol ping 2>/dev/null | grep -q UP || { show_logs2; die "slurmctld (two-node) is not answering (scontrol ping)"; }
+  multiple=$(scontrol show config 2>/dev/null | awk '$1 == "MULTIPLE_SLURMD" {print $3}')
+  if [ "$multiple" != "Yes" ]; then
+    cmd_down2 >/dev/null
+    die "this SLURM build cannot run two slurmd on one machine (MULTIPLE_SLURMD=${multiple:-No}: it needs configure --enable-multiple-slurmd)"
+  fi
+  for n in "$n1" "$n2"; do
+    if ! pid_alive "$RUN2/slurmd-$n.pid"; then
+      rm -f "$RUN2/slurmd-$n.pid"
+      start_slurmd2 "$n" || { show_logs2; die "slurmd $n did not start"; }
+    fi
+  done
+
+  for _ in $(seq 1 120); do
+    [ "$(usable_nodes2)" = 2 ] && break
+    for n in "$n1" "$n2"; do  # a node left DOWN/DRAINED by an earlier crash: put it back into service
+      if sinfo -h -N -n "$n" -o %T 2>/dev/null | grep -qE '^(down|drain|drained|draining)'; then
+        scontrol update NodeName="$n" State=RESUME 2>/dev/null || true
+      fi
+    done
+    sleep 0.5
+  done
+  if [ "$(usable_nodes2)" != 2 ]; then
+    sinfo -N -l >&2 || true
+    show_logs2
+    die "the two nodes did not become idle within 60 s"
+  fi
+  sinfo -N
+  say "two-node cluster up in $(( $(date +%s) - t0 )) s (nodes $n1 $n2); clients: SLURM_CONF=$CONF2"
+}
+
+cmd_down2() {
+  need_root down2
+  local f
+  for f in "$RUN2"/slurmd-*.pid "$RUN2/slurmctld.pid"; do [ -e "$f" ] && stop_pidfile "$f"; done
+  if ! pid_alive /run/slurmctld.pid; then stop_pidfile /run/munge/munged.pid; fi
+  say "stopped the two-node cluster"
+}
+
+cmd_status2() {
+  local ok=0 f n1 n2
+  read -r n1 n2 < <(node_names2)
+  for f in "$RUN2/slurmctld.pid" "$RUN2/slurmd-$n1.pid" "$RUN2/slurmd-$n2.pid" /run/munge/munged.pid; do
+    if pid_alive "$f"; then echo "$(basename "$f" .pid): running (pid $(cat "$f"))"; else echo "$(basename "$f" .pid): not running"; ok=1; fi
+  done
+  if [ "$ok" = 0 ]; then
+    SLURM_CONF=$CONF2 sinfo -N -o '%N %P %T %c %m' || ok=1
+    SLURM_CONF=$CONF2 squeue -t all 2>/dev/null || true
+    [ "$(usable_nodes2)" = 2 ] || { echo "two-node cluster: $(usable_nodes2) of 2 nodes usable"; ok=1; }
+  fi
+  [ "$ok" = 0 ] && echo "clients: SLURM_CONF=$CONF2"
+  return "$ok"
 }
 
 cmd_status() {
@@ -222,5 +428,8 @@ case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  up2) cmd_up2 ;;
+  down2) cmd_down2 ;;
+  status2) cmd_status2 ;;
+  *) echo "usage: $0 up|down|status|up2|down2|status2" >&2; exit 2 ;;
 esac

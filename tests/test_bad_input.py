@@ -419,3 +419,91 @@ def test_device_that_does_not_exist(tmp_path, data_dir, model_pt, capsys):
 
     with pytest.raises(ConfigError, match=r"runs.r.train.device='tpu': expected auto, cpu, cuda, cuda:N or mps"):
         resolve_run({"dataset": "d", "train": {"device": "tpu"}}, "r")
+
+
+# ---- every settings class, from the command line and from config.yaml -------------------------------------
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--temperature", "nan", "temperature=nan: expected a finite number"),
+    ("--temperature", "inf", "temperature=inf: expected a finite number"),
+    ("--temperature", "0", "temperature=0.0: expected a positive finite number"),
+    ("--top-k", "0", "top_k=0: expected a positive integer, or null"),
+    ("--top-k", "-5", "top_k=-5: expected a positive integer, or null"),
+    ("--max-new-tokens", "10000000000", "max_new_tokens=10000000000: expected an integer in [1, 1,000,000]"),
+    ("--max-new-tokens", "0", "max_new_tokens=0: expected an integer in [1,"),
+    ("--num-samples", "-1", "num_samples=-1: expected an integer in [1,"),
+    ("--seed", "-1", "seed=-1: expected an integer in [0, 2**63)"),
+    ("--device", "gpu", "device='gpu': expected auto, cpu, cuda, cuda:N or mps"),
+    ("--dtype", "fp8", "dtype='fp8': expected one of auto, float32, bfloat16, float16"),
+    ("--start", "", "start is empty: expected prompt text or FILE:path"),
+])
+def test_sample_settings_on_the_command_line(tmp_path, model_pt, capsys, flag, value, needle):
+    out = tmp_path / "samples.txt"
+    line = cli_error(capsys, "sample", "--checkpoint", str(model_pt), flag, value, "--out", str(out))
+    assert needle in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--batch-size", "0", "batch_size=0: expected a positive integer"),
+    ("--eval-iters", "-3", "eval_iters=-3: expected a positive integer"),
+    ("--block-size", "0", "block_size=0: expected a positive integer or null"),
+    ("--splits", "train,test", "splits='train,test': expected a comma-separated subset of train,val"),
+    ("--seed", "-2", "seed=-2: expected an integer in [0, 2**63)"),
+])
+def test_eval_settings_on_the_command_line(tmp_path, data_dir, model_pt, capsys, flag, value, needle):
+    out = tmp_path / "eval.json"
+    line = cli_error(capsys, "eval", "--checkpoint", str(model_pt), "--data-dir", str(data_dir), flag, value,
+                     "--out", str(out))
+    assert needle in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--learning_rate=.nan", "learning_rate=nan: expected a finite number"),
+    ("--beta2=1.5", "beta2=1.5: expected a number in [0.0, 1.0)"),
+    ("--weight_decay=-0.1", "weight_decay=-0.1: expected a number >= 0.0"),
+    ("--grad_clip=.inf", "grad_clip=inf: expected a finite number"),
+    ("--seed=-1", "seed=-1: expected an integer in [0, 2**63)"),
+    ("--peak_flops=0", "peak_flops=0.0: expected a positive number of FLOP/s"),
+    ("--dropout=.nan", "dropout=nan: expected a finite number"),
+    ("--lr_decay_iters=-5", "lr_decay_iters=-5: expected >= 0"),
+])
+def test_run_settings_on_the_command_line(tmp_path, data_dir, capsys, override, needle):
+    out_dir = tmp_path / "out"
+    line = cli_error(capsys, "train", "--spec", spec(), "--data-dir", str(data_dir), "--out-dir", str(out_dir),
+                     override)
+    assert needle in line, line
+    assert files_under(out_dir) == []
+
+
+@pytest.mark.parametrize("section,entry,key,value,needle", [
+    ("samples", "tiny", "temperature", float("nan"), "samples.tiny.temperature=nan: expected a finite number"),
+    ("samples", "tiny", "top_k", 0, "samples.tiny.top_k=0: expected a positive integer"),
+    ("samples", "tiny", "max_new_tokens", 10**10, "samples.tiny.max_new_tokens=10000000000: expected an integer"),
+    ("datasets", "shakespeare_char", "val_fraction", 1.0,
+     "datasets.shakespeare_char.val_fraction=1.0: expected a number between 0 and 1"),
+    ("datasets", "shakespeare_char", "tokenizer", "bpe",
+     "datasets.shakespeare_char.tokenizer='bpe': expected one of char, gpt2"),
+    ("evals", "e", "batch_size", 0, "evals.e.batch_size=0: expected a positive integer"),
+])
+def test_settings_in_config_yaml_fail_before_any_job(tmp_path, section, entry, key, value, needle):
+    config = tiny_config()
+    config["evals"] = {"e": {"model": "tiny", "datasets": ["shakespeare_char"]}}
+    config[section][entry][key] = value
+    out = snakemake_dry_run_fails(tmp_path, config)
+    assert needle in out, out[-3000:]
+
+
+def test_bad_sample_setting_keeps_the_previous_sample(tmp_path):
+    """A NaN temperature added after a good run: snakemake stops before any job and the old sample survives."""
+    workdir = make_pipeline(tmp_path / "pipeline")
+    run_snakemake(workdir)
+    sample = workdir / "results" / "samples" / "tiny.txt"
+    before = sample.read_text()
+    config = tiny_config()
+    config["samples"]["tiny"]["temperature"] = float("nan")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = run_snakemake(workdir, check=False)
+    assert proc.returncode != 0 and "samples.tiny.temperature=nan: expected a finite number" in proc.stdout + proc.stderr
+    assert sample.read_text() == before

@@ -46,7 +46,7 @@ def test_tiny_pipeline_end_to_end(pipeline_dir):
     assert metrics["provenance"]["config"]["train"]["learning_rate"] == 1e-3
     state = torch.load(run / "model.pt", weights_only=True)
     assert state["iter_num"] == 20 and state["model_args"]["n_embd"] == 32
-    assert list((run / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ckpt_00000010.pt", "ckpt_00000015.pt"]
 
     samples = (res / "samples" / "tiny.txt").read_text()
@@ -63,5 +63,6 @@ def test_tiny_pipeline_end_to_end(pipeline_dir):
     config["runs"]["tiny"]["train"]["learning_rate"] = 2.0e-3
     write_config(pipeline_dir, config)
     dry_run = run_snakemake(pipeline_dir, "-n").stdout
-    assert planned_jobs(dry_run) == {"train": 1, "sample": 1, "loss_curve": 1, "summary": 1, "all": 1}
+    assert planned_jobs(dry_run) == {"train": 1, "sample": 1, "loss_curve": 1, "run_page": 1, "sample_page": 1,
+                                     "summary": 1, "all": 1}
     assert "run=other" not in dry_run and "sample=other" not in dry_run

@@ -2,12 +2,14 @@
 training job's CPUs and torchrun world size, the same results as a local run, and failing jobs that fail loudly.
 
 Skipped where `sbatch` is missing or `scontrol ping` does not answer. SLURM jobs on a 2-core node run one after
-another, so the whole file takes ~2.5 minutes (most of it the plugin's status polling).
+another, so the whole file takes ~2 minutes (most of it the plugin's status polling, which the local reference
+run overlaps).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_pipeline, run_snakemake, tiny_config, write_config
+from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt.checkpoint import load
 from nanogpt.pipeline import Pipeline
 
@@ -28,7 +30,7 @@ def _slurm_up() -> bool:
     if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
         return False
     try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return ping.returncode == 0 and "UP" in ping.stdout
@@ -72,11 +74,15 @@ def test_multi_node_run_is_srun_torchrun_one_task_per_node():
     assert script.startswith("exec python -m nanogpt.launch --nnodes=2 --nproc_per_node=4 ")
     assert '--rdzv_backend=c10d' in script and '--rdzv_id="$SLURM_JOB_ID"' in script
     assert '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500"' in script
-    # the srun step expands the variables on each node, and passes the module and its arguments through
-    out = subprocess.run(["bash", "-c", script.replace("exec python -m nanogpt.launch", "echo"), "torchrun", "-m", "x y"],
-                         env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "n1"},
-                         capture_output=True, text=True).stdout
-    assert "--rdzv_id=42" in out and out.rstrip().endswith("-m x y")
+    # the srun step expands the variables on each node, and passes the module and its arguments through;
+    # the first node of the allocation (SLURM_NODEID 0) hosts the rendezvous, the others join it
+    for node_id, is_host in (("0", "1"), ("1", "0")):
+        out = subprocess.run(["bash", "-c", script.replace("exec python -m nanogpt.launch", "echo"), "torchrun",
+                              "-m", "x y"], capture_output=True, text=True,
+                             env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "n1",
+                                  "SLURM_NODEID": node_id}).stdout
+        assert "--rdzv_id=42" in out and out.rstrip().endswith("-m x y")
+        assert f"--rdzv_conf=is_host={is_host} " in out, out
     assert Pipeline(launch_config(nproc=2, nnodes=2, gpus=0)).run_resources("big")["gres"] is None
 
 
@@ -99,9 +105,10 @@ def slurm_jobs(workdir: Path) -> dict[str, list[int]]:
     return jobs
 
 
-def scontrol_job(job_id: int) -> dict[str, str]:
-    """`scontrol show job` as a dict (finished jobs stay visible for MinJobAge=300 s)."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, check=True)
+def scontrol_job(job_id: int, env: dict | None = None) -> dict[str, str]:
+    """`scontrol show job` as a dict (finished jobs stay visible for MinJobAge=300 s); env: e.g. SLURM_CONF."""
+    out = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})})
     return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
 
 
@@ -112,11 +119,31 @@ def executed_rules(snakemake_output: str) -> tuple[set[str], set[str]]:
     return remote, local
 
 
+def start_snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.Popen:
+    """conftest.run_snakemake in the background; its output goes to workdir/snakemake.out (a pipe could fill up)."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+    cmd = ["timeout", "-k", "10", str(timeout), str(BIN / "snakemake"), "--cores", "2", *args]
+    with (workdir / "snakemake.out").open("w") as out:
+        return subprocess.Popen(cmd, cwd=workdir, env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.fixture(scope="module")
-def slurm_pipeline(tmp_path_factory, shared_data) -> tuple[Path, subprocess.CompletedProcess]:
+def local_run(tmp_path_factory, shared_data):
+    """The same pipeline on the local profile, started first: it runs while the SLURM run waits on status polls."""
+    local = make_pipeline(tmp_path_factory.mktemp("slurm") / "local", ddp_config())
+    proc = start_snakemake(local, "--profile", "workflow/profiles/local", "results/runs/tiny/model.pt",
+                           env={"NANOGPT_MIRROR": str(shared_data)})
+    yield local, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def slurm_pipeline(tmp_path_factory, shared_data, local_run) -> tuple[Path, subprocess.CompletedProcess]:
     workdir = make_pipeline(tmp_path_factory.mktemp("slurm") / "pipeline", ddp_config())
     # download (local) -> prepare -> train -> sample: the core of the pipeline, 3 SLURM jobs
-    proc = run_snakemake(workdir, "--profile", SLURM_PROFILE, "results/samples/tiny.txt", timeout=300,
+    proc = run_snakemake(workdir, "--profile", SLURM_PROFILE, "results/samples/tiny.txt", timeout=600,
                          env={"NANOGPT_MIRROR": str(shared_data)})
     return workdir, proc
 
@@ -154,11 +181,10 @@ def test_training_job_cpus_and_torchrun_world_size(slurm_pipeline):
 
 
 @requires_slurm
-def test_slurm_results_equal_a_local_run(slurm_pipeline, tmp_path, shared_data):
+def test_slurm_results_equal_a_local_run(slurm_pipeline, local_run):
     workdir, _ = slurm_pipeline
-    local = make_pipeline(tmp_path / "local", ddp_config())
-    run_snakemake(local, "--profile", "workflow/profiles/local", "results/runs/tiny/model.pt",
-                  timeout=300, env={"NANOGPT_MIRROR": str(shared_data)})
+    local, proc = local_run
+    assert proc.wait(timeout=600) == 0, (local / "snakemake.out").read_text()[-4000:]
     on_slurm = load(workdir / "results/runs/tiny/model.pt")["model"]
     here = load(local / "results/runs/tiny/model.pt")["model"]
     assert on_slurm.keys() == here.keys()
@@ -173,7 +199,8 @@ def test_slurm_results_equal_a_local_run(slurm_pipeline, tmp_path, shared_data):
 
 @requires_slurm
 def test_sbatch_lines_for_gpu_and_multi_node_runs(slurm_pipeline, shared_data):
-    """The plugin's real sbatch commands (--verbose); this cluster has no GPUs and one node, so they are refused."""
+    """The plugin's real sbatch commands (--verbose); this cluster has no GPUs and one node, so they are refused
+    (a real 2-node job: tests/test_multinode.py)."""
     workdir, _ = slurm_pipeline
     config = ddp_config()
     for name, (nproc, nnodes, gpus) in {"gpu4": (4, 1, 4), "mn2": (2, 2, 0), "mngpu": (4, 2, 4)}.items():
@@ -181,7 +208,7 @@ def test_sbatch_lines_for_gpu_and_multi_node_runs(slurm_pipeline, shared_data):
     write_config(workdir, config)
     targets = [f"results/runs/{name}/model.pt" for name in ("gpu4", "mn2", "mngpu")]
     proc = run_snakemake(workdir, "--profile", SLURM_PROFILE, "--verbose", "--keep-going", "--retries", "0",
-                         *targets, timeout=120, check=False, env={"NANOGPT_MIRROR": str(shared_data)})
+                         *targets, timeout=300, check=False, env={"NANOGPT_MIRROR": str(shared_data)})
     out = proc.stdout + proc.stderr
     assert proc.returncode not in (0, 124, 137), out[-3000:]
     calls = {m.group(1): m.group(0) for m in re.finditer(r"sbatch call: sbatch .*?--comment rule_train_wildcards_"
@@ -211,7 +238,7 @@ def test_failing_slurm_job_fails_snakemake_with_the_reason(slurm_pipeline, share
     broken["train"] = dict(broken["train"], gradient_accumulation_steps=1)
     write_config(workdir, config)
     proc = run_snakemake(workdir, "--profile", SLURM_PROFILE, "--retries", "0", "results/runs/broken/model.pt",
-                         timeout=180, check=False, env={"NANOGPT_MIRROR": str(shared_data)})
+                         timeout=400, check=False, env={"NANOGPT_MIRROR": str(shared_data)})
     out = proc.stdout + proc.stderr
     assert proc.returncode not in (0, 124, 137), out[-3000:]
     assert "Error in rule train" in out and "SLURM" in out, out[-3000:]
@@ -219,9 +246,10 @@ def test_failing_slurm_job_fails_snakemake_with_the_reason(slurm_pipeline, share
     assert reason in (workdir / "logs/train/broken.log").read_text()
     assert reason in out  # show-failed-logs prints the rule's log
     assert not (workdir / "results/runs/broken/model.pt").exists()
-    (job_id,) = [i for i in slurm_jobs(workdir)["train"] if i not in _ids_of(workdir, "tiny")]
+    (job_id,) = train_job_ids(workdir, "broken")
     assert scontrol_job(job_id)["JobState"] == "FAILED"
 
 
-def _ids_of(workdir: Path, wildcard: str) -> list[int]:
-    return [int(p.stem) for p in (workdir / ".snakemake/slurm_logs/rule_train" / wildcard).glob("*.log")]
+def train_job_ids(workdir: Path, run: str) -> list[int]:
+    """The SLURM job ids of one run's train jobs, oldest first (from the plugin's job logs)."""
+    return sorted(int(p.stem) for p in (workdir / ".snakemake/slurm_logs/rule_train" / run).glob("*.log"))

@@ -4,62 +4,60 @@
 from nanogpt.hf_corpus import local_inputs
 
 
-def _dataset_names(kinds):
-    names = [n for n, spec in P.datasets().items() if any(k in spec for k in kinds)]
-    return "|".join(names) if names else "(?!)"  # (?!) matches nothing
-
-
 localrules:
     download,
     download_hf,
 
 
 rule download:
+    """A `source:` dataset's text file, sha256-checked: from the mirror, the bundled files or the network."""
     output:
-        "results/data/{dataset}/source.txt",
+        paths.SOURCE_TXT,
+    log:
+        paths.log("download", "{dataset}"),
+    benchmark:
+        paths.benchmark("download", "{dataset}")
     wildcard_constraints:
-        dataset=_dataset_names(["source"]),
+        dataset=P.dataset_names_pattern("source"),
+    conda:
+        "../envs/nanogpt.yaml"
     params:
         spec=lambda w: P.spec("datasets", w.dataset),
         mirror=P.mirror_arg(),
-    log:
-        "logs/download/{dataset}.log",
     shell:
         "nanogpt download --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
         "--out {output:q} > {log:q} 2>&1"
 
 
-rule download_hf:
+use rule download as download_hf with:
+    """An `hf:`/`files:` corpus's manifest: its data files (hub ones pinned to a commit) and their sha256."""
     input:
         lambda w: local_inputs(P.dataset(w.dataset)),  # local corpus files: editing one reruns the manifest
     output:
-        "results/data/{dataset}/source.json",
+        paths.SOURCE_JSON,
     wildcard_constraints:
-        dataset=_dataset_names(["hf", "files"]),
-    params:
-        spec=lambda w: P.spec("datasets", w.dataset),
-        mirror=P.mirror_arg(),
-    log:
-        "logs/download/{dataset}.log",
-    shell:
-        "nanogpt download --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
-        "--out {output:q} > {log:q} 2>&1"
+        dataset=P.dataset_names_pattern("hf", "files"),
 
 
 rule prepare:
+    """Tokenize a dataset's source into train.bin, val.bin and meta.json (written last)."""
     input:
         lambda w: P.source_path(w.dataset),
     output:
-        train="results/data/{dataset}/train.bin",
-        val="results/data/{dataset}/val.bin",
-        meta="results/data/{dataset}/meta.json",
+        train=paths.TRAIN_BIN,
+        val=paths.VAL_BIN,
+        meta=paths.META,
+    log:
+        paths.log("prepare", "{dataset}"),
+    benchmark:
+        paths.benchmark("prepare", "{dataset}")
+    conda:
+        "../envs/nanogpt.yaml"
+    threads: 2  # --num-proc: tokenizer worker processes
     params:
         spec=lambda w: P.spec("datasets", w.dataset),
         mirror=P.mirror_arg(),
-        out_dir=lambda w: f"results/data/{w.dataset}",
-    threads: 2  # --num-proc: tokenizer worker processes
-    log:
-        "logs/prepare/{dataset}.log",
+        out_dir=lambda w: paths.DATA_DIR.format(dataset=w.dataset),
     shell:
         "nanogpt prepare --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
         "--source {input:q} --out-dir {params.out_dir:q} --num-proc {threads} > {log:q} 2>&1"

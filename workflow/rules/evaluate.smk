@@ -7,32 +7,42 @@ GPT2_SIZES = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
 
 
 rule evaluate:
+    """Train/val loss and perplexity of a run or a pretrained GPT-2 on a prepared dataset."""
     input:
         lambda w: P.eval_inputs(w.model, w.dataset),
     output:
-        "results/eval/{model}/{dataset}.json",
-    params:
-        args=lambda w: P.eval_args(w.model, w.dataset),
-        mirror=P.mirror_arg(),
+        paths.EVAL,
+    log:
+        paths.log("evaluate", "{model}/{dataset}"),
+    benchmark:
+        paths.benchmark("evaluate", "{model}/{dataset}")
+    conda:
+        "../envs/nanogpt.yaml"
     threads: lambda w: P.eval_resources(w.model, w.dataset)["cpus_per_task"]
     resources:
         gpu=lambda w: P.eval_resources(w.model, w.dataset)["gpu"],
         mem_mb=lambda w: P.eval_resources(w.model, w.dataset)["mem_mb"],
         runtime=lambda w: P.eval_resources(w.model, w.dataset)["runtime"],
         cpus_per_task=lambda w: P.eval_resources(w.model, w.dataset)["cpus_per_task"],
-    log:
-        "logs/evaluate/{model}/{dataset}.log",
+    params:
+        args=lambda w: P.eval_args(w.model, w.dataset),
+        mirror=P.mirror_arg(),
     shell:
         "nanogpt eval {params.args} {params.mirror} --out {output:q} > {log:q} 2>&1"
 
 
 # nanoGPT README's baselines: the four OpenAI GPT-2 sizes on OpenWebText (a GPU job: 2 x 500 x 8 x 1024 tokens each).
 rule gpt2_baselines:
+    """The four GPT-2 sizes' OpenWebText losses beside nanoGPT's published ones (results/gpt2_baselines.md)."""
     input:
-        expand("results/eval/{model}/openwebtext.json", model=GPT2_SIZES),
+        expand(paths.EVAL, model=GPT2_SIZES, dataset="openwebtext"),
     output:
-        report("results/gpt2_baselines.md", category="Evaluation", caption="../report/gpt2_baselines.rst"),
+        report(paths.GPT2_BASELINES, category="Evaluation", caption="../report/gpt2_baselines.rst"),
     log:
-        "logs/gpt2_baselines.log",
+        paths.log("gpt2_baselines"),
+    benchmark:
+        paths.benchmark("gpt2_baselines")
+    conda:
+        "../envs/nanogpt.yaml"
     shell:
-        "python -m nanogpt.summary baselines {input:q} --out {output:q} > {log:q} 2>&1"
+        "nanogpt summary baselines {input:q} --out {output:q} > {log:q} 2>&1"

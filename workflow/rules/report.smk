@@ -1,35 +1,119 @@
-# One table of every run and eval (results/summary.csv + .md) and a loss curve per run from its TensorBoard
-# events. `snakemake --report report.zip` bundles them. The summary waits for what `targets` names and also lists
-# every other result already on disk; after building one outside the targets (e.g. `snakemake gpt2_baselines`),
-# refresh it with `snakemake -R summary`. Both only read small files: on a cluster they run where snakemake runs.
+# One table of every run and eval (results/summary.csv, .md, .html), a loss curve per run from its TensorBoard
+# events, and HTML pages for `snakemake --report report.html` (which shows HTML and images inline, other files as
+# downloads): one per targeted run (final numbers, curve, resolved settings) and per targeted sample. The summary
+# waits for what `targets` names and also lists every other result already on disk; after building one outside the
+# targets (e.g. `snakemake gpt2_baselines`), refresh it with `snakemake -R summary`. All of them only read small
+# files: on a cluster they run where snakemake runs.
+
 
 localrules:
     loss_curve,
     summary,
+    run_page,
+    sample_page,
+
+
+REPORT_PAGES = f"{paths.RESULTS}/report"
+# The pages of the targeted runs and samples: the summary waits for them, so the report has them.
+REPORT_PAGE_FILES = [
+    f"{REPORT_PAGES}/runs/{r}.html" for r in (config.get("targets") or {}).get("runs") or []
+] + [f"{REPORT_PAGES}/samples/{s}.html" for s in (config.get("targets") or {}).get("samples") or []]
 
 
 rule loss_curve:
+    """A run's train/val loss curve from its TensorBoard events."""
     input:
-        "results/runs/{run}/metrics.json",
+        paths.METRICS,
     output:
-        report("results/plots/{run}_loss.png", category="Loss curves", caption="../report/loss_curve.rst",
-               labels={"run": "{run}"}),
-    params:
-        run_dir=lambda w: f"results/runs/{w.run}",
+        report(
+            "results/plots/{run}_loss.png",
+            category="Runs",
+            subcategory="{run}",
+            caption="../report/loss_curve.rst",
+            labels={"run": "{run}", "page": "loss curve"},
+        ),
     log:
-        "logs/loss_curve/{run}.log",
+        paths.log("loss_curve", "{run}"),
+    benchmark:
+        paths.benchmark("loss_curve", "{run}")
+    conda:
+        "../envs/nanogpt.yaml"
+    params:
+        run_dir=lambda w: paths.RUN_DIR.format(run=w.run),
     shell:
-        "python -m nanogpt.summary curve --run-dir {params.run_dir:q} --title {wildcards.run:q} "
+        "nanogpt summary curve --run-dir {params.run_dir:q} --title {wildcards.run:q} "
         "--out {output:q} > {log:q} 2>&1"
 
 
 rule summary:
+    """One table of every run and eval on disk: results/summary.csv and .md."""
     input:
         **P.summary_inputs(),
+        pages=REPORT_PAGE_FILES,
     output:
-        csv=report("results/summary.csv", category="Summary", caption="../report/summary.rst"),
-        md=report("results/summary.md", category="Summary", caption="../report/summary.rst"),
+        csv=report(
+            "results/summary.csv",
+            category="Summary",
+            caption="../report/summary.rst",
+            labels={"table": "summary.csv (download)"},
+        ),
+        md="results/summary.md",
+        # written beside summary.md
+        html=report(
+            "results/summary.html",
+            category="Summary",
+            caption="../report/summary.rst",
+            labels={"table": "runs, evaluations, GPT-2 baselines"},
+        ),
     log:
-        "logs/summary.log",
+        paths.log("summary"),
+    benchmark:
+        paths.benchmark("summary")
+    conda:
+        "../envs/nanogpt.yaml"
+    params:
+        results=lambda w: paths.RESULTS,
     shell:
-        "python -m nanogpt.summary table --results results --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"
+        "nanogpt summary table --results {params.results:q} --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"
+
+
+rule run_page:
+    """A run's page in the report: final numbers, loss curve and resolved settings."""
+    input:
+        metrics=paths.METRICS,
+        curve=paths.LOSS_CURVE,
+    output:
+        report(
+            f"{REPORT_PAGES}/runs/{{run}}.html",
+            category="Runs",
+            subcategory="{run}",
+            caption="../report/run_page.rst",
+            labels={"run": "{run}", "page": "numbers and settings"},
+        ),
+    log:
+        paths.log("run_page", "{run}"),
+    run:
+        from nanogpt.report import write_run_page
+
+        write_run_page(input.metrics, input.curve, output[0], f"run {wildcards.run}", log[0])
+
+
+rule sample_page:
+    """A sample's texts in the report, under the settings that drew them."""
+    input:
+        paths.SAMPLE,
+    output:
+        report(
+            f"{REPORT_PAGES}/samples/{{sample}}.html",
+            category="Samples",
+            caption="../report/sample_page.rst",
+            labels=lambda w: {"sample": w.sample, "model": P.sample_entry(w.sample)["model"]},
+        ),
+    log:
+        paths.log("sample_page", "{sample}"),
+    params:
+        settings=lambda w: P.sample_entry(w.sample),
+    run:
+        from nanogpt.report import write_sample_page
+
+        write_sample_page(input[0], output[0], f"sample {wildcards.sample}", params.settings, log[0])

@@ -2,13 +2,18 @@
 
 
 rule sample:
+    """Generate text from a run or a pretrained GPT-2 with the `samples:` entry's settings."""
     input:
         lambda w: P.sample_inputs(w.sample),
     output:
-        "results/samples/{sample}.txt",
+        paths.SAMPLE,
+    log:
+        paths.log("sample", "{sample}"),
+    benchmark:
+        paths.benchmark("sample", "{sample}")
+    conda:
+        "../envs/nanogpt.yaml"
     params:
         args=lambda w: P.sample_args(w.sample),
-    log:
-        "logs/sample/{sample}.log",
     shell:
         "nanogpt sample {params.args} --out {output:q} > {log:q} 2>&1"

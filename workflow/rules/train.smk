@@ -3,33 +3,28 @@
 
 
 rule train:
+    """Train a run with torchrun (DDP), resuming from its newest checkpoint made on the same trajectory."""
     input:
         lambda w: P.data_files(P.run(w.run).dataset).values(),
     output:
-        model="results/runs/{run}/model.pt",
-        metrics="results/runs/{run}/metrics.json",
+        model=paths.MODEL,
+        metrics=paths.METRICS,
+    log:
+        paths.log("train", "{run}"),
+    benchmark:
+        paths.benchmark("train", "{run}")
+    conda:
+        "../envs/nanogpt.yaml"
+    threads: lambda w: P.run_resources(w.run)["cpus_per_task"]
+    resources:
+        **P.train_resources(),  # per run, from its config entry: see Pipeline.train_resources
     params:
         spec=lambda w: P.run_spec(w.run),
         launcher=lambda w: P.torchrun_launcher(w.run),
-        data_dir=lambda w: f"results/data/{P.run(w.run).dataset}",
-        out_dir=lambda w: f"results/runs/{w.run}",
-    threads: lambda w: P.run_resources(w.run)["cpus_per_task"]
-    resources:
-        cpus_per_task=lambda w: P.run_resources(w.run)["cpus_per_task"],
-        mem_mb=lambda w: P.run_resources(w.run)["mem_mb"],
-        runtime=lambda w: P.run_resources(w.run)["runtime"],
-        gpu=lambda w: P.run_resources(w.run)["gpus"],  # one node: sbatch --gpus=G
-        gres=lambda w: P.run_resources(w.run)["gres"],  # several nodes: --gres=gpu:G (per node)
-        nodes=lambda w: P.run_resources(w.run)["nodes"],
-        tasks=lambda w: P.run_resources(w.run)["tasks"],  # one task per node: torchrun starts the workers
-        tasks_per_gpu=0,  # with GPUs, the SLURM plugin would otherwise start one task per GPU
-        mpi=lambda w: P.run_resources(w.run)["mpi"],  # "srun" for several nodes; None (absent) for one
-        # a run's own partition / extra sbatch flags (None drops the key: the profile's default-resources
-        # value does not apply to train; set-resources for train overrides these)
-        slurm_partition=lambda w: P.run_resources(w.run).get("slurm_partition"),
-        slurm_extra=lambda w: P.run_resources(w.run).get("slurm_extra"),
-    log:
-        "logs/train/{run}.log",
+        data_dir=lambda w: paths.DATA_DIR.format(dataset=P.run(w.run).dataset),
+        out_dir=lambda w: paths.RUN_DIR.format(run=w.run),
+    # everything to the log (which ends with a failure's one-line error), progress lines also to the console
     shell:
-        "{params.launcher} -m nanogpt.cli train --name {wildcards.run:q} --spec {params.spec:q} "
-        "--data-dir {params.data_dir:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "PYTHONUNBUFFERED=1 {params.launcher} -m nanogpt.cli train --name {wildcards.run:q} --spec {params.spec:q} "
+        "--data-dir {params.data_dir:q} --out-dir {params.out_dir:q} 2>&1 "
+        "| python -m nanogpt.progress --run {wildcards.run:q} --log {log:q}"

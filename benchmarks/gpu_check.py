@@ -1,0 +1,463 @@
+"""Ours vs nanoGPT on one GPU, side by side, in one command (see benchmarks/GPU.md).
+
+    python benchmarks/gpu_check.py --nanogpt /path/to/nanoGPT            # GPU: < 8 minutes on one H100/H200
+    python benchmarks/gpu_check.py --tiny                                  # CPU: tiny settings, a smoke test
+
+Steps, each in its own process under its own timeout (a hang or crash costs that step only):
+  train_ours / train_ref  the baby GPT (config.yaml runs.shakespeare_char = nanoGPT's train_shakespeare_char.py),
+                          both compiled: median ms/iter, MFU against the card's peak, best val loss, wall time
+  generate                GPT-2-124M shape, random weights shared by both models, 200 and 1000 new tokens: tok/s
+                          (ours: KV cache; nanoGPT: its generate) and whether the samples are identical
+  bench_ours / bench_ref  a GPT-2-124M training step, batch 16 x 1024, bf16, compiled: tokens/s and MFU
+                          (`nanogpt bench`'s bench() vs nanoGPT's bench.py --real_data=False)
+  syncs                   host syncs per training step outside log steps (torch.cuda.set_sync_debug_mode)
+
+Only torch and numpy are needed (plus nanogpt's torch-only modules): the data is the bundled
+nanogpt/assets/tinyshakespeare/input.txt, char-tokenized here and written in both formats. Results: a printed
+table and JSON (--out). nanoGPT is a checkout given by --nanogpt or $NANOGPT_REF (never committed); without one,
+the nanoGPT side is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pickle
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# runs.shakespeare_char in config.yaml (tests/test_gpu_check.py keeps the two equal): no YAML needed here
+BABY = {
+    "dataset": "shakespeare_char",
+    "model": {"n_layer": 6, "n_head": 6, "n_embd": 384, "block_size": 256, "dropout": 0.2, "bias": False},
+    "train": {"batch_size": 64, "gradient_accumulation_steps": 1, "max_iters": 5000, "lr_decay_iters": 5000,
+              "learning_rate": 1.0e-3, "min_lr": 1.0e-4, "beta2": 0.99, "warmup_iters": 100, "eval_interval": 250,
+              "eval_iters": 200, "log_interval": 10, "always_save_checkpoint": False, "compile": True},
+    "launch": {"nproc_per_node": 1},
+    "resources": {"gpus": 1, "cpus_per_task": 8, "mem_mb": 32000, "runtime": 60},
+}
+GPT2_SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304, "bias": False,
+              "dropout": 0.0}
+TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64}
+TINY_TRAIN = {"batch_size": 8, "eval_iters": 5, "log_interval": 5}
+TINY_GEN = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "vocab_size": 512, "bias": False,
+            "dropout": 0.0}
+TIMEOUTS = {"train_ours": 240, "train_ref": 240, "generate": 90, "bench_ours": 150, "bench_ref": 150, "syncs": 60}
+OPTIONAL = {"yaml": "config.yaml loading (not used here)",
+            "tensorboard": "our training writes TensorBoard events (nanogpt.tracking): train_ours and syncs need it",
+            "tiktoken": "GPT-2 BPE (not used here)"}
+
+
+# ---- environment ------------------------------------------------------------------------------------------------
+def allow_missing_optional() -> list[str]:
+    """Import our package without PyYAML (nanogpt.config imports it for config files, unused here); returns the
+    optional packages that are missing, for the report. A missing tensorboard fails our training step, loudly."""
+    missing = [name for name in OPTIONAL if not _installed(name)]
+    if "yaml" in missing:
+        sys.modules["yaml"] = _unavailable("yaml", "PyYAML is not installed here")
+    return missing
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a broken install
+        return False
+
+
+def _unavailable(name: str, why: str) -> types.ModuleType:
+    """A module that raises on use: importing it works, calling into it says why it is not there."""
+    module = types.ModuleType(name)
+
+    def fail(attr: str):
+        if attr.startswith("__"):  # introspection (inspect, pickle) asks for dunders: a plain absence
+            raise AttributeError(attr)
+        raise ImportError(f"{name}.{attr}: {why}")
+
+    module.__getattr__ = fail  # type: ignore[method-assign]
+    return module
+
+
+def device_info() -> dict:
+    """The card, its compute capability and its bf16 peak (runtime.gpu_peak_flops), or the CPU."""
+    from nanogpt.runtime import gpu_peak_flops
+
+    if not torch.cuda.is_available():
+        return {"device": "cpu", "name": "cpu", "peak_bf16": None, "peak_fp32": None}
+    name, cap = torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
+    return {"device": "cuda", "name": name, "capability": list(cap),
+            "peak_bf16": gpu_peak_flops(name, cap, torch.bfloat16), "peak_fp32": gpu_peak_flops(name, cap, torch.float32)}
+
+
+def mfu(shape: dict, batch_seqs: int, ms: float | None, peak: float | None) -> float | None:
+    """The same MFU formula for both sides (our GPT.estimate_mfu) against the card's real peak."""
+    from nanogpt.model import GPT, GPTConfig
+
+    if not ms or not peak:
+        return None
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**{**GPT2_SHAPE, "dropout": 0.0, **shape}))
+    return model.estimate_mfu(batch_seqs, ms / 1000, peak)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+def prepare_data(work: Path) -> tuple[Path, Path]:
+    """Char-tokenize the bundled Shakespeare for us (meta.json) and for nanoGPT (the same bins + meta.pkl)."""
+    from nanogpt.data import prepare_text
+
+    ours = work / "data" / "shakespeare_char"
+    meta = prepare_text(ROOT / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt", ours, tokenizer="char")
+    ref_root = work / "ref"
+    ref_data = ref_root / "data" / "shakespeare_char"
+    ref_data.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        shutil.copyfile(ours / f"{split}.bin", ref_data / f"{split}.bin")
+    chars = meta["tokenizer"]["chars"]
+    with open(ref_data / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": dict(enumerate(chars)),
+                     "stoi": {c: i for i, c in enumerate(chars)}}, f)
+    return ours, ref_root
+
+
+def link_reference(ref: Path, ref_root: Path) -> None:
+    """nanoGPT reads configurator.py and data/ from its working directory: link its code beside our data."""
+    for name in ("train.py", "model.py", "configurator.py", "bench.py", "config"):
+        link = ref_root / name
+        if link.is_symlink():  # from an earlier run, maybe of another checkout
+            link.unlink()
+        link.symlink_to((ref / name).resolve())
+
+
+# ---- steps (each runs in a child process: `gpu_check.py --step NAME --params JSON`) -------------------------------
+def step_train_ours(p: dict) -> dict:
+    from nanogpt.config import resolve_run
+    from nanogpt.train import train
+
+    shutil.rmtree(p["out_dir"], ignore_errors=True)  # a leftover checkpoint would make it resume
+    run = resolve_run(BABY, "shakespeare_char", p["overrides"])
+    m = train(run, p["data_dir"], p["out_dir"], log=lambda line: print(line, flush=True))
+    # wall time from this process's launch, like nanoGPT's (interpreter start and imports included)
+    return {"ms_per_iter": m["median_ms_per_iter"], "best_val_loss": m["best_val_loss"],
+            "wall_s": time.time() - p["launched_at"], "iters": m["iters"], "dtype": m["dtype"], "mfu_logged": m["mfu"]}
+
+
+def step_train_ref(p: dict) -> dict:
+    args = [f"--{k}={v}" for k, v in p["overrides"].items()] + [f"--out_dir={p['out_dir']}"]
+    out, wall = run_logged([sys.executable, "train.py", "config/train_shakespeare_char.py", *args], p["ref_root"],
+                           p["timeout"])
+    # iterations after 5, as ours counts them (the first ones include compilation)
+    times = [float(t) for i, t in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", out, re.M) if int(i) > 5]
+    vals = [float(v) for v in re.findall(r"^step \d+: train loss [\d.]+, val loss ([\d.]+)", out, re.M)]
+    if not times or not vals:
+        raise RuntimeError(f"no iteration or eval lines in nanoGPT's output:\n{out[-2000:]}")
+    return {"ms_per_iter": statistics.median(times), "best_val_loss": min(vals), "wall_s": wall}
+
+
+def step_generate(p: dict) -> dict:
+    """Both models hold the same random weights; each samples from a 1-token prompt with the same seed."""
+    from nanogpt.model import GPT, GPTConfig
+
+    device = torch.device(p["device"])
+    torch.backends.cuda.matmul.fp32_precision = "ieee"  # fp32 on both sides: the samples should match exactly
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig(**p["shape"])).eval().to(device)
+    models = {"ours": ours}
+    if p.get("ref"):
+        mod = load_module(Path(p["ref"]) / "model.py", "nanogpt_reference_model")
+        theirs = mod.GPT(mod.GPTConfig(**p["shape"])).eval().to(device)
+        theirs.load_state_dict(ours.state_dict())
+        models["nanoGPT"] = theirs
+    rows = []
+    for n in p["lengths"]:
+        row: dict = {"new_tokens": n}
+        samples = {}
+        for name, model in models.items():
+            time_generate(model, 4, device)  # warm-up: kernels, allocator
+            row[f"{name}_tok_s"], samples[name] = time_generate(model, n, device)
+        if "nanoGPT" in samples:
+            row["ratio"] = row["ours_tok_s"] / row["nanoGPT_tok_s"]
+            row["identical"] = bool(torch.equal(samples["ours"], samples["nanoGPT"]))
+            if not row["identical"]:
+                row["first_difference"] = int((samples["ours"] != samples["nanoGPT"]).nonzero()[0, 1])
+        rows.append(row)
+    return {"rows": rows}
+
+
+def time_generate(model, n: int, device: torch.device) -> tuple[float, torch.Tensor]:
+    prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
+    torch.manual_seed(1337)
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        y = model.generate(prompt, n, temperature=0.8, top_k=200)
+    sync(device)
+    return n / (time.perf_counter() - t0), y.cpu()
+
+
+def step_bench_ours(p: dict) -> dict:
+    from nanogpt.bench import bench
+
+    r = bench(p["overrides"], steps=p["steps"], warmup=p["warmup"])
+    return {"ms_per_iter": r["median_ms_per_iter"], "tokens_per_s": r["tokens_per_sec"], "first_step_s": r["first_step_s"],
+            "dtype": r["dtype"]}
+
+
+def step_bench_ref(p: dict) -> dict:
+    args = [f"--{k}={v}" for k, v in p["overrides"].items()]
+    out, wall = run_logged([sys.executable, "bench.py", *args], p["ref_root"], p["timeout"])
+    found = re.search(r"time per iteration: ([\d.]+)ms", out)
+    if not found:
+        raise RuntimeError(f"no 'time per iteration' line in nanoGPT's bench.py output:\n{out[-2000:]}")
+    ms = float(found.group(1))
+    return {"ms_per_iter": ms, "tokens_per_s": p["tokens_per_step"] / (ms / 1000), "wall_s": wall}
+
+
+def step_syncs(p: dict) -> dict:
+    """Count CUDA host-sync warnings over a few Trainer steps (no log step among them)."""
+    import warnings
+
+    from nanogpt.config import resolve_run
+    from nanogpt.runtime import Dist
+    from nanogpt.train import Trainer
+
+    shutil.rmtree(p["out_dir"], ignore_errors=True)
+    run = resolve_run(BABY, "shakespeare_char", p["overrides"])
+    trainer = Trainer(run, Path(p["data_dir"]), Path(p["out_dir"]), Dist(), lambda *a: None)
+    x, y = trainer.sampler.get_batch("train", 0, 0)
+    for _ in range(3):  # warm-up: allocator, cuBLAS handles, autotuning
+        x, y, _, _ = trainer.step(x, y)
+    cuda = trainer.device.type == "cuda"  # on the CPU the steps run (a smoke test) but nothing can be counted
+    sync(trainer.device)
+    steps = p["steps"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        for _ in range(steps):
+            x, y, _, _ = trainer.step(x, y)
+        if cuda:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+    return {"steps": steps, "iter_num": trainer.iter_num, "syncs": len(syncs) if cuda else None,
+            "syncs_per_step": len(syncs) / steps if cuda else None, "examples": syncs[:5]}
+
+
+STEPS = {"train_ours": step_train_ours, "train_ref": step_train_ref, "generate": step_generate,
+         "bench_ours": step_bench_ours, "bench_ref": step_bench_ref, "syncs": step_syncs}
+
+
+# ---- plumbing -----------------------------------------------------------------------------------------------------
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_logged(cmd: list[str], cwd: Path, timeout: float) -> tuple[str, float]:
+    """Run a nanoGPT script; its output, and an error with the output's tail when it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:3])} exited {proc.returncode}:\n{out[-2000:]}")
+    return out, time.perf_counter() - t0
+
+
+def run_step(name: str, params: dict, timeout: float, work: Path) -> dict:
+    """One step in a fresh process under `timeout` seconds; its result, or {'error': ...}."""
+    result_file = work / f"{name}.json"
+    result_file.unlink(missing_ok=True)
+    params = {**params, "timeout": timeout, "result": str(result_file), "launched_at": time.time()}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--params", json.dumps(params)]
+    t0 = time.perf_counter()
+    print(f"[{name}] running (timeout {timeout:.0f}s)", flush=True)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout + 30:.0f}s"}
+    (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0 or not result_file.is_file():
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {proc.returncode}: {tail[0][:300]} (log: {work / f'{name}.log'})"}
+    result = json.loads(result_file.read_text())
+    print(f"[{name}] done in {time.perf_counter() - t0:.0f}s", flush=True)
+    return result
+
+
+def child(name: str, params: dict) -> None:
+    """Entry of a step's process: run it, write its JSON result (an exception becomes a non-zero exit)."""
+    missing = allow_missing_optional()
+    result = STEPS[name](params)
+    result["missing_optional"] = missing
+    Path(params["result"]).write_text(json.dumps(result, indent=2, default=str))
+
+
+# ---- the plan -----------------------------------------------------------------------------------------------------
+def train_overrides(iters: int, tiny: bool, compile_: bool) -> dict:
+    """The same settings for both sides: nanoGPT's flags are these keys (its configurator), ours are overrides."""
+    o = {"max_iters": iters, "lr_decay_iters": iters, "eval_interval": min(10 if tiny else 250, iters),
+         "compile": compile_}
+    if tiny:
+        o.update(TINY_MODEL, **TINY_TRAIN, device="cpu", dtype="float32")
+    return o
+
+
+def plan(args: argparse.Namespace, info: dict, data: Path, ref_root: Path | None, work: Path) -> dict[str, dict]:
+    """Every step's parameters; nanoGPT's steps only with a checkout, bench_ref and syncs only on CUDA."""
+    tiny, cuda = args.tiny, info["device"] == "cuda"
+    compile_ = cuda if args.compile is None else args.compile
+    train = train_overrides(args.iters or (20 if tiny else 5000), tiny, compile_)
+    bench = ({**TINY_MODEL, "batch_size": 4, "dtype": "float32", "device": "cpu", "compile": compile_} if tiny else
+             {**{k: GPT2_SHAPE[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout")},
+              "batch_size": 16, "dtype": "bfloat16", "device": "cuda", "compile": compile_})
+    steps = {
+        "train_ours": {"overrides": train, "data_dir": str(data), "out_dir": str(work / "ours-run")},
+        "train_ref": {"overrides": train, "ref_root": str(ref_root), "out_dir": str(work / "ref-run")},
+        "generate": {"device": info["device"], "shape": TINY_GEN if tiny else GPT2_SHAPE,
+                     "lengths": [16, 80] if tiny else [200, 1000], "ref": str(args.nanogpt) if ref_root else None},
+        "bench_ours": {"overrides": bench, "steps": 3 if tiny else 20, "warmup": 1 if tiny else 10},
+        "bench_ref": {"overrides": {"batch_size": 16, "real_data": False, "compile": compile_},
+                      "ref_root": str(ref_root), "tokens_per_step": 16 * 1024},
+        "syncs": {"overrides": {**train, "compile": False}, "data_dir": str(data), "out_dir": str(work / "sync-run"),
+                  "steps": 5},
+    }
+    if ref_root is None:
+        del steps["train_ref"], steps["bench_ref"]
+    elif not cuda:
+        del steps["bench_ref"]  # nanoGPT's bench.py calls torch.cuda.synchronize() and builds the 124M model
+    return steps
+
+
+def notes_for(steps: dict, ref_root: Path | None, info: dict, missing: list[str]) -> list[str]:
+    notes = [f"{name} not installed: {OPTIONAL[name]}" for name in missing]
+    if ref_root is None:
+        notes.append("nanoGPT side skipped: no checkout (--nanogpt or $NANOGPT_REF)")
+    elif "bench_ref" not in steps:
+        notes.append("nanoGPT's bench.py skipped: it needs CUDA (torch.cuda.synchronize, a 124M model)")
+    if info["device"] != "cuda":
+        notes.append("host syncs not counted: torch.cuda.set_sync_debug_mode needs CUDA (the steps still ran)")
+    return notes
+
+
+def add_mfu(results: dict, info: dict, args: argparse.Namespace) -> None:
+    """MFU from each side's ms/iter with the same formula, against the card's bf16 (or TF32) peak."""
+    tiny = args.tiny
+    peak = info["peak_fp32"] if tiny else info["peak_bf16"]
+    baby = {**BABY["model"], **(TINY_MODEL if tiny else {}), "vocab_size": 65}
+    batch = (TINY_TRAIN if tiny else BABY["train"])["batch_size"]
+    for name in ("train_ours", "train_ref"):
+        if "ms_per_iter" in results.get(name, {}):
+            results[name]["mfu"] = mfu(baby, batch, results[name]["ms_per_iter"], peak)
+    shape = {**GPT2_SHAPE, **(TINY_MODEL if tiny else {})}
+    for name in ("bench_ours", "bench_ref"):
+        if "ms_per_iter" in results.get(name, {}):
+            results[name]["mfu"] = mfu(shape, 4 if tiny else 16, results[name]["ms_per_iter"], peak)
+
+
+def fmt(value, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(r: dict) -> None:
+    s = r["steps"]
+    print(f"\n{r['device']['name']}, torch {r['torch']}, nanoGPT: {r['nanogpt'] or 'none'}")
+    print("\n| what | ours | nanoGPT | ours/nanoGPT |\n|---|---|---|---|")
+    o, n = s.get("train_ours", {}), s.get("train_ref", {})
+    it = r["iters"]
+    rows = [(f"baby GPT ({it} iters): ms/iter (median)", o.get("ms_per_iter"), n.get("ms_per_iter"), "inv", ".2f"),
+            ("baby GPT: MFU", o.get("mfu"), n.get("mfu"), "", ".3f"),
+            ("baby GPT: best val loss", o.get("best_val_loss"), n.get("best_val_loss"), None, ".4f"),
+            ("baby GPT: wall s (incl. compile, eval)", o.get("wall_s"), n.get("wall_s"), "inv", ".1f")]
+    for row in s.get("generate", {}).get("rows", []):
+        same = {True: "identical", False: f"DIFFER at {row.get('first_difference')}"}.get(row.get("identical"), "")
+        rows.append((f"generate {row['new_tokens']} new tokens: tok/s {same}", row.get("ours_tok_s"),
+                     row.get("nanoGPT_tok_s"), "", ".1f"))
+    bo, bn = s.get("bench_ours", {}), s.get("bench_ref", {})
+    rows += [("train step (bench): tokens/s", bo.get("tokens_per_s"), bn.get("tokens_per_s"), "", ".0f"),
+             ("train step (bench): MFU", bo.get("mfu"), bn.get("mfu"), "", ".3f")]
+    for label, ours, ref, kind, spec in rows:
+        ratio = None
+        if ours and ref and kind is not None:
+            ratio = ref / ours if kind == "inv" else ours / ref
+        print(f"| {label} | {fmt(ours, spec)} | {fmt(ref, spec)} | {fmt(ratio, '.2f')}{'x' if ratio else ''} |")
+    if "syncs" in s:
+        print(f"| host syncs per training step (outside log steps) | {fmt(s['syncs'].get('syncs_per_step'), '.1f')} | - | |")
+    for name, res in s.items():
+        if "error" in res:
+            print(f"\n{name}: ERROR {res['error']}")
+    for note in r["notes"]:
+        print(f"note: {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nanogpt", type=Path, default=os.environ.get("NANOGPT_REF") or os.environ.get("NANOGPT_REFERENCE"),
+                   help="a nanoGPT checkout (default $NANOGPT_REF); without one the nanoGPT side is skipped")
+    p.add_argument("--tiny", action="store_true", help="tiny models on the CPU: a smoke test of every step")
+    p.add_argument("--iters", type=int, help="baby GPT training iterations (default 5000; --tiny: 20)")
+    p.add_argument("--threads", type=int, help="torch/OpenMP threads of every step (default: torch's; --tiny: 1)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA)")
+    p.add_argument("--only", help="comma-separated steps to run (default all): " + ",".join(STEPS))
+    p.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "gpu_check")
+    p.add_argument("--out", type=Path, help="results JSON (default WORK/gpu_check.json)")
+    p.add_argument("--step", help=argparse.SUPPRESS)
+    p.add_argument("--params", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.step:
+        child(args.step, json.loads(args.params))
+        return 0
+    return orchestrate(args)
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    missing = allow_missing_optional()
+    info = device_info()
+    if info["device"] != "cuda" and not args.tiny:
+        sys.exit("gpu_check: error: no CUDA GPU here: expected a GPU machine, or --tiny for the CPU smoke test")
+    ref = args.nanogpt
+    if ref is not None and not (Path(ref) / "model.py").is_file():
+        sys.exit(f"gpu_check: error: --nanogpt {str(ref)!r} has no model.py: expected a nanoGPT checkout")
+    args.work.mkdir(parents=True, exist_ok=True)
+    threads = args.threads or (1 if args.tiny else None)
+    if threads:  # inherited by every step and nanoGPT's scripts; 1 is far faster on a loaded shared CPU
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    data, ref_root = prepare_data(args.work)
+    if ref is not None:
+        link_reference(Path(ref), ref_root)
+    steps = plan(args, info, data, ref_root if ref is not None else None, args.work)
+    only = set(args.only.split(",")) if args.only else set(steps)
+    t0 = time.perf_counter()
+    results = {name: run_step(name, params, TIMEOUTS[name] * (1 if info["device"] == "cuda" else 2), args.work)
+               for name, params in steps.items() if name in only}
+    add_mfu(results, info, args)
+    report = {"torch": torch.__version__, "device": info, "nanogpt": str(ref) if ref else None,
+              "iters": steps["train_ours"]["overrides"]["max_iters"], "steps": results,
+              "notes": notes_for(steps, ref_root if ref else None, info, missing), "wall_s": time.perf_counter() - t0}
+    out = args.out or args.work / "gpu_check.json"
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print_table(report)
+    print(f"\nwritten {out} ({report['wall_s']:.0f}s)")
+    return 1 if any("error" in r for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""The pipeline's file layout, defined once: the rules' patterns, `Pipeline`'s paths and the CLI's defaults.
+
+Each constant is a pattern with Snakemake wildcards (`{dataset}`, `{run}`, ...): the rules use it as it is and
+Python fills it in with `str.format` (e.g. `MODEL.format(run="tiny")`), so the two can never disagree.
+Paths are relative to the working directory snakemake runs in.
+"""
+
+from __future__ import annotations
+
+RESULTS = "results"
+LOGS = "logs"
+
+# datasets: download -> prepare
+DATA_DIR = f"{RESULTS}/data/{{dataset}}"
+SOURCE_TXT = f"{DATA_DIR}/source.txt"  # a `source:` dataset's checksummed text file
+SOURCE_JSON = f"{DATA_DIR}/source.json"  # an `hf:`/`files:` corpus's manifest
+TRAIN_BIN = f"{DATA_DIR}/train.bin"
+VAL_BIN = f"{DATA_DIR}/val.bin"
+META = f"{DATA_DIR}/meta.json"  # written last: its presence means the bins are complete
+
+# runs
+RUNS = f"{RESULTS}/runs"
+RUN_DIR = f"{RUNS}/{{run}}"
+MODEL = f"{RUN_DIR}/model.pt"
+METRICS = f"{RUN_DIR}/metrics.json"
+
+# samples, evals, report
+SAMPLE = f"{RESULTS}/samples/{{sample}}.txt"
+EVAL = f"{RESULTS}/eval/{{model}}/{{dataset}}.json"
+LOSS_CURVE = f"{RESULTS}/plots/{{run}}_loss.png"
+SUMMARY_CSV = f"{RESULTS}/summary.csv"
+SUMMARY_MD = f"{RESULTS}/summary.md"
+GPT2_BASELINES = f"{RESULTS}/gpt2_baselines.md"
+SUMMARY_HTML = f"{RESULTS}/summary.html"
+REPORT = f"{RESULTS}/report"  # HTML pages for `snakemake --report`
+RUN_PAGE = f"{REPORT}/runs/{{run}}.html"
+SAMPLE_PAGE = f"{REPORT}/samples/{{sample}}.html"
+SWEEP_DIR = f"{RESULTS}/sweeps/{{sweep}}"
+
+
+def log(rule: str, wildcards: str = "") -> str:
+    """A rule's log file: logs/{rule}/{wildcards}.log, or logs/{rule}.log for a rule without wildcards."""
+    return f"{LOGS}/{rule}/{wildcards}.log" if wildcards else f"{LOGS}/{rule}.log"
+
+
+def benchmark(rule: str, wildcards: str = "") -> str:
+    """A rule's Snakemake `benchmark:` file (wall time, memory): beside the logs, apart from benchmarks/."""
+    return f"{LOGS}/benchmarks/{rule}/{wildcards}.tsv" if wildcards else f"{LOGS}/benchmarks/{rule}.tsv"
+

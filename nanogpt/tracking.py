@@ -1,0 +1,126 @@
+"""Where training metrics go besides the log: TensorBoard (always) and Weights & Biases (`train.wandb_log`).
+
+TensorBoard events are written into the run folder itself (results/runs/<run>/), so `tensorboard --logdir
+results/runs` names each run by its run name. Each run also carries a Custom Scalars layout (train and val loss
+on one chart), its settings for the HParams dashboard (written when training finishes, its metrics are the
+last value of every scalar), and the text of the samples drawn from it (nanogpt.sample). Only rank 0 tracks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from nanogpt.config import RunConfig, TrainSettings
+from nanogpt.errors import ConfigError
+
+EVENTS_GLOB = "events.out.tfevents.*"
+LEGACY_DIR = "tb"  # where runs wrote their events before they went into the run folder itself
+LOSS_TAGS = ["loss/train", "loss/train_eval", "loss/val"]
+LAYOUT = {
+    "nanogpt": {
+        "loss: train (every log_interval) and train/val estimates (every eval_interval)": ["Multiline", LOSS_TAGS],
+        "learning rate": ["Multiline", ["lr"]],
+        "throughput: tokens/s": ["Multiline", ["tokens_per_sec"]],
+    }
+}
+
+
+def check_wandb(t: TrainSettings, where: str = "train") -> None:
+    """wandb_log needs the optional wandb package: say so in one line, before any training."""
+    if t.wandb_log and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"{where}.wandb_log=true but the wandb package is not installed: expected "
+                          "`pip install wandb` (or `pip install -e '.[wandb]'`), or wandb_log: false")
+
+
+def event_files(folder: str | os.PathLike) -> list[Path]:
+    return sorted(Path(folder).glob(EVENTS_GLOB))
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """One of our training runs: TensorBoard events (in the folder or its legacy tb/) and a model.pt."""
+    folder = Path(folder)
+    return (folder / "model.pt").is_file() and bool(event_files(folder) or event_files(folder / LEGACY_DIR))
+
+
+def flat_settings(d: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
+    """{'train': {'learning_rate': 1e-3}} -> {'train.learning_rate': 1e-3}; None (a default) is left out."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flat_settings(value, f"{prefix}{key}."))
+        elif value is not None:
+            out[prefix + key] = value if isinstance(value, bool | int | float | str) else str(value)
+    return out
+
+
+def add_text(folder: str | os.PathLike, tag: str, markdown: str, step: int) -> None:
+    """One text event in `folder` (TensorBoard's Text tab renders it as Markdown)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        writer.add_text(tag, markdown, step)
+
+
+class Tracker:
+    """TensorBoard writer (and a W&B run) for one training attempt that starts at `start_iter`."""
+
+    def __init__(self, run: RunConfig, out_dir: Path, start_iter: int) -> None:
+        self.run, self.name, self.tb = run, out_dir.name, None
+        if importlib.util.find_spec("tensorboard") is not None:  # optional where only torch is installed (a GPU box)
+            from torch.utils.tensorboard import SummaryWriter
+
+            _adopt_legacy_events(out_dir)
+            if start_iter == 0:  # a fresh start: earlier events are another trajectory's (and their settings)
+                for old in event_files(out_dir):
+                    old.unlink()
+            # TensorBoard drops the events at steps >= purge_step that earlier attempts wrote.
+            self.tb = SummaryWriter(log_dir=str(out_dir), purge_step=start_iter)
+            self.tb.add_custom_scalars(LAYOUT)
+        self.wandb = _start_wandb(run, self.name) if run.train.wandb_log else None
+
+    def scalars(self, values: dict[str, float | None], step: int) -> None:
+        values = {k: float(v) for k, v in values.items() if v is not None}
+        for tag, value in values.items() if self.tb is not None else ():
+            self.tb.add_scalar(tag, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def finish(self, metrics: dict[str, Any], step: int) -> None:
+        """The run's settings for the HParams dashboard; the final numbers for W&B's run summary."""
+        if self.tb is not None:
+            from tensorboard.plugins.hparams import summary_v2
+
+            self.tb.file_writer.add_summary(summary_v2.hparams_pb(flat_settings(self.run.to_dict()),
+                                                                  trial_id=self.name), step)
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float | str)})
+
+    def close(self, exit_code: int = 0) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=exit_code)
+            self.wandb = None
+
+
+def _adopt_legacy_events(out_dir: Path) -> None:
+    """Move a run's events from tb/ (the earlier layout) into the run folder, where TensorBoard names it."""
+    legacy = out_dir / LEGACY_DIR
+    for path in event_files(legacy):
+        os.replace(path, out_dir / path.name)
+    if legacy.is_dir() and not any(legacy.iterdir()):
+        legacy.rmdir()
+
+
+def _start_wandb(run: RunConfig, name: str):
+    import wandb
+
+    t = run.train
+    try:
+        return wandb.init(project=t.wandb_project, name=t.wandb_run_name or name, config=run.to_dict())
+    except wandb.errors.Error as e:
+        raise ConfigError(f"train.wandb_log=true but wandb could not start ({' '.join(str(e).split())}): expected "
+                          "`wandb login`, or WANDB_MODE=offline") from None

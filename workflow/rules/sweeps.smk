@@ -1,0 +1,115 @@
+# Sweeps and scaling studies (config.yaml `sweeps:`, nanogpt/sweeps.py). Each point of a sweep is an ordinary
+# run, results/runs/<point>/, trained by the train rule as a job of its own (concurrently as cores allow; one
+# SLURM job each). These rules only gather the current points: results/sweeps/{sweep}/summary.csv/.md, the val
+# loss against each swept setting, all val-loss curves overlaid, TensorBoard HParams events (tb/), and for a
+# scaling study the fit of L(N) = E + A * N^-alpha (fit.json, scaling.png). They read small files: on a cluster
+# they run where snakemake runs.
+from nanogpt.sweeps import SWEEP_DIR
+
+
+localrules:
+    sweep,
+    scaling_study,
+
+
+rule sweep:
+    """A grid (or list) sweep's table, plots and hparams events from its current points."""
+    input:
+        unpack(lambda w: P.sweep_inputs(w.sweep)),
+    output:
+        csv=report(
+            f"{SWEEP_DIR}/summary.csv",
+            category="Sweeps",
+            subcategory="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        md=report(
+            f"{SWEEP_DIR}/summary.md",
+            category="Sweeps",
+            subcategory="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        val_loss=report(
+            f"{SWEEP_DIR}/val_loss.png",
+            category="Sweeps",
+            subcategory="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        curves=report(
+            f"{SWEEP_DIR}/curves.png",
+            category="Sweeps",
+            subcategory="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        tb=directory(f"{SWEEP_DIR}/tb"),
+    log:
+        paths.log("sweep", "{sweep}"),
+    benchmark:
+        paths.benchmark("sweep", "{sweep}")
+    wildcard_constraints:
+        sweep=P.sweep_names_pattern(scaling=False),
+    conda:
+        "../envs/nanogpt.yaml"
+    params:
+        spec=lambda w: P.sweep_spec(w.sweep),
+        out_dir=lambda w: SWEEP_DIR.format(sweep=w.sweep),
+        runs_dir=paths.RUNS,
+    shell:
+        "python -m nanogpt.sweeps summarize --spec {params.spec:q} --runs-dir {params.runs_dir:q} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
+
+
+rule scaling_study:
+    """A scaling sweep: the same outputs plus the power-law fit of val loss against parameters."""
+    input:
+        unpack(lambda w: P.sweep_inputs(w.sweep)),
+    output:
+        csv=report(
+            f"{SWEEP_DIR}/summary.csv",
+            category="Sweeps",
+            subcategory="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        md=report(
+            f"{SWEEP_DIR}/summary.md",
+            category="Sweeps",
+            subcategory="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        val_loss=report(
+            f"{SWEEP_DIR}/val_loss.png",
+            category="Sweeps",
+            subcategory="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        curves=report(
+            f"{SWEEP_DIR}/curves.png",
+            category="Sweeps",
+            subcategory="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        fit=report(
+            f"{SWEEP_DIR}/fit.json", category="Sweeps", subcategory="{sweep}", caption="../report/sweep.rst"
+        ),
+        scaling=report(
+            f"{SWEEP_DIR}/scaling.png",
+            category="Sweeps",
+            subcategory="{sweep}",
+            caption="../report/sweep.rst",
+        ),
+        tb=directory(f"{SWEEP_DIR}/tb"),
+    log:
+        paths.log("sweep", "{sweep}"),
+    benchmark:
+        paths.benchmark("sweep", "{sweep}")
+    wildcard_constraints:
+        sweep=P.sweep_names_pattern(scaling=True),
+    conda:
+        "../envs/nanogpt.yaml"
+    params:
+        spec=lambda w: P.sweep_spec(w.sweep),
+        out_dir=lambda w: SWEEP_DIR.format(sweep=w.sweep),
+        runs_dir=paths.RUNS,
+    shell:
+        "python -m nanogpt.sweeps summarize --spec {params.spec:q} --runs-dir {params.runs_dir:q} "
+        "--out-dir {params.out_dir:q} > {log:q} 2>&1"
