@@ -17,8 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nanogpt import paths
+from nanogpt.config import EvalSettings, SampleSettings
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.runlock import LOCK_NAME
+
+# The defaults of `sample` and `eval` flags are the settings' own (nanogpt.config): one place for each default.
+SAMPLE = SampleSettings(model="")
+EVAL = EvalSettings()
 
 
 def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
@@ -295,14 +300,14 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
                            "ckpt.pt)")
     sp.add_argument("--meta", help="the dataset's meta.json, or nanoGPT's meta.pkl (read as plain data: nothing in "
                                    "it runs) when the checkpoint lacks it")
-    sp.add_argument("--start", default="\n", help="prompt text, or FILE:path (default: %(default)r)")
-    sp.add_argument("--num-samples", type=int, default=10, help="how many samples")
-    sp.add_argument("--max-new-tokens", type=int, default=500, help="tokens generated per sample")
-    sp.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (lower: more likely tokens)")
-    sp.add_argument("--top-k", type=_optional_int, default=200, help="keep the k likeliest tokens ('none': all)")
-    sp.add_argument("--seed", type=int, default=1337, help="random seed")
-    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
-    sp.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto")
+    sp.add_argument("--start", default=SAMPLE.start, help="prompt text, or FILE:path (default: %(default)r)")
+    sp.add_argument("--num-samples", type=int, default=SAMPLE.num_samples, help="how many samples")
+    sp.add_argument("--max-new-tokens", type=int, default=SAMPLE.max_new_tokens, help="tokens generated per sample")
+    sp.add_argument("--temperature", type=float, default=SAMPLE.temperature, help="softmax temperature (lower: more likely tokens)")
+    sp.add_argument("--top-k", type=_optional_int, default=SAMPLE.top_k, help="keep the k likeliest tokens ('none': all)")
+    sp.add_argument("--seed", type=int, default=SAMPLE.seed, help="random seed")
+    sp.add_argument("--device", default=SAMPLE.device, help="cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
+    sp.add_argument("--dtype", default=SAMPLE.dtype, help="float32, bfloat16, float16, or auto")
     sp.add_argument("--out", help="write the samples here (default: stdout)")
     sp.set_defaults(func=cmd_sample)
 
@@ -313,13 +318,13 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--out", help="write the result JSON here (default: stdout)")
     sp.add_argument("--model-name", help="name recorded in the result (default: the checkpoint or init-from)")
     sp.add_argument("--dataset-name", help="name recorded in the result (default: the data folder's name)")
-    sp.add_argument("--batch-size", type=int, default=8, help="sequences per batch")
-    sp.add_argument("--block-size", type=int, default=None, help="tokens per sequence (default: the model's)")
-    sp.add_argument("--eval-iters", type=int, default=500, help="batches per split")
-    sp.add_argument("--splits", default="train,val", help="comma-separated splits to evaluate")
-    sp.add_argument("--seed", type=int, default=1337, help="random seed of the batch positions")
-    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
-    sp.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto")
+    sp.add_argument("--batch-size", type=int, default=EVAL.batch_size, help="sequences per batch")
+    sp.add_argument("--block-size", type=int, default=EVAL.block_size, help="tokens per sequence (default: the model's)")
+    sp.add_argument("--eval-iters", type=int, default=EVAL.eval_iters, help="batches per split")
+    sp.add_argument("--splits", default=EVAL.splits, help="comma-separated splits to evaluate")
+    sp.add_argument("--seed", type=int, default=EVAL.seed, help="random seed of the batch positions")
+    sp.add_argument("--device", default=EVAL.device, help="cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
+    sp.add_argument("--dtype", default=EVAL.dtype, help="float32, bfloat16, float16, or auto")
 
 
 def add_export_command(sub: argparse._SubParsersAction) -> None:
