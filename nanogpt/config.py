@@ -86,16 +86,16 @@ def is_pretrained_source(source: str) -> bool:
 
 
 @dataclass
-class ModelSettings:
-    """Architecture; vocab_size None means "take it from the dataset's meta.json"."""
+class ModelSettings(GPTConfig):
+    """A run's `model:` section: GPTConfig's fields and defaults, except that vocab_size None means the dataset's.
 
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 1024
-    dropout: float = 0.0
-    bias: bool = True
+    It is checked as a GPTConfig once the vocabulary is known (RunConfig.gpt_config), not when it is built.
+    """
+
     vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        pass
 
 
 @dataclass
@@ -156,15 +156,7 @@ class RunConfig:
         if m.vocab_size is not None and m.vocab_size < vocab_size:  # token ids would index past the embedding
             raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the dataset's vocabulary of "
                               f"{vocab_size} tokens: expected >= {vocab_size} (or leave it unset)")
-        return GPTConfig(
-            block_size=m.block_size,
-            vocab_size=m.vocab_size or vocab_size,
-            n_layer=m.n_layer,
-            n_head=m.n_head,
-            n_embd=m.n_embd,
-            dropout=m.dropout,
-            bias=m.bias,
-        )
+        return GPTConfig(**{**asdict(m), "vocab_size": m.vocab_size or vocab_size})
 
     def fingerprint(self, dataset_meta: dict | None = None, init_identity: str = "") -> str:
         """Hash of what shapes the training trajectory: a checkpoint is resumed only if its hash is the same.
