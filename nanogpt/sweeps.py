@@ -32,7 +32,7 @@ from nanogpt.config import (
     resolve_run,
 )
 from nanogpt.errors import ConfigError
-from nanogpt.paths import RESULTS
+from nanogpt.paths import RUNS, SWEEP_DIR
 
 SWEEP_KEYS = ("base", "grid", "points", "fixed", "scaling")
 SCALING_KEYS = ("tokens_per_param", "flops")
@@ -40,7 +40,6 @@ RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_mb", "runtime", "slurm_partition"
 SECTIONS = {"model": ModelSettings, "train": TrainSettings, "launch": LaunchSettings}
 DERIVED = ("train.max_iters", "train.lr_decay_iters")  # what a scaling sweep sets from each model size
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9.]+")
-SWEEP_DIR = f"{RESULTS}/sweeps/{{sweep}}"
 SWEEP_FILES = ("summary.csv", "summary.md", "val_loss.png", "curves.png")
 SCALING_FILES = ("fit.json", "scaling.png")
 
@@ -570,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("summarize", help="a sweep's summary.csv/.md, plots, hparams events (and fit.json)")
     sp.add_argument("--spec", required=True, help="the sweep as JSON (Pipeline.sweep_spec)")
-    sp.add_argument("--runs-dir", default="results/runs")
+    sp.add_argument("--runs-dir", default=RUNS)
     sp.add_argument("--out-dir", required=True)
     args = p.parse_args(argv)
     done = summarize(json.loads(args.spec), args.runs_dir, args.out_dir)

@@ -82,6 +82,28 @@ install_packages() {
     || die "apt-get install of slurmctld slurmd slurm-client munge failed"
 }
 
+common_conf() {  # the slurm.conf lines the one- and two-node clusters share (scheduling, no accounting)
+  cat <<'EOF'
+JobAcctGatherType=jobacct_gather/none
+# no slurmdbd: sacct fails, squeue works. Snakemake's slurm plugin needs
+# slurm-status-command: squeue and MinJobAge >= 3 x slurm-init-seconds-before-status-checks.
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MinJobAge=300
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+# jobs without --mem would otherwise take the whole node
+DefMemPerCPU=1000
+ReturnToService=2
+# reject impossible requests at sbatch time instead of pending forever
+EnforcePartLimits=ALL
+SlurmctldTimeout=30
+SlurmdTimeout=30
+EOF
+}
+
 write_conf() {  # prints "changed" if slurm.conf was (re)written
   local host ncpu mem_mb tmp
   host=$(hostname -s)
@@ -106,23 +128,7 @@ SlurmdLogFile=${LOGDIR}/slurmd.log
 # no cgroups anywhere (task/affinity binds tasks to cores without them)
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/affinity
-JobAcctGatherType=jobacct_gather/none
-# no slurmdbd: sacct fails, squeue works. Snakemake's slurm plugin needs
-# slurm-status-command: squeue and MinJobAge >= 3 x slurm-init-seconds-before-status-checks.
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MinJobAge=300
-MpiDefault=none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-# jobs without --mem would otherwise take the whole node
-DefMemPerCPU=1000
-ReturnToService=2
-# reject impossible requests at sbatch time instead of pending forever
-EnforcePartLimits=ALL
-SlurmctldTimeout=30
-SlurmdTimeout=30
+$(common_conf)
 NodeName=${host} NodeAddr=127.0.0.1 CPUs=${ncpu} RealMemory=${mem_mb} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
@@ -273,19 +279,7 @@ SlurmdLogFile=${LOGDIR2}/slurmd-%n.log
 SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MinJobAge=300
-MpiDefault=none
-SchedulerType=sched/backfill
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core_Memory
-DefMemPerCPU=1000
-ReturnToService=2
-EnforcePartLimits=ALL
-SlurmctldTimeout=30
-SlurmdTimeout=30
+$(common_conf)
 NodeName=${n1} NodeHostname=${host} NodeAddr=127.0.0.1 Port=${PORTS2[1]} CPUs=1 RealMemory=${mem_mb} State=UNKNOWN
 NodeName=${n2} NodeHostname=${host} NodeAddr=127.0.0.1 Port=${PORTS2[2]} CPUs=1 RealMemory=${mem_mb} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP

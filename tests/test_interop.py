@@ -375,7 +375,7 @@ def test_nanogpt_sample_py_reads_our_export(char_run, tmp_path):
     # nanoGPT seeds the global RNG with 1337, then builds its GPT (whose init draws from it), then samples with
     # temperature 0.8 and top_k 200 over the whole context: replay that stream for our model.
     ng = nanogpt_model_module(ref)
-    c = torch.load(out / "ckpt.pt", map_location="cpu")
+    c = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)  # what torch >= 2.6 does by default
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1337)
         ng.GPT(ng.GPTConfig(**c["model_args"]))
@@ -395,7 +395,7 @@ def test_nanogpt_model_and_optimizer_load_our_export(char_run, tmp_path):
     out = tmp_path / "ng"
     assert cli_main(["export", "--format", "nanogpt", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
     ng = nanogpt_model_module(ref)
-    c = torch.load(out / "ckpt.pt", map_location="cpu")
+    c = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)  # what torch >= 2.6 does by default
     theirs = ng.GPT(ng.GPTConfig(**c["model_args"]))
     theirs.load_state_dict(c["model"])  # strict, like nanoGPT's sample.py and train.py
     opt = theirs.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")

@@ -13,11 +13,10 @@ localrules:
     sample_page,
 
 
-REPORT_PAGES = f"{paths.RESULTS}/report"
 # The pages of the targeted runs and samples: the summary waits for them, so the report has them.
 REPORT_PAGE_FILES = [
-    f"{REPORT_PAGES}/runs/{r}.html" for r in (config.get("targets") or {}).get("runs") or []
-] + [f"{REPORT_PAGES}/samples/{s}.html" for s in (config.get("targets") or {}).get("samples") or []]
+    paths.RUN_PAGE.format(run=r) for r in (config.get("targets") or {}).get("runs") or []
+] + [paths.SAMPLE_PAGE.format(sample=s) for s in (config.get("targets") or {}).get("samples") or []]
 
 
 rule loss_curve:
@@ -26,7 +25,7 @@ rule loss_curve:
         paths.METRICS,
     output:
         report(
-            "results/plots/{run}_loss.png",
+            paths.LOSS_CURVE,
             category="Runs",
             subcategory="{run}",
             caption="../report/loss_curve.rst",
@@ -52,15 +51,15 @@ rule summary:
         pages=REPORT_PAGE_FILES,
     output:
         csv=report(
-            "results/summary.csv",
+            paths.SUMMARY_CSV,
             category="Summary",
             caption="../report/summary.rst",
             labels={"table": "summary.csv (download)"},
         ),
-        md="results/summary.md",
+        md=paths.SUMMARY_MD,
         # written beside summary.md
         html=report(
-            "results/summary.html",
+            paths.SUMMARY_HTML,
             category="Summary",
             caption="../report/summary.rst",
             labels={"table": "runs, evaluations, GPT-2 baselines"},
@@ -84,7 +83,7 @@ rule run_page:
         curve=paths.LOSS_CURVE,
     output:
         report(
-            f"{REPORT_PAGES}/runs/{{run}}.html",
+            paths.RUN_PAGE,
             category="Runs",
             subcategory="{run}",
             caption="../report/run_page.rst",
@@ -104,7 +103,7 @@ rule sample_page:
         paths.SAMPLE,
     output:
         report(
-            f"{REPORT_PAGES}/samples/{{sample}}.html",
+            paths.SAMPLE_PAGE,
             category="Samples",
             caption="../report/sample_page.rst",
             labels=lambda w: {"sample": w.sample, "model": P.sample_entry(w.sample)["model"]},

@@ -4,7 +4,7 @@
 # loss against each swept setting, all val-loss curves overlaid, TensorBoard HParams events (tb/), and for a
 # scaling study the fit of L(N) = E + A * N^-alpha (fit.json, scaling.png). They read small files: on a cluster
 # they run where snakemake runs.
-from nanogpt.sweeps import SWEEP_DIR
+from nanogpt.paths import SWEEP_DIR
 
 
 localrules:
