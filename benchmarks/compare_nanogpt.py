@@ -93,12 +93,12 @@ def train_ref(ref: Path, iters: int, work: Path) -> dict:
     return {"ms": times, "val_loss": float(val), "wall_s": wall, "cpu_s": child_cpu_s() - cpu0}
 
 
-def train_ours(data_dir: Path, iters: int, work: Path) -> dict:
-    out_dir = work / "ours-run"
+def train_ours(data_dir: Path, iters: int, work: Path, dtype: str) -> dict:
+    out_dir = work / f"ours-run-{dtype}"
     shutil.rmtree(out_dir, ignore_errors=True)  # a leftover checkpoint would make it resume
     c = CPU_CONFIG
     args = [f"--{k}={v}" for k, v in c.items()] + [
-        "--device=cpu", "--compile=false", "--eval_iters=20", "--log_interval=1", f"--max_iters={iters}",
+        "--device=cpu", f"--dtype={dtype}", "--compile=false", "--eval_iters=20", "--log_interval=1", f"--max_iters={iters}",
         f"--lr_decay_iters={iters}", f"--eval_interval={min(250, iters)}"]
     cpu0 = child_cpu_s()
     _, wall = run([sys.executable, "-m", "nanogpt.cli", "train", "--config", str(ROOT / "config.yaml"), "--name",
@@ -106,18 +106,22 @@ def train_ours(data_dir: Path, iters: int, work: Path) -> dict:
     m = json.loads((out_dir / "metrics.json").read_text())
     rows = [json.loads(line) for line in (out_dir / "history.jsonl").read_text().splitlines()]
     times = [row["dt"] * 1000 for row in rows if row["iter"] > 5]  # the iterations nanoGPT's side counts
-    return {"ms": times, "val_loss": m["val_loss"], "wall_s": wall, "cpu_s": child_cpu_s() - cpu0}
+    return {"ms": times, "val_loss": m["val_loss"], "wall_s": wall, "cpu_s": child_cpu_s() - cpu0,
+            "dtype": m["dtype"]}
 
 
-def train_both(data_dir: Path, ref: Path, iters: int, work: Path, repeats: int) -> dict:
-    """ours, nanoGPT, ours, nanoGPT, ...: load from other processes hits both alike; per-iteration times pooled."""
-    runs: dict[str, list[dict]] = {"ours": [], "ref": []}
+def train_both(data_dir: Path, ref: Path, iters: int, work: Path, repeats: int, dtypes: list[str]) -> dict:
+    """ours (one side per dtype), nanoGPT, ours, nanoGPT, ...: load from other processes hits every side alike;
+    per-iteration times pooled."""
+    runs: dict[str, list[dict]] = {f"ours {d}": [] for d in dtypes} | {"nanoGPT": []}
     for _ in range(repeats):
-        runs["ours"].append(train_ours(data_dir, iters, work))
-        runs["ref"].append(train_ref(ref, iters, work))
+        for d in dtypes:
+            runs[f"ours {d}"].append(train_ours(data_dir, iters, work, d))
+        runs["nanoGPT"].append(train_ref(ref, iters, work))
     out = {}
     for side, rs in runs.items():
-        out[side] = {"ms_per_iter": statistics.median([t for r in rs for t in r["ms"]]),
+        out[side] = {"dtype": rs[-1].get("dtype", "float32"),  # nanoGPT trains in fp32 on a CPU
+                     "ms_per_iter": statistics.median([t for r in rs for t in r["ms"]]),
                      "val_loss": rs[-1]["val_loss"], "wall_s": statistics.median(r["wall_s"] for r in rs),
                      "cpu_s": statistics.median(r["cpu_s"] for r in rs),
                      "per_run_ms": [statistics.median(r["ms"]) for r in rs]}
@@ -207,6 +211,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch threads for both (OMP_NUM_THREADS for the training processes); "
                    "1 is far faster than 2 when other processes share the cores")
     p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--dtypes", default="auto,float32",
+                   help="our training runs, one side per dtype (auto: bf16 on CPUs with bf16 units); default "
+                        "auto,float32, so the table shows the like-for-like fp32 ratio too")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "compare_nanogpt.json"))
     args = p.parse_args()
     ref = Path(args.ref)
@@ -224,7 +231,7 @@ def main() -> None:
     prep = prepare_both(ref, work)
     result["prepare"] = {"ours_s": prep["ours_s"], "ref_s": prep["ref_s"]}
     if not args.skip_train:
-        result["train"] = train_both(prep["ours_dir"], ref, iters, work, args.repeats)
+        result["train"] = train_both(prep["ours_dir"], ref, iters, work, args.repeats, args.dtypes.split(","))
 
     ref_mod = load_ref_model_module(ref)
     char_cfg = {k: CPU_CONFIG[k] for k in ("n_layer", "n_head", "n_embd", "block_size")}
@@ -240,14 +247,13 @@ def main() -> None:
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, nanoGPT at {ref}")
     print(f"prepare (fresh process): ours {prep['ours_s']:.2f}s, nanoGPT {prep['ref_s']:.2f}s")
     if "train" in result:
-        o, r = result["train"]["ours"], result["train"]["ref"]
-        print(f"\ntraining, CPU config, {iters} iters x {args.repeats} runs each, alternated | ms/iter (median) | "
-              "val loss | wall s | CPU s (process) | per-run medians")
-        for label, x in (("ours   ", o), ("nanoGPT", r)):
-            print(f"  {label} | {x['ms_per_iter']:7.2f} | {x['val_loss']:.4f} | {x['wall_s']:6.1f} | {x['cpu_s']:6.1f} | "
-                  + " ".join(f"{v:.1f}" for v in x["per_run_ms"]))
-        print(f"  speed ratio (tokens/s ours / nanoGPT): {r['ms_per_iter'] / o['ms_per_iter']:.2f}x; "
-              f"CPU time ratio {r['cpu_s'] / o['cpu_s']:.2f}x")
+        sides, r = result["train"], result["train"]["nanoGPT"]
+        print(f"\ntraining, CPU config, {iters} iters x {args.repeats} runs each, alternated | dtype | ms/iter (median) "
+              "| val loss | wall s | CPU s (process) | per-run medians | tokens/s vs nanoGPT")
+        for label, x in sides.items():
+            print(f"  {label:<13} | {x['dtype']:<8} | {x['ms_per_iter']:7.2f} | {x['val_loss']:.4f} | {x['wall_s']:6.1f} "
+                  f"| {x['cpu_s']:6.1f} | " + " ".join(f"{v:.1f}" for v in x["per_run_ms"])
+                  + f" | {r['ms_per_iter'] / x['ms_per_iter']:.2f}x")
     print("\nsampling (1 sample, temperature 0.8, top_k 200) | new tokens | ours tok/s | nanoGPT tok/s | ratio | "
           "same samples")
     for row in rows:

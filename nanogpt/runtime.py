@@ -105,10 +105,10 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# On CPUs with bf16 units, bf16 autocast pays off only once matmuls are large enough to outweigh the casts.
-# Training step, bf16 vs fp32, measured here (benchmarks/train_step_ab.py): 128 wide 0.83x, 192 wide 1.27x,
-# 256 wide 1.70x, 512 wide 2.32x, 768 wide 2.82x. So `auto` keeps models narrower than 256 in fp32.
-CPU_BF16_MIN_WIDTH = 256
+# On CPUs with bf16 units, bf16 autocast pays off once matmuls are large enough to outweigh the casts.
+# Training step, bf16 vs fp32 (attention kept in fp32: model.attention), 1 thread, measured with
+# benchmarks/train_step_ab.py: 16 wide 0.86x, 32 wide 1.10x, 64 wide 1.26x, 128 wide 1.47x, 256 wide 1.80x.
+CPU_BF16_MIN_WIDTH = 64
 
 
 def gpu_has_native_bf16(capability: tuple[int, int]) -> bool:

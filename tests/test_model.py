@@ -1,4 +1,4 @@
-"""The GPT model: shapes, causality, initial loss, nanoGPT checkpoint compatibility, optimizer groups."""
+"""The GPT model: shapes, causality, initial loss, nanoGPT checkpoint compatibility, optimizer groups, bf16 on CPU."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nanogpt import checkpoint as ckpt_io
+from nanogpt import model as model_module
 from nanogpt.errors import ConfigError
-from nanogpt.model import GPT, GPTConfig
+from nanogpt.model import GPT, GPTConfig, attention
 
 
 def tiny(**kw) -> GPT:
@@ -103,3 +105,46 @@ def test_mfu_uses_the_given_peak():
     flops_per_iter = model.flops_per_token() * 16 * 4
     assert model.estimate_mfu(4, 1.0, peak_flops=flops_per_iter) == pytest.approx(1.0)
     assert model.estimate_mfu(4, 1.0, peak_flops=2 * flops_per_iter) == pytest.approx(0.5)
+
+
+# ---- bf16 on the CPU: attention stays in fp32 (model.attention) -------------------------------------------------
+def qkv(dtype: torch.dtype, T: int = 16) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(2, 2, T, 8, generator=g).to(dtype).requires_grad_() for _ in range(3)]
+
+
+def test_cpu_attention_runs_in_fp32_under_bf16_autocast():
+    q, k, v = qkv(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attention(q, k, v, is_causal=True)
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert y.dtype == torch.bfloat16  # the caller's dtype: bf16 weights without autocast still match
+    assert torch.equal(y, expected.to(torch.bfloat16))  # the bf16 kernel rounds differently
+    y.float().square().sum().backward()
+    assert q.grad.dtype == k.grad.dtype == v.grad.dtype == torch.bfloat16
+
+
+def test_cpu_attention_keeps_bf16_for_long_sequences(monkeypatch):
+    monkeypatch.setattr(model_module, "CPU_BF16_ATTENTION_MIN_LEN", 16)
+    q, k, v = qkv(torch.bfloat16, T=16)
+    y = attention(q, k, v, is_causal=True)
+    assert torch.equal(y, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_bf16_training_on_cpu_tracks_fp32():
+    """Same weights, same batches: 30 AdamW steps under bf16 autocast end near the fp32 loss."""
+    x = torch.randint(65, (8, 16), generator=torch.Generator().manual_seed(1))
+    y = torch.roll(x, -1, dims=1)
+    losses = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = tiny(n_embd=64).train()
+        opt = model.configure_optimizers(0.1, 3e-3, (0.9, 0.99), "cpu")
+        for _ in range(30):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                _, loss = model(x, y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        losses[dtype] = loss.item()
+    assert losses[torch.float32] < 3.0  # it learned (uniform: ln 65 = 4.17)
+    assert losses[torch.bfloat16] == pytest.approx(losses[torch.float32], abs=0.05)

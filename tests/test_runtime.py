@@ -21,7 +21,7 @@ import torch.distributed as dist
 import yaml
 
 from conftest import BIN, REPO, tiny_config
-from nanogpt import launch
+from nanogpt import launch, runtime
 from nanogpt.config import resolve_run
 from nanogpt.data import BatchSampler, prepare_text
 from nanogpt.pipeline import Pipeline
@@ -306,3 +306,11 @@ def test_gpt2_124m_dry_run_plans_download_prepare_train(run, tmp_path):
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", out, re.M))
     assert stats == {"download_hf": "1", "prepare": "1", "train": "1", "total": "3"}, out
     assert "--nproc_per_node=8" in out and "gpu" in out
+
+
+@pytest.mark.parametrize(("has_bf16", "n_embd", "dtype"), [(True, 128, torch.bfloat16), (True, 64, torch.bfloat16),
+                                                           (True, 32, torch.float32), (False, 768, torch.float32)])
+def test_auto_dtype_on_cpu_follows_bf16_units_and_width(has_bf16, n_embd, dtype, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+    assert pick_dtype("auto", torch.device("cpu"), n_embd) == dtype
+    assert pick_dtype("float32", torch.device("cpu"), n_embd) == torch.float32
