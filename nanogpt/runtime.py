@@ -117,7 +117,7 @@ def gpu_has_native_bf16(capability: tuple[int, int]) -> bool:
 
 
 def pick_dtype(requested: str, device: torch.device, n_embd: int = 0) -> torch.dtype:
-    """auto: bf16 on GPUs with bf16 units (else fp16); on CPUs bf16 for wide models where it is faster."""
+    """auto: bf16 on GPUs with bf16 units (else fp16); on CPUs with them from CPU_BF16_MIN_WIDTH wide (else fp32)."""
     if requested != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[requested]
     if device.type == "cuda":
