@@ -90,7 +90,8 @@ def train_ref(ref: Path, iters: int, work: Path) -> dict:
     vals = re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", out, re.M)
     step, _, val = vals[-1]
     assert int(step) == iters, f"nanoGPT's last eval is at step {step}, expected {iters}"
-    return {"ms": times, "val_loss": float(val), "wall_s": wall, "cpu_s": child_cpu_s() - cpu0}
+    return {"ms": times, "val_loss": float(val), "wall_s": wall, "cpu_s": child_cpu_s() - cpu0,
+            "dtype": "float32"}  # nanoGPT autocasts only on GPUs
 
 
 def train_ours(data_dir: Path, iters: int, work: Path, dtype: str) -> dict:
@@ -98,8 +99,8 @@ def train_ours(data_dir: Path, iters: int, work: Path, dtype: str) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)  # a leftover checkpoint would make it resume
     c = CPU_CONFIG
     args = [f"--{k}={v}" for k, v in c.items()] + [
-        "--device=cpu", f"--dtype={dtype}", "--compile=false", "--eval_iters=20", "--log_interval=1", f"--max_iters={iters}",
-        f"--lr_decay_iters={iters}", f"--eval_interval={min(250, iters)}"]
+        "--device=cpu", f"--dtype={dtype}", "--compile=false", "--eval_iters=20", "--log_interval=1",
+        f"--max_iters={iters}", f"--lr_decay_iters={iters}", f"--eval_interval={min(250, iters)}"]
     cpu0 = child_cpu_s()
     _, wall = run([sys.executable, "-m", "nanogpt.cli", "train", "--config", str(ROOT / "config.yaml"), "--name",
                    "shakespeare_char_cpu", "--data-dir", str(data_dir), "--out-dir", str(out_dir), *args], cwd=ROOT)
@@ -120,7 +121,7 @@ def train_both(data_dir: Path, ref: Path, iters: int, work: Path, repeats: int, 
         runs["nanoGPT"].append(train_ref(ref, iters, work))
     out = {}
     for side, rs in runs.items():
-        out[side] = {"dtype": rs[-1].get("dtype", "float32"),  # nanoGPT trains in fp32 on a CPU
+        out[side] = {"dtype": rs[-1]["dtype"],
                      "ms_per_iter": statistics.median([t for r in rs for t in r["ms"]]),
                      "val_loss": rs[-1]["val_loss"], "wall_s": statistics.median(r["wall_s"] for r in rs),
                      "cpu_s": statistics.median(r["cpu_s"] for r in rs),

@@ -138,6 +138,14 @@ def test_auto_dtype_follows_compute_capability(capability, dtype, monkeypatch):
     assert pick_dtype("float32", torch.device("cuda", 0)) == torch.float32
 
 
+@pytest.mark.parametrize(("has_bf16", "n_embd", "dtype"), [(True, 128, torch.bfloat16), (True, 64, torch.bfloat16),
+                                                           (True, 32, torch.float32), (False, 768, torch.float32)])
+def test_auto_dtype_on_cpu_follows_bf16_units_and_width(has_bf16, n_embd, dtype, monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
+    assert pick_dtype("auto", torch.device("cpu"), n_embd) == dtype
+    assert pick_dtype("float32", torch.device("cpu"), n_embd) == torch.float32
+
+
 @pytest.mark.parametrize(("name", "peak"), [
     ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 NVL", 835e12),
     ("NVIDIA H200", 989e12), ("NVIDIA GH200 480GB", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
@@ -307,10 +315,3 @@ def test_gpt2_124m_dry_run_plans_download_prepare_train(run, tmp_path):
     assert stats == {"download_hf": "1", "prepare": "1", "train": "1", "total": "3"}, out
     assert "--nproc_per_node=8" in out and "gpu" in out
 
-
-@pytest.mark.parametrize(("has_bf16", "n_embd", "dtype"), [(True, 128, torch.bfloat16), (True, 64, torch.bfloat16),
-                                                           (True, 32, torch.float32), (False, 768, torch.float32)])
-def test_auto_dtype_on_cpu_follows_bf16_units_and_width(has_bf16, n_embd, dtype, monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: has_bf16)
-    assert pick_dtype("auto", torch.device("cpu"), n_embd) == dtype
-    assert pick_dtype("float32", torch.device("cpu"), n_embd) == torch.float32
