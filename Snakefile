@@ -4,6 +4,7 @@ from snakemake.utils import min_version, validate
 
 from nanogpt import paths
 from nanogpt.config import NAME_PATTERN
+from nanogpt.fileio import check_config_files
 from nanogpt.pipeline import Pipeline, coerce_config_overrides, setup_rule_environment
 
 min_version("9.0")
@@ -11,6 +12,10 @@ min_version("9.0")
 # Rules run `nanogpt`, `torchrun` and `python` from the environment snakemake itself runs in, activated or not
 # (with --sdm conda, each rule's conda environment goes in front).
 setup_rule_environment(workflow.basedir)
+# Config files are plain data: a YTE template (`__use_yte__`, whose Python expressions Snakemake would evaluate), an
+# oversized file or an alias bomb is refused before `configfile:` reads config.yaml. A --configfile is read by
+# Snakemake before this line, so there the refusal comes after Snakemake's own read, still before any job.
+check_config_files(["config.yaml", *workflow.config_settings.configfiles])
 
 
 configfile: "config.yaml"

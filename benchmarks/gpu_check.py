@@ -1,26 +1,34 @@
-"""Ours vs nanoGPT on one GPU, side by side, in one command (see benchmarks/GPU.md).
+"""Ours vs nanoGPT on one GPU, side by side, in one command (see benchmarks/GPU.md; run by benchmarks/gpu_call.sh).
 
     python benchmarks/gpu_check.py --nanogpt /path/to/nanoGPT            # GPU: < 8 minutes on one H100/H200
     python benchmarks/gpu_check.py --tiny                                  # CPU: tiny settings, a smoke test
 
-Steps, each in its own process under its own timeout (a hang or crash costs that step only):
+Steps, in order of importance, each in its own process under its own timeout and within one overall budget
+(--budget; a step that no longer fits is skipped and says so):
+  probes                  the GPU-only paths (benchmarks/gpu_probes.py): TF32 getters, fp32 compile (default and
+                          max-autotune), async batch copies, host syncs per step and per token, resume on the GPU
   train_ours / train_ref  the baby GPT (config.yaml runs.shakespeare_char = nanoGPT's train_shakespeare_char.py),
-                          both compiled: median ms/iter, MFU against the card's peak, best val loss, wall time
+                          both compiled, same settings, 2000 iterations: median ms/iter over the same kind of
+                          iterations (logged every iteration; warm-up and the iterations that contain an eval
+                          excluded on both sides), MFU against the card's peak, val loss, wall time
   generate                GPT-2-124M shape, random weights shared by both models, 200 and 1000 new tokens: tok/s
-                          (ours: KV cache; nanoGPT: its generate) and whether the samples are identical
+                          (ours: CUDA-graph decoding and eager KV cache; nanoGPT: its generate) and whether the
+                          samples are identical
   bench_ours / bench_ref  a GPT-2-124M training step, batch 16 x 1024, bf16, compiled: tokens/s and MFU
                           (`nanogpt bench`'s bench() vs nanoGPT's bench.py --real_data=False)
-  syncs                   host syncs per training step outside log steps (torch.cuda.set_sync_debug_mode)
+  autotune                the fp32 compile probe in inductor's max-autotune mode (CUDA only; last: it takes
+                          whatever budget is left)
 
 Only torch and numpy are needed (plus nanogpt's torch-only modules): the data is the bundled
 nanogpt/assets/tinyshakespeare/input.txt, char-tokenized here and written in both formats. Results: a printed
-table and JSON (--out). nanoGPT is a checkout given by --nanogpt or $NANOGPT_REF (never committed); without one,
-the nanoGPT side is skipped with a note.
+table and JSON (--out); every step's output in WORK/<step>.log (nanoGPT's own output included). nanoGPT is a
+checkout given by --nanogpt or $NANOGPT_REF (never committed); without one, the nanoGPT side is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -53,9 +61,13 @@ TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64}
 TINY_TRAIN = {"batch_size": 8, "eval_iters": 5, "log_interval": 5}
 TINY_GEN = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "vocab_size": 512, "bias": False,
             "dropout": 0.0}
-TIMEOUTS = {"train_ours": 240, "train_ref": 240, "generate": 90, "bench_ours": 150, "bench_ref": 150, "syncs": 60}
+# Each step's own limit on a GPU (the CPU smoke test doubles them); the overall --budget bounds their sum.
+TIMEOUTS = {"probes": 120, "train_ours": 180, "train_ref": 180, "generate": 90, "bench_ours": 120, "bench_ref": 120,
+            "autotune": 120, "decode": 90}
+MIN_STEP_S = 30  # a step is skipped when less than this is left of the budget
+WARMUP_ITERS = 10  # logged iterations below this are compile / warm-up, left out of the medians
 OPTIONAL = {"yaml": "config.yaml loading (not used here)",
-            "tensorboard": "our training writes TensorBoard events (nanogpt.tracking): train_ours and syncs need it",
+            "tensorboard": "our training writes TensorBoard events (nanogpt.tracking): train_ours and probes need it",
             "tiktoken": "GPT-2 BPE (not used here)"}
 
 
@@ -146,61 +158,91 @@ def step_train_ours(p: dict) -> dict:
 
     shutil.rmtree(p["out_dir"], ignore_errors=True)  # a leftover checkpoint would make it resume
     run = resolve_run(BABY, "shakespeare_char", p["overrides"])
-    m = train(run, p["data_dir"], p["out_dir"], log=lambda line: print(line, flush=True))
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        lines.append(line)
+        print(line, flush=True)
+
+    m = train(run, p["data_dir"], p["out_dir"], log=log)
+    # our loop logs iteration i after its step: the one that ran an eval first is i % eval_interval == 1
+    timing = parse_iteration_times("\n".join(lines), p["overrides"]["eval_interval"], eval_offset=1)
     # wall time from this process's launch, like nanoGPT's (interpreter start and imports included)
-    return {"ms_per_iter": m["median_ms_per_iter"], "best_val_loss": m["best_val_loss"],
-            "wall_s": time.time() - p["launched_at"], "iters": m["iters"], "dtype": m["dtype"], "mfu_logged": m["mfu"]}
+    return {**timing, "best_val_loss": m["best_val_loss"], "final_val_loss": m["val_loss"],
+            "wall_s": time.time() - p["launched_at"], "iters": m["iters"], "dtype": m["dtype"],
+            "mfu_logged": m["mfu"], "compiled": run.train.compile}
 
 
 def step_train_ref(p: dict) -> dict:
     args = [f"--{k}={v}" for k, v in p["overrides"].items()] + [f"--out_dir={p['out_dir']}"]
     out, wall = run_logged([sys.executable, "train.py", "config/train_shakespeare_char.py", *args], p["ref_root"],
-                           p["timeout"])
-    # iterations after 5, as ours counts them (the first ones include compilation)
-    times = [float(t) for i, t in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", out, re.M) if int(i) > 5]
+                           p["timeout"], p["log"])
+    # nanoGPT logs iteration i with the time of the loop pass that began with i's eval: i % eval_interval == 0
+    timing = parse_iteration_times(out, p["overrides"]["eval_interval"], eval_offset=0)
     vals = [float(v) for v in re.findall(r"^step \d+: train loss [\d.]+, val loss ([\d.]+)", out, re.M)]
-    if not times or not vals:
-        raise RuntimeError(f"no iteration or eval lines in nanoGPT's output:\n{out[-2000:]}")
-    return {"ms_per_iter": statistics.median(times), "best_val_loss": min(vals), "wall_s": wall}
+    if not vals:
+        raise RuntimeError(f"no eval lines in nanoGPT's output:\n{out[-2000:]}")
+    return {**timing, "best_val_loss": min(vals), "final_val_loss": vals[-1], "wall_s": wall}
+
+
+def parse_iteration_times(log: str, eval_interval: int, eval_offset: int) -> dict:
+    """Median ms/iter over `iter N: loss X, time Yms` lines (nanoGPT's format, which ours shares), leaving out
+    warm-up iterations and the ones whose time includes an eval (N % eval_interval == eval_offset)."""
+    found = [(int(i), float(t)) for i, t in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", log, re.M)]
+    kept = [t for i, t in found if i >= WARMUP_ITERS and i % eval_interval != eval_offset]
+    if not kept:
+        raise RuntimeError(f"no iteration lines to time in:\n{log[-2000:]}")
+    return {"ms_per_iter": statistics.median(kept), "timed_iters": len(kept), "logged_iters": len(found)}
 
 
 def step_generate(p: dict) -> dict:
-    """Both models hold the same random weights; each samples from a 1-token prompt with the same seed."""
+    """Both models hold the same random weights; each samples from a 1-token prompt with the same seed.
+
+    Ours runs twice: as it runs by default (CUDA-graph decoding on CUDA) and with the eager KV cache.
+    """
     from nanogpt.model import GPT, GPTConfig
 
     device = torch.device(p["device"])
-    torch.backends.cuda.matmul.fp32_precision = "ieee"  # fp32 on both sides: the samples should match exactly
+    torch.set_float32_matmul_precision("highest")  # true fp32 on both sides: the samples should match exactly
     torch.manual_seed(0)
     ours = GPT(GPTConfig(**p["shape"])).eval().to(device)
-    models = {"ours": ours}
+    # window_refresh=1: past block_size (the tiny CPU shape), nanoGPT's per-token cropping, so samples compare
+    sampling = {"temperature": 0.8, "top_k": 200, "window_refresh": 1}
+    sides = {"ours": lambda n: ours.generate(PROMPT(device), n, **sampling),
+             "ours_eager": lambda n: ours.generate(PROMPT(device), n, cuda_graph=False, **sampling)}
     if p.get("ref"):
         mod = load_module(Path(p["ref"]) / "model.py", "nanogpt_reference_model")
         theirs = mod.GPT(mod.GPTConfig(**p["shape"])).eval().to(device)
         theirs.load_state_dict(ours.state_dict())
-        models["nanoGPT"] = theirs
+        sides["nanoGPT"] = lambda n: theirs.generate(PROMPT(device), n, temperature=0.8, top_k=200)
     rows = []
     for n in p["lengths"]:
         row: dict = {"new_tokens": n}
         samples = {}
-        for name, model in models.items():
-            time_generate(model, 4, device)  # warm-up: kernels, allocator
-            row[f"{name}_tok_s"], samples[name] = time_generate(model, n, device)
-        if "nanoGPT" in samples:
-            row["ratio"] = row["ours_tok_s"] / row["nanoGPT_tok_s"]
-            row["identical"] = bool(torch.equal(samples["ours"], samples["nanoGPT"]))
-            if not row["identical"]:
-                row["first_difference"] = int((samples["ours"] != samples["nanoGPT"]).nonzero()[0, 1])
+        for name, generate in sides.items():
+            time_generate(generate, 4, device)  # warm-up: kernels, allocator, graph capture
+            row[f"{name}_tok_s"], samples[name] = time_generate(generate, n, device)
+        for name in ("ours", "ours_eager"):
+            if "nanoGPT" in samples:
+                row[f"{name}_ratio"] = row[f"{name}_tok_s"] / row["nanoGPT_tok_s"]
+                same = bool(torch.equal(samples[name], samples["nanoGPT"]))
+                row[f"{name}_identical"] = same
+                if not same:
+                    row[f"{name}_first_difference"] = int((samples[name] != samples["nanoGPT"]).nonzero()[0, 1])
         rows.append(row)
-    return {"rows": rows}
+    return {"rows": rows, "graph_decoding": device.type == "cuda"}
 
 
-def time_generate(model, n: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    prompt = torch.zeros(1, 1, dtype=torch.long, device=device)
+def PROMPT(device: torch.device) -> torch.Tensor:  # noqa: N802 - a constant made per device
+    return torch.zeros(1, 1, dtype=torch.long, device=device)
+
+
+def time_generate(generate, n: int, device: torch.device) -> tuple[float, torch.Tensor]:
     torch.manual_seed(1337)
     sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        y = model.generate(prompt, n, temperature=0.8, top_k=200)
+        y = generate(n)
     sync(device)
     return n / (time.perf_counter() - t0), y.cpu()
 
@@ -215,7 +257,7 @@ def step_bench_ours(p: dict) -> dict:
 
 def step_bench_ref(p: dict) -> dict:
     args = [f"--{k}={v}" for k, v in p["overrides"].items()]
-    out, wall = run_logged([sys.executable, "bench.py", *args], p["ref_root"], p["timeout"])
+    out, wall = run_logged([sys.executable, "bench.py", *args], p["ref_root"], p["timeout"], p["log"])
     found = re.search(r"time per iteration: ([\d.]+)ms", out)
     if not found:
         raise RuntimeError(f"no 'time per iteration' line in nanoGPT's bench.py output:\n{out[-2000:]}")
@@ -223,38 +265,81 @@ def step_bench_ref(p: dict) -> dict:
     return {"ms_per_iter": ms, "tokens_per_s": p["tokens_per_step"] / (ms / 1000), "wall_s": wall}
 
 
-def step_syncs(p: dict) -> dict:
-    """Count CUDA host-sync warnings over a few Trainer steps (no log step among them)."""
-    import warnings
+def step_decode(p: dict) -> dict:
+    """Where a generated token's time goes (GPT-2-124M shape, random weights, 1-token prompt): the model step
+    (one CUDA-graph replay on CUDA), nanoGPT's sampling (top-k, softmax, multinomial), the whole loop in fp32 and
+    bf16 (nanoGPT's sample.py default), nanoGPT's own loop in bf16, and the profiler's top kernels."""
+    from nanogpt.decoding import StaticDecodeStep
+    from nanogpt.model import GPT, GPTConfig, KVCache, sample_next
 
-    from nanogpt.config import resolve_run
-    from nanogpt.runtime import Dist
-    from nanogpt.train import Trainer
+    device = torch.device(p["device"])
+    torch.set_float32_matmul_precision("highest")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**p["shape"])).eval().to(device)
+    prompt, n = PROMPT(device), p["tokens"]
+    out: dict = {}
+    with torch.no_grad():
+        cache = KVCache(model.config.n_layer, model.config.block_size)
+        model(prompt, cache=cache)
+        step = StaticDecodeStep(model, cache, 1, use_graph=device.type == "cuda")
+        out["model_step_ms"] = time_per_call(lambda: step(prompt, 1), 50, device)
+        logits = step(prompt, 1)[:, -1, :].clone()
+        out["sample_top200_ms"] = time_per_call(lambda: sample_next(logits, 0.8, 200), 50, device)
+        out["sample_no_topk_ms"] = time_per_call(lambda: sample_next(logits, 0.8, None), 50, device)
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+            with ctx:
+                gen = lambda k: model.generate(prompt, k, temperature=0.8, top_k=200)  # noqa: E731
+                out[f"ours_{name}_tok_s"] = time_generate(gen, n, device)[0]
+        if p.get("ref"):
+            mod = load_module(Path(p["ref"]) / "model.py", "nanogpt_reference_model")
+            theirs = mod.GPT(mod.GPTConfig(**p["shape"])).eval().to(device)
+            theirs.load_state_dict(model.state_dict())
+            with torch.autocast(device.type, dtype=torch.bfloat16):  # nanoGPT's sample.py default on GPUs
+                gen = lambda k: theirs.generate(prompt, k, temperature=0.8, top_k=200)  # noqa: E731
+                short = p["tokens"] // 5
+                out["nanoGPT_bf16_first_pass_tok_s"] = time_generate(gen, short, device)[0]
+                out[f"nanoGPT_bf16_tok_s_{short}"] = time_generate(gen, short, device)[0]  # every length seen once
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                gen = lambda k: model.generate(prompt, k, temperature=0.8, top_k=200)  # noqa: E731
+                out[f"ours_bf16_tok_s_{short}"] = time_generate(gen, short, device)[0]
+        out["profile"] = profile_table(lambda: model.generate(prompt, 20, temperature=0.8, top_k=200), device)
+    print(out["profile"])
+    return out
 
-    shutil.rmtree(p["out_dir"], ignore_errors=True)
-    run = resolve_run(BABY, "shakespeare_char", p["overrides"])
-    trainer = Trainer(run, Path(p["data_dir"]), Path(p["out_dir"]), Dist(), lambda *a: None)
-    x, y = trainer.sampler.get_batch("train", 0, 0)
-    for _ in range(3):  # warm-up: allocator, cuBLAS handles, autotuning
-        x, y, _, _ = trainer.step(x, y)
-    cuda = trainer.device.type == "cuda"  # on the CPU the steps run (a smoke test) but nothing can be counted
-    sync(trainer.device)
-    steps = p["steps"]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if cuda:
-            torch.cuda.set_sync_debug_mode("warn")
-        for _ in range(steps):
-            x, y, _, _ = trainer.step(x, y)
-        if cuda:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
-    return {"steps": steps, "iter_num": trainer.iter_num, "syncs": len(syncs) if cuda else None,
-            "syncs_per_step": len(syncs) / steps if cuda else None, "examples": syncs[:5]}
+
+def time_per_call(fn, n: int, device: torch.device) -> float:
+    fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / n * 1000
 
 
-STEPS = {"train_ours": step_train_ours, "train_ref": step_train_ref, "generate": step_generate,
-         "bench_ours": step_bench_ours, "bench_ref": step_bench_ref, "syncs": step_syncs}
+def profile_table(fn, device: torch.device) -> str:
+    """torch.profiler's 15 costliest ops of `fn` (device time on CUDA, CPU time elsewhere)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    fn()
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60)
+
+
+def step_probes(p: dict) -> dict:
+    from gpu_probes import run_probes
+
+    return run_probes(p)
+
+
+STEPS = {"probes": step_probes, "train_ours": step_train_ours, "train_ref": step_train_ref,
+         "generate": step_generate, "bench_ours": step_bench_ours, "bench_ref": step_bench_ref,
+         "autotune": step_probes, "decode": step_decode}
 
 
 # ---- plumbing -----------------------------------------------------------------------------------------------------
@@ -271,32 +356,43 @@ def load_module(path: Path, name: str):
     return module
 
 
-def run_logged(cmd: list[str], cwd: Path, timeout: float) -> tuple[str, float]:
-    """Run a nanoGPT script; its output, and an error with the output's tail when it fails."""
+def run_logged(cmd: list[str], cwd: Path, timeout: float, log: str) -> tuple[str, float]:
+    """Run a nanoGPT script, its output kept in `log`; the output, or an error with its tail when it fails."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        Path(log).write_text(_text(e.stdout) + _text(e.stderr))
+        raise RuntimeError(f"{' '.join(cmd[1:3])} timed out after {timeout:.0f}s (output: {log})") from None
     out = proc.stdout + proc.stderr
+    Path(log).write_text(out)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[1:3])} exited {proc.returncode}:\n{out[-2000:]}")
     return out, time.perf_counter() - t0
+
+
+def _text(output: bytes | str | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def run_step(name: str, params: dict, timeout: float, work: Path) -> dict:
     """One step in a fresh process under `timeout` seconds; its result, or {'error': ...}."""
     result_file = work / f"{name}.json"
     result_file.unlink(missing_ok=True)
-    params = {**params, "timeout": timeout, "result": str(result_file), "launched_at": time.time()}
+    params = {**params, "timeout": timeout, "result": str(result_file), "launched_at": time.time(),
+              "log": str(work / f"{name}.ref.log")}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--params", json.dumps(params)]
     t0 = time.perf_counter()
     print(f"[{name}] running (timeout {timeout:.0f}s)", flush=True)
-    try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout + 30)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout + 30:.0f}s"}
-    (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    log = work / f"{name}.log"
+    with open(log, "w") as out:
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=timeout + 20)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout + 20:.0f}s (log: {log})"}
     if proc.returncode != 0 or not result_file.is_file():
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"exit {proc.returncode}: {tail[0][:300]} (log: {work / f'{name}.log'})"}
+        tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
+        return {"error": f"exit {proc.returncode}: {tail[0][:300]} (log: {log})"}
     result = json.loads(result_file.read_text())
     print(f"[{name}] done in {time.perf_counter() - t0:.0f}s", flush=True)
     return result
@@ -312,33 +408,44 @@ def child(name: str, params: dict) -> None:
 
 # ---- the plan -----------------------------------------------------------------------------------------------------
 def train_overrides(iters: int, tiny: bool, compile_: bool) -> dict:
-    """The same settings for both sides: nanoGPT's flags are these keys (its configurator), ours are overrides."""
+    """The same settings for both sides: nanoGPT's flags are these keys (its configurator), ours are overrides.
+
+    Every iteration is logged (so synced) on both sides: the logged time is then that iteration's own, where
+    with log_interval 10 a logged time holds the GPU backlog of the nine unsynced iterations before it.
+    """
     o = {"max_iters": iters, "lr_decay_iters": iters, "eval_interval": min(10 if tiny else 250, iters),
-         "compile": compile_}
+         "log_interval": 1, "compile": compile_}
     if tiny:
         o.update(TINY_MODEL, **TINY_TRAIN, device="cpu", dtype="float32")
     return o
 
 
 def plan(args: argparse.Namespace, info: dict, data: Path, ref_root: Path | None, work: Path) -> dict[str, dict]:
-    """Every step's parameters; nanoGPT's steps only with a checkout, bench_ref and syncs only on CUDA."""
+    """Every step's parameters; nanoGPT's steps only with a checkout, bench_ref only on CUDA."""
     tiny, cuda = args.tiny, info["device"] == "cuda"
     compile_ = cuda if args.compile is None else args.compile
-    train = train_overrides(args.iters or (20 if tiny else 5000), tiny, compile_)
+    train = train_overrides(args.iters or (20 if tiny else 2000), tiny, compile_)
     bench = ({**TINY_MODEL, "batch_size": 4, "dtype": "float32", "device": "cpu", "compile": compile_} if tiny else
              {**{k: GPT2_SHAPE[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout")},
               "batch_size": 16, "dtype": "bfloat16", "device": "cuda", "compile": compile_})
+    gen_shape = TINY_GEN if tiny else GPT2_SHAPE
     steps = {
+        "probes": {"device": info["device"], "data_dir": str(data), "work": str(work), "baby": BABY,
+                   "overrides": {k: v for k, v in train.items() if k not in ("max_iters", "lr_decay_iters")},
+                   "gen_shape": TINY_GEN if tiny else {**gen_shape, "n_layer": 6, "n_head": 6, "n_embd": 384}},
         "train_ours": {"overrides": train, "data_dir": str(data), "out_dir": str(work / "ours-run")},
         "train_ref": {"overrides": train, "ref_root": str(ref_root), "out_dir": str(work / "ref-run")},
-        "generate": {"device": info["device"], "shape": TINY_GEN if tiny else GPT2_SHAPE,
+        "generate": {"device": info["device"], "shape": gen_shape,
                      "lengths": [16, 80] if tiny else [200, 1000], "ref": str(args.nanogpt) if ref_root else None},
         "bench_ours": {"overrides": bench, "steps": 3 if tiny else 20, "warmup": 1 if tiny else 10},
         "bench_ref": {"overrides": {"batch_size": 16, "real_data": False, "compile": compile_},
                       "ref_root": str(ref_root), "tokens_per_step": 16 * 1024},
-        "syncs": {"overrides": {**train, "compile": False}, "data_dir": str(data), "out_dir": str(work / "sync-run"),
-                  "steps": 5},
+        "autotune": {"device": info["device"], "only": ["compile_fp32"], "mode": "max-autotune"},
+        "decode": {"device": info["device"], "shape": gen_shape, "tokens": 80 if tiny else 1000,
+                   "ref": str(args.nanogpt) if ref_root else None},
     }
+    if not cuda:
+        del steps["autotune"]  # inductor's max-autotune benchmarks GPU kernels
     if ref_root is None:
         del steps["train_ref"], steps["bench_ref"]
     elif not cuda:
@@ -353,7 +460,7 @@ def notes_for(steps: dict, ref_root: Path | None, info: dict, missing: list[str]
     elif "bench_ref" not in steps:
         notes.append("nanoGPT's bench.py skipped: it needs CUDA (torch.cuda.synchronize, a 124M model)")
     if info["device"] != "cuda":
-        notes.append("host syncs not counted: torch.cuda.set_sync_debug_mode needs CUDA (the steps still ran)")
+        notes.append("host syncs not counted, CUDA graphs and max-autotune not run: they need CUDA (the rest ran)")
     return notes
 
 
@@ -384,12 +491,15 @@ def print_table(r: dict) -> None:
     it = r["iters"]
     rows = [(f"baby GPT ({it} iters): ms/iter (median)", o.get("ms_per_iter"), n.get("ms_per_iter"), "inv", ".2f"),
             ("baby GPT: MFU", o.get("mfu"), n.get("mfu"), "", ".3f"),
+            ("baby GPT: final val loss", o.get("final_val_loss"), n.get("final_val_loss"), None, ".4f"),
             ("baby GPT: best val loss", o.get("best_val_loss"), n.get("best_val_loss"), None, ".4f"),
             ("baby GPT: wall s (incl. compile, eval)", o.get("wall_s"), n.get("wall_s"), "inv", ".1f")]
     for row in s.get("generate", {}).get("rows", []):
-        same = {True: "identical", False: f"DIFFER at {row.get('first_difference')}"}.get(row.get("identical"), "")
-        rows.append((f"generate {row['new_tokens']} new tokens: tok/s {same}", row.get("ours_tok_s"),
-                     row.get("nanoGPT_tok_s"), "", ".1f"))
+        for side, label in (("ours", "default"), ("ours_eager", "eager KV cache")):
+            same = {True: "identical", False: f"DIFFER at {row.get(f'{side}_first_difference')}"}.get(
+                row.get(f"{side}_identical"), "")
+            rows.append((f"generate {row['new_tokens']} tokens, ours {label}: tok/s, {same}", row.get(f"{side}_tok_s"),
+                         row.get("nanoGPT_tok_s"), "", ".1f"))
     bo, bn = s.get("bench_ours", {}), s.get("bench_ref", {})
     rows += [("train step (bench): tokens/s", bo.get("tokens_per_s"), bn.get("tokens_per_s"), "", ".0f"),
              ("train step (bench): MFU", bo.get("mfu"), bn.get("mfu"), "", ".3f")]
@@ -398,8 +508,11 @@ def print_table(r: dict) -> None:
         if ours and ref and kind is not None:
             ratio = ref / ours if kind == "inv" else ours / ref
         print(f"| {label} | {fmt(ours, spec)} | {fmt(ref, spec)} | {fmt(ratio, '.2f')}{'x' if ratio else ''} |")
-    if "syncs" in s:
-        print(f"| host syncs per training step (outside log steps) | {fmt(s['syncs'].get('syncs_per_step'), '.1f')} | - | |")
+    for step in ("probes", "autotune"):
+        for name, probe in s.get(step, {}).items():
+            if isinstance(probe, dict) and name != "error":
+                shown = {k: v for k, v in probe.items() if k != "seconds"}
+                print(f"probe {name}: {'ok' if probe.get('ok') else 'NOT OK'} {json.dumps(shown, default=str)}")
     for name, res in s.items():
         if "error" in res:
             print(f"\n{name}: ERROR {res['error']}")
@@ -412,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nanogpt", type=Path, default=os.environ.get("NANOGPT_REF") or os.environ.get("NANOGPT_REFERENCE"),
                    help="a nanoGPT checkout (default $NANOGPT_REF); without one the nanoGPT side is skipped")
     p.add_argument("--tiny", action="store_true", help="tiny models on the CPU: a smoke test of every step")
-    p.add_argument("--iters", type=int, help="baby GPT training iterations (default 5000; --tiny: 20)")
+    p.add_argument("--iters", type=int, help="baby GPT training iterations (default 2000; --tiny: 20)")
+    p.add_argument("--budget", type=float, default=450,
+                   help="seconds for all steps together (default 450); a step that no longer fits is skipped")
     p.add_argument("--threads", type=int, help="torch/OpenMP threads of every step (default: torch's; --tiny: 1)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (default: on CUDA)")
     p.add_argument("--only", help="comma-separated steps to run (default all): " + ",".join(STEPS))
@@ -439,23 +554,31 @@ def orchestrate(args: argparse.Namespace) -> int:
     threads = args.threads or (1 if args.tiny else None)
     if threads:  # inherited by every step and nanoGPT's scripts; 1 is far faster on a loaded shared CPU
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    t0 = time.perf_counter()
     data, ref_root = prepare_data(args.work)
     if ref is not None:
         link_reference(Path(ref), ref_root)
     steps = plan(args, info, data, ref_root if ref is not None else None, args.work)
     only = set(args.only.split(",")) if args.only else set(steps)
-    t0 = time.perf_counter()
-    results = {name: run_step(name, params, TIMEOUTS[name] * (1 if info["device"] == "cuda" else 2), args.work)
-               for name, params in steps.items() if name in only}
-    add_mfu(results, info, args)
+    scale = 1 if info["device"] == "cuda" else 2
     report = {"torch": torch.__version__, "device": info, "nanogpt": str(ref) if ref else None,
-              "iters": steps["train_ours"]["overrides"]["max_iters"], "steps": results,
-              "notes": notes_for(steps, ref_root if ref else None, info, missing), "wall_s": time.perf_counter() - t0}
+              "iters": steps["train_ours"]["overrides"]["max_iters"], "budget_s": args.budget, "steps": {},
+              "notes": notes_for(steps, ref_root if ref else None, info, missing)}
     out = args.out or args.work / "gpu_check.json"
-    out.write_text(json.dumps(report, indent=2, default=str))
+    for name, params in steps.items():
+        if name not in only:
+            continue
+        left = args.budget - (time.perf_counter() - t0)
+        if left < MIN_STEP_S:
+            report["steps"][name] = {"error": f"skipped: {left:.0f}s of the {args.budget:.0f}s budget left"}
+            continue
+        report["steps"][name] = run_step(name, params, min(TIMEOUTS[name] * scale, left - 20), args.work)
+        add_mfu(report["steps"], info, args)
+        report["wall_s"] = time.perf_counter() - t0
+        out.write_text(json.dumps(report, indent=2, default=str))  # after every step: a cut call keeps the rest
     print_table(report)
     print(f"\nwritten {out} ({report['wall_s']:.0f}s)")
-    return 1 if any("error" in r for r in results.values()) else 0
+    return 1 if any("error" in r for r in report["steps"].values()) else 0
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -21,7 +23,13 @@ from nanogpt.model import GPT, GPTConfig
 
 FORMAT = "nanogpt-workflow/1"
 _CKPT_NAME = re.compile(r"^ckpt_(\d+)\.pt$")
-SET_ASIDE = "set_aside"  # checkpoints/set_aside/: what resume and pruning refused, kept for a human to look at
+# checkpoints/set_aside/<fingerprint>/: checkpoints of other trajectories (other settings, data or initial
+# weights), kept apart and never overwritten by another trajectory's, and resumed again when their settings come
+# back; set_aside/unreadable/: files that do not load. Retention: the SET_ASIDE_TRAJECTORIES folders set aside
+# to most recently, each with its keep_checkpoints newest checkpoints (and its best.pt); older ones are deleted.
+SET_ASIDE = "set_aside"
+UNREADABLE = "unreadable"
+SET_ASIDE_TRAJECTORIES = 4
 
 
 def save(obj: dict, dest: str | os.PathLike) -> None:
@@ -129,36 +137,93 @@ def peek(path: str | os.PathLike) -> dict:
     return {k: v for k, v in ckpt.items() if not isinstance(v, dict | torch.Tensor)}
 
 
-def choose_resume(ckpt_dir: str | os.PathLike, fingerprint: str, max_iters: int
-                  ) -> tuple[Path | None, list[tuple[Path, str]]]:
-    """The newest periodic checkpoint of this exact trajectory within max_iters, and the others to set aside.
+def choose_resume(ckpt_dir: str | os.PathLike, fingerprints: Collection[str], max_iters: int
+                  ) -> tuple[Path | None, list[tuple[Path, str, str | None]]]:
+    """The newest checkpoint of this trajectory within max_iters, and the checkpoints to set aside.
 
-    Newer checkpoints that are unreadable, belong to other settings or data, or lie beyond max_iters are set
-    aside; older ones of other trajectories too (they would otherwise be pruned as if they were ours).
+    `fingerprints`: the ones this run accepts (its own, and the legacy form of it). The candidates are the live
+    checkpoints and those set aside earlier under an accepted fingerprint (the settings came back). Live ones
+    that are unreadable, of another trajectory, or beyond max_iters are returned as (path, reason, fingerprint)
+    to set aside: older ones too, since pruning would otherwise count them as this run's.
     """
+    ckpt_dir = Path(ckpt_dir)
     chosen, refused = None, []
     for _, path in reversed(list_checkpoints(ckpt_dir)):
         try:
             info = peek(path)
-        except CheckpointError:
-            refused.append((path, "unreadable"))
+            fingerprint, iter_num = info.get("fingerprint"), int(info["iter_num"])
+        except (CheckpointError, TypeError, ValueError):
+            refused.append((path, "unreadable", None))
             continue
-        if info.get("fingerprint") != fingerprint:
-            refused.append((path, "made with other settings, data or initial weights"))
-        elif int(info["iter_num"]) > max_iters:
-            refused.append((path, f"beyond max_iters={max_iters}"))
+        if fingerprint not in fingerprints:
+            refused.append((path, "made with other settings, data or initial weights", fingerprint))
+        elif iter_num > max_iters:
+            refused.append((path, f"beyond max_iters={max_iters}", fingerprint))
         elif chosen is None:
-            chosen = path
-    return chosen, refused
+            chosen = (iter_num, path)
+    for fingerprint in fingerprints:
+        for iter_num, path in list_checkpoints(ckpt_dir / SET_ASIDE / fingerprint):
+            if iter_num <= max_iters and (chosen is None or iter_num > chosen[0]) and _loads(path, fingerprint):
+                chosen = (iter_num, path)
+    return (chosen[1] if chosen else None), refused
 
 
-def set_aside(path: str | os.PathLike) -> Path:
-    """Move a checkpoint into checkpoints/set_aside/ (replacing one of the same name there)."""
+def newest_with_settings(ckpt_dir: str | os.PathLike, settings_fingerprint: str) -> str | None:
+    """The fingerprint of the newest checkpoint (live or set aside) made with these settings, any initial weights."""
+    ckpt_dir = Path(ckpt_dir)
+    folders = [ckpt_dir] + sorted(p for p in (ckpt_dir / SET_ASIDE).glob("*") if p.is_dir())
+    found = []
+    for folder in folders:
+        for iter_num, path in list_checkpoints(folder):
+            try:
+                info = peek(path)
+            except CheckpointError:
+                continue
+            if info.get("settings_fingerprint") == settings_fingerprint and info.get("fingerprint"):
+                found.append((iter_num, folder == ckpt_dir, info["fingerprint"]))
+    return max(found)[2] if found else None
+
+
+def _loads(path: Path, fingerprint: str) -> bool:
+    try:
+        return peek(path).get("fingerprint") == fingerprint
+    except CheckpointError:
+        return False
+
+
+def set_aside(path: str | os.PathLike, ckpt_dir: str | os.PathLike, fingerprint: str | None, keep: int = 2) -> Path:
+    """Move a checkpoint (or best.pt) into ckpt_dir/set_aside/<fingerprint>/ (unreadable/ when None), then apply
+    the retention rule. A file of the same name there is of the same trajectory and iteration: it is replaced."""
     path = Path(path)
-    dest = path.parent / SET_ASIDE / path.name
-    dest.parent.mkdir(exist_ok=True)
+    dest = Path(ckpt_dir) / SET_ASIDE / (fingerprint or UNREADABLE) / path.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(path, dest)
+    os.utime(dest.parent)  # "set aside to most recently", for the retention rule
+    _retain_set_aside(Path(ckpt_dir) / SET_ASIDE, keep)
     return dest
+
+
+def restore(folder: Path, ckpt_dir: Path, out_dir: Path, max_iters: int) -> None:
+    """Bring a set-aside trajectory back (its settings came back): its checkpoints within max_iters rejoin the
+    live ones, its best.pt returns unless the run folder has one; the folder goes when nothing is left in it."""
+    for iter_num, path in list_checkpoints(folder):
+        if iter_num <= max_iters:
+            os.replace(path, ckpt_dir / path.name)
+    if (folder / "best.pt").is_file() and not (out_dir / "best.pt").exists():
+        os.replace(folder / "best.pt", out_dir / "best.pt")
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def _retain_set_aside(root: Path, keep: int) -> None:
+    folders = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
+    for stale in folders[SET_ASIDE_TRAJECTORIES:]:
+        shutil.rmtree(stale, ignore_errors=True)
+    for folder in folders[:SET_ASIDE_TRAJECTORIES]:
+        files = (sorted(folder.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.name == UNREADABLE
+                 else [p for _, p in reversed(list_checkpoints(folder))])
+        for old in files[keep if folder.name != UNREADABLE else SET_ASIDE_TRAJECTORIES:]:
+            old.unlink(missing_ok=True)
 
 
 def prune(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:
@@ -168,10 +233,32 @@ def prune(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:
         try:
             peek(path)
         except CheckpointError:
-            moved.append(set_aside(path))
+            moved.append(set_aside(path, ckpt_dir, None, keep))
             continue
         if kept < keep:
             kept += 1
         else:
             path.unlink(missing_ok=True)
     return moved
+
+
+RESTARTED = "restarted"  # checkpoints/restarted/: what `nanogpt restart` moved aside; replaced by the next restart
+
+
+def archive_for_restart(run_dir: str | os.PathLike) -> list[Path]:
+    """Move a run's whole state (checkpoints, set-aside ones, best.pt, model.pt, metrics.json) into
+    checkpoints/restarted/, where resume never looks: the next training of this run starts from iteration 0.
+    Nothing is deleted but the previous restart's archive."""
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    moving = [p for _, p in list_checkpoints(ckpt_dir)] + [p for p in (ckpt_dir / SET_ASIDE,) if p.exists()]
+    moving += [run_dir / name for name in ("best.pt", "model.pt", "metrics.json") if (run_dir / name).exists()]
+    if not moving:
+        raise CheckpointError(f"{str(run_dir)!r} holds no checkpoint, model.pt or metrics.json: expected a run "
+                              "folder that has trained")
+    archive = ckpt_dir / RESTARTED
+    shutil.rmtree(archive, ignore_errors=True)
+    archive.mkdir(parents=True)
+    for path in moving:
+        os.replace(path, archive / path.name)
+    return [archive / p.name for p in moving]

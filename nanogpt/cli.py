@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import logging
 import os
@@ -48,6 +49,10 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
 
     cfg = load_yaml(args.config)
     entries = cfg.get(section) or {}
+    if section == "runs" and isinstance(entries, dict):
+        from nanogpt.config import inherit_runs
+
+        entries = inherit_runs(entries)
     if args.name not in entries:
         import difflib
 
@@ -73,6 +78,14 @@ def _no_empty_dir(path: Path) -> Iterator[None]:
         raise
 
 
+def _bool_or_auto(text: str) -> bool | str:
+    """true/false/auto for --compile."""
+    value = {"true": True, "false": False, "auto": "auto"}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected true, false or auto")
+    return value
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     from nanogpt.data import download
 
@@ -87,19 +100,31 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     os.environ.setdefault("USE_TORCH", "0")
     from nanogpt.data import prepare
 
-    name, spec = _entry(args, "datasets")
+    if args.text:  # no config: the file itself, as a `path:` dataset named after its folder
+        name, spec = Path(args.out_dir).name, {"path": args.text, "tokenizer": args.tokenizer,
+                                               "val_fraction": args.val_fraction}
+        args.source = args.text
+    else:
+        name, spec = _entry(args, "datasets")
+    if not args.source:
+        raise ConfigError("give --source (the downloaded source of a config entry) or --text FILE")
     meta = prepare(spec, args.source, args.out_dir, num_proc=args.num_proc, mirror=args.mirror, name=name)
     print(f"{name}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, vocab {meta['vocab_size']}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from nanogpt.config import parse_overrides, resolve_run
+    from nanogpt.config import parse_overrides, resolve_run, settings_warnings
     from nanogpt.train import train
 
     name, spec = _entry(args, "runs")
     run = resolve_run(spec, name, parse_overrides(args.overrides))
+    if not args.pipeline:  # the pipeline said so before any job
+        for warning in settings_warnings(run, name):
+            print(f"nanogpt train: warning: {warning}", file=sys.stderr)
     data_dir = Path(args.data_dir or paths.DATA_DIR.format(dataset=run.dataset))
-    out_dir = Path(args.out_dir or paths.RUN_DIR.format(run=name))
+    out_dir = Path(args.out_dir or paths.CLI_RUN_DIR.format(run=name))
+    if not args.pipeline:
+        _refuse_pipeline_folder(out_dir)
     world = run.launch.nproc_per_node * run.launch.nnodes
     if world > 1 and "WORLD_SIZE" not in os.environ:
         if run.launch.nnodes > 1:
@@ -112,18 +137,44 @@ def cmd_train(args: argparse.Namespace) -> None:
         os.execv(sys.executable, cmd)
     with _no_empty_dir(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-        train(run, data_dir, out_dir)
+        if args.pipeline and int(os.environ.get("RANK", "0")) == 0:
+            (out_dir / paths.PIPELINE_MARKER).touch()
+        train(run, data_dir, out_dir, needs_gpu=args.gpus > 0)
+
+
+def _refuse_pipeline_folder(out_dir: Path) -> None:
+    """The train rule's run folders are the pipeline's: a model trained there by hand would feed its samples,
+    evals and summary as if Snakemake had made it."""
+    pipeline_dir = Path(paths.RUNS).resolve() in out_dir.resolve().parents and Path(".snakemake").is_dir()
+    if (out_dir / paths.PIPELINE_MARKER).exists() or pipeline_dir:
+        raise ConfigError(
+            f"--out-dir {str(out_dir)!r} is a run folder of the pipeline: expected another folder (the default is "
+            f"{paths.CLI_RUN_DIR.replace('{run}', 'NAME')}), or `snakemake` to train the pipeline's runs"
+        )
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from nanogpt.config import resolve_sample
-    from nanogpt.sample import generate_samples, load_model_and_tokenizer, write_samples
 
     source = args.checkpoint or args.init_from
     if not source:
         raise ConfigError("give --checkpoint PATH (one of our runs or a nanoGPT ckpt.pt) or --init-from gpt2*")
     keys = ("start", "num_samples", "max_new_tokens", "temperature", "top_k", "seed", "device", "dtype")
     settings = resolve_sample({"model": str(source), **{k: getattr(args, k) for k in keys}}, "sample")
+    with _gpu_slot(settings.device):
+        _sample(args, source, settings)
+
+
+def _gpu_slot(device: str) -> contextlib.AbstractContextManager:
+    """One GPU claimed for this process (nanogpt.launch.claimed_gpus): queue behind trainings, not beside them."""
+    from nanogpt.launch import claimed_gpus
+
+    return claimed_gpus(1, device in ("auto", "cuda"), lambda line: print(line, file=sys.stderr))
+
+
+def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> None:
+    from nanogpt.sample import generate_samples, load_model_and_tokenizer, write_samples
+
     model, tok = load_model_and_tokenizer(source, meta_path=args.meta, mirror=args.mirror)
     import torch
 
@@ -150,16 +201,22 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from nanogpt import checkpoint as ckpt_io
-    from nanogpt import fileio
     from nanogpt.config import resolve_eval
-    from nanogpt.evaluate import evaluate
-    from nanogpt.runtime import pick_device, pick_dtype, setup_device
 
     if bool(args.checkpoint) == bool(args.init_from):
         raise ConfigError("give exactly one of --checkpoint PATH or --init-from gpt2*/hub id/local HF directory")
-    keys = ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype", "splits")
+    keys = ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype", "splits", "compile")
     settings = resolve_eval({k: getattr(args, k) for k in keys}, "eval")
+    with _gpu_slot(settings.device):
+        _eval(args, settings)
+
+
+def _eval(args: argparse.Namespace, settings: EvalSettings) -> None:
+    from nanogpt import checkpoint as ckpt_io
+    from nanogpt import fileio
+    from nanogpt.evaluate import evaluate
+    from nanogpt.runtime import pick_device, pick_dtype, resolve_compile, setup_device
+
     if args.init_from:
         from nanogpt.pretrained import load_pretrained
 
@@ -173,7 +230,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result = {"model": args.model_name or source, "dataset": args.dataset_name or Path(args.data_dir).name,
               "source": str(source), "params": model.get_num_params()}
     result.update(evaluate(model, args.data_dir, settings.split_names, settings.batch_size, settings.block_size,
-                           settings.eval_iters, settings.seed, str(device), dtype))
+                           settings.eval_iters, settings.seed, str(device), dtype,
+                           compile=resolve_compile(settings.compile, device)))
     result.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
     if args.out:
         fileio.write_json(args.out, result)
@@ -190,13 +248,15 @@ def cmd_export(args: argparse.Namespace) -> None:
     if args.format == "nanogpt":
         from nanogpt.interop import export_nanogpt
 
-        out = export_nanogpt(args.checkpoint, args.out, meta=meta)
+        out = export_nanogpt(args.checkpoint, args.out, meta=meta, force=args.force)
         extra = " and meta.pkl" if (out / "meta.pkl").is_file() else ""
         print(f"wrote {out / 'ckpt.pt'}{extra} (nanoGPT: python sample.py --out_dir={out})")
         return
+    from nanogpt.interop import forcing
     from nanogpt.pretrained import export_hf
 
-    out = export_hf(args.checkpoint, args.out, meta=meta, mirror=args.mirror)
+    with forcing(args.force):
+        out = export_hf(args.checkpoint, args.out, meta=meta, mirror=args.mirror)
     tok = "+ tokenizer: AutoTokenizer" if (out / "tokenizer.json").is_file() else "no tokenizer: pass --meta"
     print(f"wrote {out} (Hugging Face GPT-2: AutoModelForCausalLM.from_pretrained; {tok})")
 
@@ -227,11 +287,28 @@ def cmd_summary_baselines(args: argparse.Namespace) -> None:
     baselines(args.files, args.out)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """`--help` shows each flag's default (argparse's own formatter), except for flags that have none."""
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """`--help` shows each flag's default (argparse's own formatter), except for flags that have none; the
+    epilog (the settings list) as written; and each flag once, without its underscore spelling."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         return action.help if action.default is None else super()._get_help_string(action)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = [o for o in action.option_strings if "_" not in o] or action.option_strings
+        saved, action.option_strings = action.option_strings, shown
+        try:
+            return super()._format_action_invocation(action)
+        finally:
+            action.option_strings = saved
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every --dashed-flag also answers to --dashed_flag, the spelling of nanoGPT's --key=value overrides."""
+
+    def add_argument(self, *names: str, **kwargs):
+        aliases = ["--" + n[2:].replace("-", "_") for n in names if n.startswith("--") and "-" in n[2:]]
+        return super().add_argument(*names, *aliases, **kwargs)
 
 
 def _optional_int(text: str) -> int | None:
@@ -278,18 +355,30 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("prepare", help="tokenize a source into train.bin/val.bin/meta.json",
                         formatter_class=_HelpFormatter)
     _entry_args(sp)
-    sp.add_argument("--source", required=True, help="the downloaded source (file or folder)")
+    sp.add_argument("--source", help="the downloaded source (file or folder)")
+    sp.add_argument("--text", help="your own text file instead of a config entry (split by --val-fraction)")
+    sp.add_argument("--tokenizer", default="char", choices=("char", "gpt2"), help="with --text: the tokenizer")
+    sp.add_argument("--val-fraction", type=float, default=0.1, help="with --text: the share kept for validation")
     sp.add_argument("--out-dir", required=True, help="folder for train.bin, val.bin and meta.json")
     sp.add_argument("--num-proc", type=int, default=1, help="tokenizer worker processes")
     sp.set_defaults(func=cmd_prepare)
 
 
 def add_train_command(sub: argparse._SubParsersAction) -> None:
+    from nanogpt.config import settings_help
+
     sp = sub.add_parser("train", help="train a run (torchrun for several processes); extra --key=value override",
-                        formatter_class=_HelpFormatter)
+                        formatter_class=_HelpFormatter, epilog=settings_help())
     _entry_args(sp)
     sp.add_argument("--data-dir", help=f"prepared dataset folder (default: {paths.DATA_DIR} of the run's dataset)")
-    sp.add_argument("--out-dir", help=f"run folder (default: {paths.RUN_DIR.replace('{run}', '{name}')})")
+    sp.add_argument("--out-dir", help=f"run folder (default: {paths.CLI_RUN_DIR.replace('{run}', '{name}')}; "
+                                      "never a folder of the pipeline's)")
+    sp.add_argument("--gpus", type=int, default=0,
+                    help="GPUs per node the job was given (the pipeline passes resources.gpus): with device auto, "
+                         "finding no GPU is then an error instead of a silent CPU run")
+    sp.add_argument("--pipeline", action="store_true",
+                    help="set by the train rule: the run folder is the pipeline's (marked, and refused to plain "
+                         "`nanogpt train`)")
     sp.set_defaults(func=cmd_train, overrides_allowed=True)
 
 
@@ -325,6 +414,28 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--seed", type=int, default=EVAL.seed, help="random seed of the batch positions")
     sp.add_argument("--device", default=EVAL.device, help="cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
     sp.add_argument("--dtype", default=EVAL.dtype, help="float32, bfloat16, float16, or auto")
+    sp.add_argument("--compile", type=_bool_or_auto, default=EVAL.compile,
+                    help="torch.compile the model: true, false, or auto (on for CUDA)")
+
+
+def cmd_restart(args: argparse.Namespace) -> None:
+    from nanogpt import checkpoint as ckpt_io
+    from nanogpt.runlock import run_folder_lock
+
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {str(run_dir)!r} is not a folder: expected a run folder (results/runs/NAME)")
+    with run_folder_lock(run_dir, wait_s=0):  # never under a running trainer
+        moved = ckpt_io.archive_for_restart(run_dir)
+    print(f"moved {len(moved)} file(s) to {run_dir / 'checkpoints' / ckpt_io.RESTARTED}/: the next training of "
+          "this run starts from iteration 0 (snakemake --cores all, or nanogpt train)")
+
+
+def add_restart_command(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("restart", help="start a run over on purpose: its checkpoints and model are set aside",
+                        formatter_class=_HelpFormatter)
+    sp.add_argument("--run-dir", required=True, help="the run folder, e.g. results/runs/NAME")
+    sp.set_defaults(func=cmd_restart)
 
 
 def add_export_command(sub: argparse._SubParsersAction) -> None:
@@ -332,6 +443,9 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
                         formatter_class=_HelpFormatter)
     sp.add_argument("--checkpoint", required=True, help="model.pt of a run, or a nanoGPT ckpt.pt")
     sp.add_argument("--out", required=True, help="the folder to write (replaced if it holds an earlier export)")
+    sp.add_argument("--force", action="store_true",
+                    help="write into a non-empty folder that is not an earlier export: files named like the "
+                         "export's are replaced, nothing else in it is deleted")
     sp.add_argument("--format", choices=("hf", "nanogpt"), default="hf",
                     help="hf: config.json, model.safetensors, tokenizer.json; "
                          "nanogpt: ckpt.pt, and meta.pkl for char models")
@@ -373,7 +487,7 @@ def add_summary_command(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """`nanogpt` and its subcommands; each subcommand's `func` runs it."""
-    p = argparse.ArgumentParser(prog="nanogpt", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter)
+    p = _Parser(prog="nanogpt", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
     add_data_commands(sub)
@@ -384,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_arguments(sp)
     sp.set_defaults(func=cmd_eval)
     add_export_command(sub)
+    add_restart_command(sub)
     sp = sub.add_parser("bench", help="time training iterations of a model shape (nanoGPT's bench.py); extra "
                                       "--key=value set the model", formatter_class=_HelpFormatter)
     add_bench_arguments(sp)
@@ -392,13 +507,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand: its errors print its own usage, not the top-level one."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[command]
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "overrides_allowed", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = _subparser(parser, args.command)
+        known = [o for a in command._actions for o in a.option_strings]
+        hint = difflib.get_close_matches(extra[0].split("=")[0], known, n=1)
+        command.error(f"unrecognized arguments: {' '.join(extra)}" + (f" (did you mean {hint[0]}?)" if hint else ""))
     args.overrides = extra
     try:
         args.func(args)

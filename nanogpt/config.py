@@ -14,6 +14,7 @@ A run entry in config.yaml looks like::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -123,7 +124,7 @@ class TrainSettings:
     keep_checkpoints: int = 2
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool = False
+    compile: bool | str = "auto"  # auto: on for CUDA (nanoGPT's default there), off on CPU/MPS; or true/false
     seed: int = 1337
     peak_flops: float | None = None  # device peak FLOP/s for MFU; None = a table (GPU) or a measurement (CPU)
     wandb_log: bool = False  # also log to Weights & Biases (pip install wandb; WANDB_MODE=offline works too)
@@ -158,24 +159,153 @@ class RunConfig:
                               f"{vocab_size} tokens: expected >= {vocab_size} (or leave it unset)")
         return GPTConfig(**{**asdict(m), "vocab_size": m.vocab_size or vocab_size})
 
+    def non_defaults(self) -> dict:
+        """Every setting that differs from its default, by section: resolve_run of it gives this RunConfig."""
+        d = self.to_dict()
+        out: dict = {"dataset": d["dataset"]}
+        if d["init_from"] != "scratch":
+            out["init_from"] = d["init_from"]
+        for section in ("model", "train", "launch"):
+            defaults = asdict(type(getattr(self, section))())
+            changed = {k: v for k, v in d[section].items() if not _same_value(v, defaults[k])}
+            if changed:
+                out[section] = changed
+        return out
+
+    def trajectory(self) -> dict:
+        """The settings that decide the weights a run ends with, canonically: each one only where it differs
+        from its default, so that a setting added later with a neutral default changes nothing.
+
+        Left out: logging, eval and checkpoint cadence, tracking, compilation and the launch (NOT_TRAJECTORY).
+        max_iters is in (a longer run ends elsewhere), although lengthening a run keeps its checkpoints.
+        """
+        out = self.non_defaults()
+        out.pop("launch", None)
+        train = {k: v for k, v in out.pop("train", {}).items() if k not in NOT_TRAJECTORY}
+        if train:
+            out["train"] = train
+        return out
+
     def fingerprint(self, dataset_meta: dict | None = None, init_identity: str = "") -> str:
         """Hash of what shapes the training trajectory: a checkpoint is resumed only if its hash is the same.
 
-        The trajectory is the settings (less max_iters, logging, eval and checkpoint cadence, compile, launch:
-        lengthening a run keeps its checkpoints), the prepared data as meta.json describes it (source sha256,
-        tokenizer, split, counts) and the identity of the initial weights.
+        The trajectory is the settings (`trajectory()`, less max_iters: lengthening a run keeps its
+        checkpoints), the prepared data as meta.json describes it (source sha256, tokenizer, split, counts) and
+        the identity of the initial weights. The code version is not in it: it is recorded in provenance.
         """
+        return _hash({"settings": self._hashed_settings(), "data": dataset_meta or {}, "init": init_identity})
+
+    def settings_fingerprint(self, dataset_meta: dict | None = None) -> str:
+        """The fingerprint less the initial weights: what `init_from: resume` matches a checkpoint by."""
+        return _hash({"settings": self._hashed_settings(), "data": dataset_meta or {}})
+
+    def _hashed_settings(self) -> dict:
+        settings = self.trajectory()
+        train = settings.pop("train", {})
+        for key in ("max_iters", "eval_only"):  # a longer run, or an evaluation of it, is the same trajectory
+            train.pop(key, None)
+        if train:
+            settings["train"] = train
+        settings.pop("init_from", None)  # the init identity stands for it
+        return settings
+
+    def legacy_fingerprint(self, dataset_meta: dict | None = None, init_identity: str = "") -> str | None:
+        """The fingerprint checkpoints written before the canonical form carry (every setting of that version,
+        defaults included), so that an upgrade resumes them; None where a newer setting is not at its default."""
         d = self.to_dict()
-        for key in ("max_iters", "log_interval", "eval_interval", "eval_iters", "eval_only",
-                    "always_save_checkpoint", "checkpoint_interval", "keep_checkpoints", "compile", "peak_flops",
-                    "wandb_log", "wandb_project", "wandb_run_name"):
-            d["train"].pop(key)
+        train = d["train"]
+        if any(not _same_value(train[k], v) for k, v in asdict(TrainSettings()).items() if k not in LEGACY_TRAIN):
+            return None
+        d["train"] = {k: train[k] for k in LEGACY_TRAIN if k not in LEGACY_EXCLUDED}
         d.pop("launch")
-        identity = {"settings": d, "data": dataset_meta or {}, "init": init_identity}
-        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        return _hash({"settings": d, "data": dataset_meta or {}, "init": init_identity})
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as settings: 1 and 1.0 are the same learning rate, True and 1 are not the same flag."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return a == b
+
+
+def _hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Train settings that cannot change the weights a run ends with: outside the fingerprint, and passed to the
+# train rule without making Snakemake rerun a finished run (nanogpt.pipeline). max_iters is handled apart.
+NOT_TRAJECTORY = ("log_interval", "eval_interval", "eval_iters", "always_save_checkpoint", "checkpoint_interval",
+                  "keep_checkpoints", "compile", "peak_flops", "wandb_log", "wandb_project", "wandb_run_name")
+# The train settings of the version before the canonical fingerprint (frozen: do not add to them), and the
+# ones that version left out of its hash.
+LEGACY_TRAIN = ("batch_size", "gradient_accumulation_steps", "max_iters", "learning_rate", "weight_decay", "beta1",
+                "beta2", "grad_clip", "decay_lr", "warmup_iters", "lr_decay_iters", "min_lr", "eval_interval",
+                "eval_iters", "log_interval", "eval_only", "always_save_checkpoint", "checkpoint_interval",
+                "keep_checkpoints", "device", "dtype", "compile", "seed", "peak_flops", "wandb_log",
+                "wandb_project", "wandb_run_name")
+LEGACY_EXCLUDED = ("max_iters", "log_interval", "eval_interval", "eval_iters", "eval_only", "always_save_checkpoint",
+                   "checkpoint_interval", "keep_checkpoints", "compile", "peak_flops", "wandb_log", "wandb_project",
+                   "wandb_run_name")
 
 
 _SECTIONS = {"model": ModelSettings, "train": TrainSettings, "launch": LaunchSettings}
+
+# One line per run setting, for `nanogpt train --help` (tests/test_cli_help.py checks that every field has one).
+SETTING_HELP = {
+    "dataset": "the prepared dataset (a `datasets:` name)",
+    "init_from": "scratch, resume, gpt2*, a run's name, a local HF folder or a .pt file",
+    "block_size": "context length in tokens",
+    "vocab_size": "token ids the model has (default: the dataset's vocabulary)",
+    "n_layer": "transformer blocks",
+    "n_head": "attention heads per block",
+    "n_embd": "width of the residual stream",
+    "dropout": "dropout probability (0 for pretraining, nanoGPT)",
+    "bias": "biases in Linear and LayerNorm layers, as GPT-2",
+    "batch_size": "sequences per micro-batch",
+    "gradient_accumulation_steps": "micro-batches per optimizer step, in all (split across ranks)",
+    "max_iters": "optimizer steps of the whole run",
+    "learning_rate": "peak learning rate",
+    "weight_decay": "AdamW weight decay of the matrices",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "decay_lr": "linear warmup then cosine decay (false: constant learning_rate)",
+    "warmup_iters": "warmup steps",
+    "lr_decay_iters": "step where the cosine decay reaches min_lr (nanoGPT: = max_iters)",
+    "min_lr": "learning rate at the end of the decay",
+    "eval_interval": "evaluate every this many steps",
+    "eval_iters": "batches per split in each evaluation",
+    "log_interval": "log the loss every this many steps",
+    "eval_only": "evaluate once and stop",
+    "always_save_checkpoint": "false: also keep the best-val model as best.pt",
+    "checkpoint_interval": "resume checkpoint every N steps (default: every eval, at most 5% of the time)",
+    "keep_checkpoints": "resume checkpoints kept",
+    "device": "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps",
+    "dtype": "auto, float32, bfloat16, float16",
+    "compile": "torch.compile: auto (on for CUDA), true, false",
+    "seed": "seed of the batches, dropout and initial weights",
+    "peak_flops": "the device's peak FLOP/s for MFU (default: a GPU table or a CPU measurement)",
+    "wandb_log": "also log to Weights & Biases",
+    "wandb_project": "W&B project",
+    "wandb_run_name": "W&B run name (default: the run's name)",
+    "nproc_per_node": "processes per node (torchrun): one per GPU",
+    "nnodes": "nodes (SLURM: one task per node)",
+    "backend": "auto (nccl on CUDA, gloo otherwise), nccl, gloo",
+}
+
+
+def settings_help() -> str:
+    """Every run setting as `--name=default  meaning`, by section: the epilog of `nanogpt train --help`."""
+    lines = ["settings (nanoGPT style --key=value; --key-name=value works too):",
+             f"  {'--dataset=NAME':34} {SETTING_HELP['dataset']}",
+             f"  {'--init_from=scratch':34} {SETTING_HELP['init_from']}"]
+    for section, cls in _SECTIONS.items():
+        lines.append(f" {section}:")
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else None
+            shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+            lines.append(f"  {f'--{f.name}={shown}':34} {SETTING_HELP[f.name]}")
+    return "\n".join(lines)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -240,6 +370,7 @@ class EvalSettings:
     device: str = "auto"
     dtype: str = "auto"
     splits: str = "train,val"
+    compile: bool | str = "auto"  # auto: on for CUDA
 
     def validate(self, where: str) -> EvalSettings:
         for key in ("batch_size", "eval_iters"):
@@ -252,6 +383,8 @@ class EvalSettings:
         parts = self.splits.split(",")
         if not parts or any(p not in ("train", "val") for p in parts) or len(set(parts)) != len(parts):
             raise ConfigError(f"{where}.splits={self.splits!r}: expected a comma-separated subset of train,val")
+        if self.compile not in (True, False, "auto"):
+            raise ConfigError(f"{where}.compile={self.compile!r}: expected true, false or auto")
         check_device(self.device, f"{where}.device")
         check_dtype(self.dtype, f"{where}.dtype")
         return self
@@ -261,7 +394,28 @@ class EvalSettings:
         return tuple(self.splits.split(","))
 
 
-DATASET_KEYS = ("source", "hf", "files", "tokenizer", "val_fraction", "seed", "dtype", "text_column")
+DATASET_KEYS = ("source", "hf", "files", "path", "tokenizer", "val_fraction", "seed", "dtype", "text_column")
+# A `path:` file with one of these endings is a corpus of documents (read like `files:`); any other file is one
+# text, split by characters like a `source:` text.
+CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
+
+
+def dataset_kind(spec: dict) -> str:
+    """source | hf | files (as written), or for `path:` entries: text (one text file) | corpus (documents)."""
+    if "path" not in spec:
+        return next(k for k in ("source", "hf", "files") if k in spec)
+    path = Path(str(spec["path"])).expanduser()
+    return "text" if path.is_file() and path.suffix.lower() not in CORPUS_SUFFIXES else "corpus"
+
+
+def as_files_spec(spec: dict) -> dict:
+    """A corpus `path:` entry as the `files:` entry it stands for: the file, the glob, or a folder's data files."""
+    path = Path(str(spec["path"])).expanduser()
+    if path.is_dir():
+        found = sorted(str(p) for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        found = [str(spec["path"])]
+    return {**{k: v for k, v in spec.items() if k != "path"}, "files": {"paths": found}}
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -273,18 +427,21 @@ def check_dataset(spec: dict, name: str) -> dict:
     for key in spec:
         if key not in DATASET_KEYS:
             raise ConfigError(f"unknown key {where}.{key}{_suggest(key, list(DATASET_KEYS))}")
-    kinds = [k for k in ("source", "hf", "files") if k in spec]
+    kinds = [k for k in ("source", "hf", "files", "path") if k in spec]
     if len(kinds) != 1:
-        raise ConfigError(f"{where}: has {kinds or 'none'} of source / hf / files: expected exactly one")
+        raise ConfigError(f"{where}: has {kinds or 'none'} of source / hf / files / path: expected exactly one")
     if "source" in spec:
         src = spec["source"]
         if not isinstance(src, dict) or not isinstance(src.get("url"), str) or "sha256" not in src:
             raise ConfigError(f"{where}.source={src!r}: expected a mapping with url and sha256")
         if not isinstance(src["sha256"], str) or not _SHA256_RE.fullmatch(src["sha256"]):
             raise ConfigError(f"{where}.source.sha256={src['sha256']!r}: expected 64 lowercase hex digits")
+    elif "path" in spec:
+        if not isinstance(spec["path"], str) or not spec["path"].strip():
+            raise ConfigError(f"{where}.path={spec['path']!r}: expected a text file, a folder or a glob of data files")
     elif not isinstance(spec[kinds[0]], dict):
         raise ConfigError(f"{where}.{kinds[0]}={spec[kinds[0]]!r}: expected a mapping")
-    tokenizers = ("char", "gpt2") if "source" in spec else ("gpt2",)
+    tokenizers = ("char", "gpt2") if dataset_kind(spec) in ("source", "text") else ("gpt2",)
     if spec.get("tokenizer", tokenizers[0]) not in tokenizers:
         raise ConfigError(f"{where}.tokenizer={spec['tokenizer']!r}: expected one of {', '.join(tokenizers)}")
     fraction = spec.get("val_fraction", 0.1)
@@ -389,6 +546,8 @@ def _validate(run: RunConfig, name: str) -> None:
         raise ConfigError(f"runs.{name}.train.warmup_iters={t.warmup_iters}: expected >= 0")
     if t.checkpoint_interval is not None and t.checkpoint_interval <= 0:
         raise ConfigError(f"runs.{name}.train.checkpoint_interval={t.checkpoint_interval}: expected a positive integer")
+    if t.compile not in (True, False, "auto"):
+        raise ConfigError(f"runs.{name}.train.compile={t.compile!r}: expected true, false or auto")
     check_dtype(t.dtype, f"runs.{name}.train.dtype")
     check_device(t.device, f"runs.{name}.train.device")
     if launch.nproc_per_node <= 0 or launch.nnodes <= 0:
@@ -432,6 +591,56 @@ def resolve_run(entry: dict, name: str = "run", overrides: dict | None = None) -
     return run
 
 
+def inherit_runs(entries: dict) -> dict:
+    """Every `runs:` entry with its `base:` applied: the base run's entry (itself inherited), deep-merged with the
+    entry's own keys, which win. A missing base or a cycle is a one-line error."""
+    done: dict[str, dict] = {}
+
+    def resolve(name: str, chain: tuple[str, ...]) -> dict:
+        if name in done:
+            return done[name]
+        entry = entries[name]
+        if not isinstance(entry, dict) or "base" not in entry:
+            done[name] = entry
+            return entry
+        base = entry["base"]
+        if not isinstance(base, str) or base not in entries:
+            raise ConfigError(f"runs.{name}.base={base!r}: not a run, expected one of {sorted(entries)}")
+        if base in chain:
+            raise ConfigError(f"runs.{name}.base={base!r}: a cycle ({' -> '.join((*chain, name, base))}): "
+                              "expected bases that end in a run without base")
+        merged = _deep_merge(resolve(base, (*chain, name)), {k: v for k, v in entry.items() if k != "base"})
+        done[name] = merged
+        return merged
+
+    return {name: resolve(name, ()) for name in entries}
+
+
+def _deep_merge(base: dict, own: dict) -> dict:
+    out = json.loads(json.dumps(base))  # a copy: the base entry stays as it is
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def settings_warnings(run: RunConfig, name: str) -> list[str]:
+    """Settings that are valid but disagree with each other, usually a short run that kept a long run's defaults."""
+    t, out = run.train, []
+    if t.decay_lr and t.warmup_iters >= t.max_iters:
+        out.append(f"runs.{name}.train.warmup_iters={t.warmup_iters} >= max_iters={t.max_iters}: the learning rate "
+                   "never reaches learning_rate (set warmup_iters below max_iters)")
+    if t.decay_lr and t.lr_decay_iters > t.max_iters * 2:
+        out.append(f"runs.{name}.train.lr_decay_iters={t.lr_decay_iters} is far beyond max_iters={t.max_iters}: the "
+                   "cosine decay barely starts (nanoGPT sets lr_decay_iters = max_iters)")
+    if t.eval_interval > t.max_iters:
+        out.append(f"runs.{name}.train.eval_interval={t.eval_interval} > max_iters={t.max_iters}: only the first and "
+                   "the last iteration are evaluated")
+    return out
+
+
 def apply_override(entry: dict, key: str, value: Any, name: str = "run") -> None:
     """Set a flat nanoGPT-style key (`learning_rate`, `n_layer`) or a dotted one (`train.learning_rate`)."""
     if "." in key:
@@ -470,9 +679,12 @@ def load_yaml(path: str | Path) -> dict:
     """Read a YAML file with a one-line error for a missing or malformed file."""
     import yaml
 
+    from nanogpt.fileio import check_config_files
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist: expected a YAML file")
+    check_config_files([path])  # size, nesting, alias bombs, YTE: refused before PyYAML builds anything
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

@@ -13,7 +13,6 @@ meta.json) that training reads through memmaps.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import urllib.error
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nanogpt import fileio
-from nanogpt.config import ConfigError, check_dataset
+from nanogpt.config import ConfigError, check_dataset, dataset_kind
 from nanogpt.errors import ChecksumError, DataError
 from nanogpt.hf_corpus import download_hf, prepare_hf
 from nanogpt.tokenizer import CharTokenizer, find_local, gpt2_tokenizer, token_dtype
@@ -35,6 +34,9 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val")
 _SPLIT_ID = {"train": 0, "val": 1}
 DOWNLOAD_TIMEOUT_S = 60
+# A `source:` text is read and tokenized in memory (nanoGPT's char datasets are ~1 MB); bigger corpora stream
+# through a `files:` entry instead (nanogpt.hf_corpus).
+SOURCE_TEXT_MAX_BYTES = 2**30
 
 
 def fetch(url: str, sha256: str, dest: str | os.PathLike, mirror: str | os.PathLike | None = None) -> Path:
@@ -93,7 +95,7 @@ def prepare_text(
     source, out_dir = Path(source), Path(out_dir)
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction={val_fraction}: expected a number between 0 and 1")
-    text = source.read_text(encoding="utf-8")
+    text = _read_source_text(source)
     if not text:
         raise ConfigError(f"source {str(source)!r} is empty: expected a non-empty text corpus")
     n = len(text)
@@ -106,12 +108,12 @@ def prepare_text(
     else:
         raise ConfigError(f"tokenizer={tokenizer!r}: expected 'char' or 'gpt2'")
     np_dtype = token_dtype(tok.vocab_size, dtype)
-    counts = {}
+    ids = {split: tok.encode(parts[split]) for split in SPLITS}
     for split in SPLITS:
-        ids = tok.encode(parts[split])
-        if not ids:
+        if not ids[split]:
             raise ConfigError(f"the {split} split of {str(source)!r} is empty: expected a larger corpus or val_fraction")
-        counts[split] = write_bin(out_dir / f"{split}.bin", ids, np_dtype)
+    (out_dir / "meta.json").unlink(missing_ok=True)  # an earlier meta.json must not vouch for the bins in between
+    counts = {split: write_bin(out_dir / f"{split}.bin", ids[split], np_dtype) for split in SPLITS}
     meta = {
         "dataset": name or out_dir.name,
         "tokenizer": tok.to_meta(),
@@ -126,6 +128,11 @@ def prepare_text(
     return meta
 
 
+def _read_source_text(source: Path) -> str:
+    """A `source:` corpus as text: UTF-8, at most SOURCE_TEXT_MAX_BYTES (it is tokenized in memory)."""
+    return fileio.read_text_capped(source, SOURCE_TEXT_MAX_BYTES, "source", DataError)
+
+
 def download(spec: dict, out: str | os.PathLike, mirror: str | os.PathLike | None = None, name: str = "dataset"
              ) -> Path:
     """The download step of a dataset entry: a checksummed file for `source` entries."""
@@ -133,6 +140,9 @@ def download(spec: dict, out: str | os.PathLike, mirror: str | os.PathLike | Non
     if "source" in spec:
         src = spec["source"]
         return fetch(src["url"], src["sha256"], out, mirror)
+    if dataset_kind(spec) == "text":
+        raise ConfigError(f"datasets.{name}.path={spec['path']!r} is one local text file: nothing to download, "
+                          "expected `nanogpt prepare` on it directly")
     return download_hf(spec, out, mirror=mirror, name=name)
 
 
@@ -142,7 +152,7 @@ def prepare(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike, n
     check_dataset(spec, name)
     if not 1 <= num_proc <= 1024:
         raise ConfigError(f"num_proc={num_proc}: expected a number of worker processes in [1, 1024]")
-    if "source" in spec:
+    if dataset_kind(spec) in ("source", "text"):  # one text: a downloaded one, or the user's own file
         return prepare_text(source, out_dir, tokenizer=spec.get("tokenizer", "char"),
                             val_fraction=spec.get("val_fraction", 0.1), dtype=spec.get("dtype"),
                             mirror=mirror, name=name)
@@ -160,15 +170,20 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise DataError(f"{str(path)!r} does not exist: expected a prepared dataset; {rerun}")
     try:
-        meta = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{str(path)!r} is not valid JSON ({e}): expected prepare's metadata; {rerun}") from None
+        meta = fileio.load_json_capped(path, fileio.METADATA_MAX_BYTES, "dataset metadata", DataError)
+    except DataError as e:
+        raise DataError(f"{e}; {rerun}") from None
     if not isinstance(meta, dict):
         raise DataError(f"{str(path)!r} holds no JSON object: expected prepare's metadata; {rerun}")
     for key, kind in META_KEYS.items():
         value = meta.get(key)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise DataError(f"{str(path)!r}: {key}={value!r} is missing or not a {kind.__name__}; {rerun}")
+            raise DataError(f"{str(path)!r}: {key}={fileio.short_repr(value)} is missing or not a {kind.__name__}; "
+                            f"{rerun}")
+    if not 0 < meta["vocab_size"] <= 2**32 or min(meta["train_tokens"], meta["val_tokens"]) < 0:
+        raise DataError(f"{str(path)!r}: vocab_size={meta['vocab_size']}, train_tokens={meta['train_tokens']}, "
+                        f"val_tokens={meta['val_tokens']}: expected a positive vocabulary of at most 2**32 and token "
+                        f"counts of at least 0; {rerun}")
     if meta["dtype"] not in ("uint16", "uint32") or meta["vocab_size"] - 1 > np.iinfo(meta["dtype"]).max:
         raise DataError(f"{str(path)!r}: dtype={meta['dtype']!r} cannot hold vocab_size={meta['vocab_size']}: "
                         f"expected uint16 or uint32 wide enough; {rerun}")
@@ -225,10 +240,8 @@ class BatchSampler:
                 f"vocab_size {self.vocab_size}; rerun prepare (snakemake -R prepare, or `nanogpt prepare`)"
             )
         chunk = torch.from_numpy(windows.astype(np.int64))
-        # contiguous copies: pinning a strided view keeps its strides, and the copy to the GPU then goes through a
-        # pageable temporary instead of the pinned buffer
-        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
         if self.device.type == "cuda":
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x.to(self.device), y.to(self.device)
+            # one pinned buffer and one asynchronous copy of the windows; x and y are split on the GPU
+            on_gpu = chunk.pin_memory().to(self.device, non_blocking=True)
+            return on_gpu[:, :-1].contiguous(), on_gpu[:, 1:].contiguous()
+        return chunk[:, :-1].contiguous().to(self.device), chunk[:, 1:].contiguous().to(self.device)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from nanogpt import fileio
-from nanogpt.config import ConfigError
+from nanogpt.config import ConfigError, as_files_spec, dataset_kind
 from nanogpt.errors import ChecksumError
 from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer, mirror_dir, token_dtype
 
@@ -45,8 +45,32 @@ DEFAULT_SEED = 2357
 BATCH_DOCS = 128  # documents per tokenizer task: big enough to amortize IPC, small enough for flat memory
 
 
+MANIFEST_MAX_FILES = 100_000  # data files one source.json may list (openwebtext: 80 parquet files)
+RERUN_DOWNLOAD = "rerun the download step (snakemake -R download_hf, or `nanogpt download`)"
+
+
 class CorpusError(ConfigError):
     """A corpus that cannot be prepared: no documents, an empty split, a missing text column."""
+
+
+class _BadDocument(CorpusError):
+    """Document `index` of the corpus (or of one file) has no string text: null, a number, a list..."""
+
+    def __init__(self, index: int, found: str):
+        self.index, self.found = index, found
+        super().__init__(f"document {index} has {found}: expected a string")
+
+    def __reduce__(self):  # raised in a tokenizer worker process, re-raised in the parent
+        return type(self), (self.index, self.found)
+
+
+def _found(value: object) -> str:
+    """A document's non-string text for a message: no text (null), a list of 3 entries instead of text, ..."""
+    if value is None:
+        return "no text (null)"
+    if isinstance(value, dict | list | tuple):
+        return f"{fileio.short_repr(value)} instead of text"
+    return f"{fileio.short_repr(value, 30)} ({type(value).__name__}) instead of text"
 
 
 # ---- download: entry -> manifest ----------------------------------------------------------------------
@@ -65,7 +89,10 @@ def _format_of(path: str, declared: str | None = None) -> str:
 
 
 def local_inputs(spec: dict) -> list[str]:
-    """The local files a `files:` entry names (Snakemake inputs of the download rule, so edits rerun it)."""
+    """The local files a `files:` (or corpus `path:`) entry names: Snakemake inputs of the download rule, so
+    edits rerun it."""
+    if isinstance(spec, dict) and "path" in spec and dataset_kind(spec) == "corpus":
+        spec = as_files_spec(spec)
     files = spec.get("files") if isinstance(spec, dict) else None
     if not files:
         return []
@@ -99,8 +126,10 @@ def _folder_files(folder: Path, data_files) -> list[Path]:
 
 def download_hf(spec: dict, out: str | os.PathLike, mirror: str | os.PathLike | None = None,
                 name: str = "dataset") -> Path:
-    """Resolve an `hf:` or `files:` entry to its data files and write the manifest `out` (source.json)."""
+    """Resolve an `hf:`, `files:` or corpus `path:` entry to its data files and write the manifest `out`."""
     out = Path(out)
+    if "path" in spec:
+        spec = as_files_spec(spec)
     if "files" in spec:
         files = spec["files"]
         paths = []
@@ -188,18 +217,123 @@ def open_corpus(manifest: dict, text_column: str):
     return ds.select_columns([text_column]) if columns is not None else ds
 
 
-def count_documents(manifest: dict, text_column: str) -> int:
-    """Documents in the corpus: parquet footers when possible, else one reading pass."""
-    if manifest["format"] == "parquet":
-        import fsspec
-        import pyarrow.parquet as pq
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a malformed data file raises through `datasets`: a bad JSON line or CSV row, bytes that are not
+    UTF-8, a value of another type than the rest of its column, a truncated parquet file."""
+    import pyarrow as pa
+    from datasets.exceptions import DatasetGenerationError
 
-        total = 0
-        for f in manifest["files"]:
-            with fsspec.open(f["path"], "rb") as fh:
-                total += pq.ParquetFile(fh).metadata.num_rows
-        return total
-    return sum(len(b[text_column]) for b in open_corpus(manifest, text_column).iter(batch_size=4096))
+    return ValueError, TypeError, KeyError, pa.ArrowException, DatasetGenerationError
+
+
+def _first_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return (text or type(error).__name__)[:160]
+
+
+def _parquet_rows(record: dict, text_column: str) -> int:
+    """Documents in one parquet file, from its footer alone; a footer without a string `text_column` is refused
+    with the file's name."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with fsspec.open(record["path"], "rb") as fh:
+        footer = pq.ParquetFile(fh)
+        schema, rows = footer.schema_arrow, footer.metadata.num_rows
+    if text_column not in schema.names:
+        raise CorpusError(f"data file {record['path']!r}: text_column={text_column!r} is not a column of the corpus: "
+                          f"expected one of {schema.names[:10]}")
+    kind = schema.field(text_column).type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        raise CorpusError(f"data file {record['path']!r}: column {text_column!r} holds {kind} values: expected "
+                          "strings (text_column names the documents' text)")
+    return rows
+
+
+def _scan(manifest: dict, text_column: str) -> int:
+    """Documents in the manifest's files, read once through `datasets`, each checked to be a string."""
+    count = 0
+    for batch in open_corpus(manifest, text_column).iter(batch_size=4096):
+        if text_column not in batch:
+            raise CorpusError(f"text_column={text_column!r} is not a column of the corpus: expected one of "
+                              f"{sorted(batch)[:10]}")
+        texts = batch[text_column]
+        bad = next((i for i, text in enumerate(texts) if not isinstance(text, str)), None)
+        if bad is not None:
+            raise _BadDocument(count + bad, _found(texts[bad]))
+        count += len(texts)
+    return count
+
+
+def _file_rows(manifest: dict, record: dict, text_column: str) -> int:
+    single = {**manifest, "files": [record]}
+    return _parquet_rows(record, text_column) if manifest["format"] == "parquet" else _scan(single, text_column)
+
+
+def _locate(manifest: dict, text_column: str, error: BaseException) -> CorpusError:
+    """The one-line error naming the data file (and document in it) behind `error`, a failed read of the whole
+    corpus: each file is read again on its own, which costs a pass only after a failure."""
+    start = 0
+    for record in manifest["files"]:
+        try:
+            rows = _file_rows(manifest, record, text_column)
+        except _BadDocument as e:
+            return _bad_document(record, e.index, e.found, text_column)
+        except CorpusError as e:
+            return e if record["path"] in str(e) else CorpusError(f"data file {record['path']!r}: {e}")
+        except _read_errors() as e:
+            return CorpusError(f"data file {record['path']!r} cannot be read as {manifest['format']} "
+                               f"({_first_line(e)}): expected well-formed {manifest['format']} documents")
+        if isinstance(error, _BadDocument) and error.index < start + rows:  # a null a parquet footer cannot show
+            return _bad_document(record, error.index - start, error.found, text_column)
+        start += rows
+    return CorpusError(f"the corpus of {len(manifest['files'])} {manifest['format']} files cannot be read "
+                       f"({_first_line(error)}): expected well-formed files with a text column {text_column!r}")
+
+
+def _bad_document(record: dict, index: int, found: str, text_column: str) -> CorpusError:
+    return CorpusError(f"data file {record['path']!r}, document {index} has {found}: expected a string in column "
+                       f"{text_column!r}")
+
+
+def count_documents(manifest: dict, text_column: str) -> int:
+    """Documents in the corpus, every one checked to have string text: parquet footers when possible, else one
+    reading pass. A problem names its data file (and document)."""
+    if manifest["format"] == "parquet":  # its errors name their file already
+        return sum(_parquet_rows(record, text_column) for record in manifest["files"])
+    try:
+        return _scan(manifest, text_column)
+    except (CorpusError, *_read_errors()) as e:
+        raise _locate(manifest, text_column, e) from None
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """source.json as the download step writes it, checked before anything trusts it: at most
+    fileio.METADATA_MAX_BYTES, a known format and a list of file records with a string path."""
+    path = Path(path)
+    label = f"manifest {str(path)!r}"
+    try:
+        manifest = fileio.load_json_capped(path, fileio.METADATA_MAX_BYTES, "manifest", CorpusError)
+    except CorpusError as e:
+        raise CorpusError(f"{e}; {RERUN_DOWNLOAD}") from None
+    formats = sorted(set(BUILDERS.values()))
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    if fmt not in formats:
+        raise CorpusError(f"{label}: format={fileio.short_repr(fmt)}: expected one of {formats}; {RERUN_DOWNLOAD}")
+    files = manifest.get("files")
+    if not isinstance(files, list) or not 0 < len(files) <= MANIFEST_MAX_FILES:
+        raise CorpusError(f"{label}: files={fileio.short_repr(files)}: expected a list of 1 to {MANIFEST_MAX_FILES:,} "
+                          f"file records; {RERUN_DOWNLOAD}")
+    for i, record in enumerate(files):
+        ok = isinstance(record, dict) and isinstance(record.get("path"), str) and all(
+            isinstance(record.get(k, ""), str) for k in ("name", "sha256")) and type(record.get("bytes", 0)) is int
+        if not ok:
+            raise CorpusError(f"{label}: files[{i}] is {fileio.short_repr(record)}: expected a record with a string "
+                              f"'path' and 'name', a string 'sha256' and an integer 'bytes'; {RERUN_DOWNLOAD}")
+    return manifest
 
 
 def val_mask(n_docs: int, val_fraction: float, seed: int, name: str = "dataset") -> np.ndarray:
@@ -239,8 +373,8 @@ def encode_documents(texts: list, start: int, dtype: str, tok=None) -> tuple[np.
     parts = []
     lens = np.empty(len(texts), dtype=np.int64)
     for i, text in enumerate(texts):
-        if text is None:
-            raise CorpusError(f"document {start + i} has no text (null): expected a string")
+        if not isinstance(text, str):
+            raise _BadDocument(start + i, _found(text))
         ids = encoding.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
         parts += (ids, _EOT)
         lens[i] = ids.size + 1
@@ -331,10 +465,11 @@ def _write_splits(ds, text_column: str, dtype: np.dtype, pool, tok, is_val: np.n
 def prepare_hf(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike, num_proc: int = 1,
                mirror: str | os.PathLike | None = None, name: str = "dataset") -> dict:
     """Tokenize the manifest's corpus into out_dir/train.bin, val.bin and meta.json (written last)."""
-    import json
+    import pyarrow as pa
+    from datasets.exceptions import DatasetGenerationError
 
     source, out_dir = Path(source), Path(out_dir)
-    manifest = json.loads(source.read_text())
+    manifest = read_manifest(source)
     if spec.get("tokenizer", "gpt2") != "gpt2":
         raise ConfigError(f"datasets.{name}.tokenizer={spec['tokenizer']!r}: expected 'gpt2' for hf/files corpora")
     if num_proc < 1:
@@ -348,10 +483,14 @@ def prepare_hf(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike
     dtype = token_dtype(tok.vocab_size, spec.get("dtype"))
 
     with _worker_pool(num_proc, mirror_str) as pool:
-        ds = open_corpus(manifest, text_column)
-        n_docs = count_documents(manifest, text_column)
+        n_docs = count_documents(manifest, text_column)  # checks every file first: errors name the file
         is_val = val_mask(n_docs, val_fraction, seed, name)
-        tokens = _write_splits(ds, text_column, dtype, pool, tok, is_val, out_dir, name)
+        (out_dir / "meta.json").unlink(missing_ok=True)  # an earlier meta.json must not vouch for new bins
+        try:
+            tokens = _write_splits(open_corpus(manifest, text_column), text_column, dtype, pool, tok, is_val,
+                                   out_dir, name)
+        except (_BadDocument, pa.ArrowException, DatasetGenerationError) as e:  # parquet: only footers were read
+            raise _locate(manifest, text_column, e) from None
     n_val = int(is_val.sum())
     meta = {
         "dataset": name,

@@ -8,22 +8,26 @@
   its code could run.
 - `hf_tokenizer`: the `tokenizers`-library tokenizer an HF export carries (GPT-2 BPE built from the same
   encoder.json/vocab.bpe as ours, or one token per character), so AutoTokenizer encodes like we do.
-- `checkpoint_in_folder`, `write_folder`: run folders in, whole folders out (temp folder + rename).
+- `checkpoint_in_folder`, `write_folder`: run folders in, whole folders out (temp folder + rename). An export
+  records the files it wrote (`.nanogpt-export.json`); only a folder with that record is replaced, and only
+  those files: any other non-empty folder is refused unless `--force`, and even then nothing else is deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import logging
 import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nanogpt import fileio
 from nanogpt.config import ConfigError
 
 FORMATS = ("hf", "nanogpt")
@@ -44,12 +48,35 @@ log = logging.getLogger(__name__)
 
 # ---- reading nanoGPT's meta.pkl ----------------------------------------------------------------------------
 
+META_PKL_MAX_BYTES = 2**20  # nanoGPT's char meta.pkl is a few KB; 1 MiB holds ~60,000 characters
+_PICKLE_MAX_DEPTH = 20
+_HASHES_TO_ITSELF = 2**61 - 1  # ints below this hash to themselves: no crafted keys that share a hash
+
+
 class _Refused(pickle.UnpicklingError):
     """A pickle that asks for a global (a class or function): the only way a pickle can run code."""
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds only what pickle's own opcodes make (dict, list, tuple, set, str, bytes, numbers, None)."""
+def _check_key(key: Any) -> None:
+    """A dict key may be a string, bytes or a small int: those cannot be crafted to share one hash (string hashes
+    are salted), which would make building the dict quadratic. Unhashable keys fail as unreadable."""
+    if isinstance(key, str | bytes) or (type(key) in (int, bool) and abs(key) < _HASHES_TO_ITSELF):
+        return
+    if isinstance(key, dict | list):
+        raise TypeError(f"unhashable type: '{type(key).__name__}'")
+    value = f" ({fileio.short_repr(key, 30)})" if isinstance(key, int | float) else ""
+    raise _Refused(f"a dict key of type {type(key).__name__}{value}")
+
+
+class _PlainUnpickler(pickle._Unpickler):
+    """Builds only what pickle's own opcodes make (dict, list, tuple, str, bytes, numbers, None).
+
+    The pure-Python unpickler, whose opcodes can be checked one by one while the pickle is read: globals (the
+    way to run code), extension codes, sets and dict keys other than strings and small ints are refused before
+    they are built, so a crafted small pickle cannot keep the interpreter busy for minutes.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         raise _Refused(f"{module}.{name}")
@@ -57,24 +84,64 @@ class _PlainUnpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         raise _Refused("a persistent id")
 
+    def _refuse_set(self) -> None:
+        raise _Refused("a set")
 
-def _check_plain(obj: Any, depth: int = 0) -> None:
-    if depth > 20:
-        raise _Refused("nesting deeper than 20 levels")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, depth + 1)
-            _check_plain(v, depth + 1)
-    elif isinstance(obj, list | tuple):
-        for v in obj:
-            _check_plain(v, depth + 1)
-    elif not isinstance(obj, _SCALARS):
-        raise _Refused(f"a {type(obj).__name__}")
+    def _refuse_extension(self) -> None:
+        raise _Refused("an extension code (a registered class)")
+
+    def _load_dict(self) -> None:
+        items = self.pop_mark()
+        for key in items[::2]:
+            _check_key(key)
+        self.append({items[i]: items[i + 1] for i in range(0, len(items), 2)})
+
+    def _load_setitem(self) -> None:
+        _check_key(self.stack[-2])
+        value, key = self.stack.pop(), self.stack.pop()
+        self.stack[-1][key] = value
+
+    def _load_setitems(self) -> None:
+        items = self.pop_mark()
+        for key in items[::2]:
+            _check_key(key)
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[items[i]] = items[i + 1]
+
+    for _op in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET):
+        dispatch[_op[0]] = _refuse_set
+    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_op[0]] = _refuse_extension
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    del _op
+
+
+def _check_plain(obj: Any) -> None:
+    """Only plain containers, strings and numbers, at most 20 levels deep. Each container is checked once (by
+    id), so a pickle that shares one list many times over costs its distinct objects, not its paths."""
+    seen, stack = set(), [(obj, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, _SCALARS):
+            continue
+        if not isinstance(node, dict | list | tuple):
+            raise _Refused(f"a {type(node).__name__}")
+        if depth >= _PICKLE_MAX_DEPTH:
+            raise _Refused(f"nesting deeper than {_PICKLE_MAX_DEPTH} levels")
+        if id(node) not in seen:
+            seen.add(id(node))
+            stack.extend((child, depth + 1) for child in ([*node, *node.values()] if isinstance(node, dict) else node))
 
 
 def load_plain_pickle(data: bytes, label: str) -> Any:
     """Unpickle `data` admitting only plain containers, strings and numbers; anything else is a ConfigError."""
     expected = "expected nanoGPT's meta.pkl: a pickle of plain dicts, strings and numbers"
+    if len(data) > META_PKL_MAX_BYTES:
+        raise ConfigError(f"{label} is {len(data):,} bytes: expected at most {META_PKL_MAX_BYTES // 2**20} MiB, the "
+                          f"size limit of {expected.removeprefix('expected ')}")
     try:
         obj = _PlainUnpickler(io.BytesIO(data)).load()
         _check_plain(obj)
@@ -90,7 +157,7 @@ def meta_from_nanogpt(obj: Any, label: str, dataset: str | None = None) -> dict:
     """nanoGPT's char meta {'vocab_size', 'itos', 'stoi'} -> our meta.json dict (tokenizer kind 'char')."""
     expected = "expected nanoGPT's char-level meta.pkl with 'vocab_size', 'itos' and 'stoi'"
     if not isinstance(obj, dict) or "itos" not in obj or "stoi" not in obj:
-        keys = sorted(map(repr, obj))[:5] if isinstance(obj, dict) else type(obj).__name__
+        keys = sorted(fileio.short_repr(k) for k in obj)[:5] if isinstance(obj, dict) else type(obj).__name__
         raise ConfigError(f"{label} has {keys}: {expected}")
     itos, stoi = obj["itos"], obj["stoi"]
     if isinstance(itos, list):
@@ -104,12 +171,13 @@ def meta_from_nanogpt(obj: Any, label: str, dataset: str | None = None) -> dict:
     chars = [itos[i] for i in range(n)]
     bad = next((c for c in chars if not isinstance(c, str) or len(c) != 1), None)
     if bad is not None or len(set(chars)) != n:
-        what = f"entry {bad!r}" if bad is not None else "a repeated character"
+        what = f"entry {fileio.short_repr(bad)}" if bad is not None else "a repeated character"
         raise ConfigError(f"{label}: 'itos' has {what}: expected {n} distinct single characters")
     if stoi != {c: i for i, c in enumerate(chars)}:
         raise ConfigError(f"{label}: 'stoi' is not the inverse of 'itos': {expected}")
     if obj.get("vocab_size", n) != n:
-        raise ConfigError(f"{label}: vocab_size={obj['vocab_size']!r} but 'itos' has {n} entries: {expected}")
+        raise ConfigError(f"{label}: vocab_size={fileio.short_repr(obj['vocab_size'])} but 'itos' has {n} entries: "
+                          f"{expected}")
     meta = {"tokenizer": {"kind": "char", "vocab_size": n, "chars": chars}, "vocab_size": n}
     if dataset:
         meta["dataset"] = dataset
@@ -122,7 +190,8 @@ def read_meta_pkl(path: str | os.PathLike, label: str | None = None) -> dict:
     label = label or f"meta.pkl {str(path)!r}"
     if not path.is_file():
         raise ConfigError(f"{label} does not exist: expected nanoGPT's meta.pkl")
-    return meta_from_nanogpt(load_plain_pickle(path.read_bytes(), label), label, dataset=path.parent.name)
+    data = fileio.read_capped(path, META_PKL_MAX_BYTES, "meta.pkl", ConfigError)
+    return meta_from_nanogpt(load_plain_pickle(data, label), label, dataset=path.parent.name)
 
 
 def nanogpt_meta(tokenizer_meta: dict) -> dict:
@@ -149,32 +218,148 @@ def checkpoint_in_folder(folder: str | os.PathLike) -> Path | None:
     )
 
 
-def check_out_dir(out: str | os.PathLike, marker: str, kind: str) -> Path:
-    """`out` may be new, empty, or an earlier export of the same kind (it has `marker`); it is then replaced."""
-    out = Path(out)
+EXPORT_RECORD = ".nanogpt-export.json"  # written into every export folder: which files the export wrote
+_FORMAT_OF_KIND = {"Hugging Face": "hf", "nanoGPT": "nanogpt"}
+_MAX_RECORDED = 1000  # names in one record: an export writes a handful
+_INNER_TEMP = ".nanogpt-export-tmp."  # the temp folder of an export written beside other files
+_FORCE: contextvars.ContextVar[bool] = contextvars.ContextVar("nanogpt_export_force", default=False)
+
+
+@contextlib.contextmanager
+def forcing(force: bool) -> Iterator[None]:
+    """Within it, exports may write into a folder that is not an earlier export (`nanogpt export --force`):
+    files named like the export's are replaced, nothing else in the folder is touched."""
+    token = _FORCE.set(force)
+    try:
+        yield
+    finally:
+        _FORCE.reset(token)
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _format_of(kind: str) -> str:
+    return _FORMAT_OF_KIND.get(kind, kind)
+
+
+def read_export_record(folder: Path) -> tuple[dict | None, str]:
+    """The record of an earlier export in `folder` ({format, files}) and, when there is none, why not."""
+    path = folder / EXPORT_RECORD
+    if not path.exists():
+        return None, f"no {EXPORT_RECORD}"
+    try:
+        record = fileio.load_json_capped(path, fileio.SMALL_JSON_MAX_BYTES, "export record", ConfigError)
+    except ConfigError as e:
+        return None, f"an unreadable {EXPORT_RECORD}: {e}"
+    files = record.get("files") if isinstance(record, dict) else None
+    plain = isinstance(files, list) and len(files) <= _MAX_RECORDED and all(
+        isinstance(n, str) and n not in ("", ".", "..", EXPORT_RECORD) and "/" not in n and "\\" not in n
+        for n in files)
+    if not plain or not isinstance(record.get("format"), str):
+        return None, f"a {EXPORT_RECORD} without a format and a list of file names"
+    return record, ""
+
+
+def _check_out_path(out: Path, shown: str, kind: str) -> None:
+    """The path itself: a folder of its own that we can write in (or create: its nearest existing ancestor is a
+    folder we can write in)."""
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        where = "the current folder" if out == cwd else "a folder above the current one"
+        raise ConfigError(f"--out {shown!r} is {where}: expected a folder of its own for the {kind} export "
+                          f"(e.g. --out {_format_of(kind)}-export)")
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file: expected a folder to write the {kind} export into")
-    if out.is_dir() and not (out / marker).is_file() and any(out.iterdir()):
-        raise ConfigError(f"--out {str(out)!r} exists and holds no {marker}: expected a new or empty folder, or an "
-                          f"earlier {kind} export (which is replaced)")
-    return out
+        raise ConfigError(f"--out {shown!r} is a file: expected a folder to write the {kind} export into")
+    ancestor = next(p for p in [out.parent, *out.parent.parents] if p.exists())
+    if not ancestor.is_dir():
+        raise ConfigError(f"--out {shown!r}: {str(ancestor)!r} is a file: expected a folder path to write the "
+                          f"{kind} export into")
+    folder = out if out.is_dir() else ancestor
+    if not _writable(folder):
+        raise ConfigError(f"--out {shown!r}: {str(folder)!r} is not writable by this user: expected a folder you "
+                          f"can write the {kind} export into")
 
 
-def write_folder(out: str | os.PathLike, marker: str, kind: str, write: Callable[[Path], None]) -> Path:
-    """`write(tmp)` fills a temp folder beside `out`, which is then renamed onto `out` (an old export is swapped
-    out and deleted after): a failed or killed export never leaves a half-written folder at `out`."""
-    out = check_out_dir(out, marker, kind)
-    missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = None
+def check_out_dir(out: str | os.PathLike, marker: str, kind: str, force: bool | None = None) -> Path:
+    """Where an export of `kind` may go, resolved: a new or empty folder, or one whose record says an earlier
+    export of the same kind wrote it. Any other folder is refused unless `force` (default: `forcing`), since
+    replacing it would delete what we did not write (a nanoGPT out_dir's train.log, a user's notes).
+
+    `marker` is the export's main file (config.json, ckpt.pt), named in the messages.
+    """
+    shown, force = str(out), _FORCE.get() if force is None else force
+    path = Path(out).expanduser().resolve()
+    _check_out_path(path, shown, kind)
+    if not path.is_dir() or not any(path.iterdir()) or force:
+        return path
+    record, why = read_export_record(path)
+    if record is None:
+        entries = sorted(p.name for p in path.iterdir() if p.name != EXPORT_RECORD)
+        such = f"; {len(entries)} entries such as {entries[0]!r}" if entries else ""
+        raise ConfigError(
+            f"--out {shown!r} exists and holds no {marker} of an earlier `nanogpt export` ({why}{such}): expected a "
+            f"new or empty folder, or --force to write the {kind} export beside its files (those named like the "
+            "export's are replaced, nothing else is deleted)")
+    if record["format"] != _format_of(kind):
+        raise ConfigError(
+            f"--out {shown!r} holds an earlier {record['format']!r} export: expected a new or empty folder or an "
+            f"earlier {_format_of(kind)!r} export, or --force to replace the files that export wrote")
+    return path
+
+
+def _temp_dir(folder: Path, prefix: str) -> Path:
+    """A new temp folder `<prefix>HOST-PID.XXXX.tmp` in `folder`, after removing those of exports that died."""
+    for entry in list(folder.iterdir()):
+        if fileio.left_by_dead_writer(entry.name, prefix):
+            _remove(entry)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{fileio.temp_tag()}.", suffix=".tmp", dir=folder))
+
+
+def _build(tmp: Path, out: Path, kind: str, write: Callable[[Path], None]) -> list[str]:
+    """`write(tmp)`, then its record; the names written. A full disk becomes a one-line DiskFullError naming `out`."""
     try:
         write(tmp)
+        names = sorted(p.name for p in tmp.iterdir())
+        _write_record(tmp, kind, names)
+    except Exception as e:
+        full = fileio.disk_full_error(out, e)
+        if full is not None:
+            raise full from e
+        raise
+    return names
+
+
+def _write_record(folder: Path, kind: str, names: list[str]) -> None:
+    import json
+
+    record = {"written_by": "nanogpt export", "format": _format_of(kind), "files": names}
+    fileio.write_text(folder / EXPORT_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap_in(out: Path, ours: set[str], kind: str, write: Callable[[Path], None]) -> None:
+    """`out` new, empty or wholly an earlier export of ours: build a temp sibling, then rename it onto `out`. The
+    earlier export is renamed aside first and deleted after, so `out` is never half-written."""
+    missing = [p for p in [out.parent, *out.parent.parents] if not p.exists()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{out.name}.nanogpt-export."
+    tmp = _temp_dir(out.parent, prefix)
+    old = None
+    try:
+        _build(tmp, out, kind, write)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o777 & ~mask)  # mkdtemp's 0700 -> what mkdir would give
         if out.exists():
-            old = out.with_name(f".{out.name}.{os.getpid()}.old")
+            old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old")
             os.replace(out, old)
         os.replace(tmp, out)
     except BaseException:
@@ -186,7 +371,66 @@ def write_folder(out: str | os.PathLike, marker: str, kind: str, write: Callable
                 p.rmdir()
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard_old(old, ours, out)
+
+
+def _discard_old(old: Path, ours: set[str], out: Path) -> None:
+    """Delete the earlier export renamed aside, entry by entry: only what its record lists. Anything else (put
+    there while we exported) goes back into `out`, or stays in `old` with a warning."""
+    try:  # the export itself is done: what cannot be tidied here is said, not raised
+        for entry in old.iterdir():
+            if entry.name in ours or entry.name == EXPORT_RECORD or fileio.left_by_dead_writer(entry.name, _INNER_TEMP):
+                _remove(entry)
+            elif not (out / entry.name).exists():
+                os.replace(entry, out / entry.name)
+        old.rmdir()
+    except OSError as e:
+        log.warning("kept %s, the earlier export set aside (%s): delete it when done", old, e.strerror or e)
+
+
+def _write_beside(out: Path, ours: set[str], kind: str, write: Callable[[Path], None]) -> None:
+    """`out` also holds files we did not write: build in a temp folder inside it, then move each new file in
+    (one rename each) and remove the files of the earlier export that this one no longer writes. The record
+    lists every file that may be ours at each moment, so a rerun after a crash cleans up; nothing else in
+    `out` is touched."""
+    tmp = _temp_dir(out, _INNER_TEMP)
+    try:
+        names = [n for n in _build(tmp, out, kind, write) if n != EXPORT_RECORD]
+        clash = [n for n in names if (out / n).is_dir() and n not in ours]
+        if clash:
+            raise ConfigError(f"--out {str(out)!r} holds a folder {clash[0]!r}: expected no folder named like a "
+                              f"file of the {kind} export")
+        _write_record(out, kind, sorted(ours | set(names)))
+        for name in names:
+            if (out / name).is_dir():
+                _remove(out / name)
+            os.replace(tmp / name, out / name)
+        for name in ours - set(names):
+            _remove(out / name)
+        _write_record(out, kind, names)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_folder(out: str | os.PathLike, marker: str, kind: str, write: Callable[[Path], None],
+                 force: bool | None = None) -> Path:
+    """Write an export: `write(tmp)` fills a temp folder, which then becomes `out`; returns `out`, resolved.
+
+    `out` is checked first (check_out_dir). A new, empty or earlier-export folder is replaced whole by a rename,
+    so a failed or killed export never leaves a half-written folder at `out`; a folder that also holds other
+    files (allowed with `force`) gets the new files one rename each, and keeps its other files.
+    `force` defaults to the `forcing` context (the CLI's --force).
+    """
+    out = check_out_dir(out, marker, kind, force)
+    record = read_export_record(out)[0] if out.is_dir() else None
+    ours = set(record["files"]) if record is not None else set()
+    others = [p.name for p in out.iterdir() if p.name not in ours | {EXPORT_RECORD}
+              and not fileio.left_by_dead_writer(p.name, _INNER_TEMP)] if out.is_dir() else []
+    # a mount point, or a folder in a parent we may not write in, cannot be renamed: its files are replaced instead
+    if others or (out.is_dir() and (os.path.ismount(out) or not _writable(out.parent))):
+        _write_beside(out, ours, kind, write)
+    else:
+        _swap_in(out, ours, kind, write)
     return out
 
 
@@ -214,17 +458,19 @@ def nanogpt_config(ckpt: dict, model_args: dict, dataset: str | None) -> dict:
     return flat
 
 
-def export_nanogpt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, meta: dict | None = None) -> Path:
+def export_nanogpt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, meta: dict | None = None,
+                   force: bool | None = None) -> Path:
     """Write `out_dir/ckpt.pt` in nanoGPT's layout and, for a char model, nanoGPT's `out_dir/meta.pkl`.
 
     `meta` (a dataset's meta.json dict) overrides the checkpoint's own `dataset_meta`. Only tensors and plain
     values go into ckpt.pt, so nanoGPT's `torch.load` (weights_only by default since torch 2.6) accepts it.
+    `force` lets it write into a folder that is not an earlier export (see `write_folder`).
     """
     import torch
 
     from nanogpt import checkpoint as ckpt_io
 
-    check_out_dir(out_dir, "ckpt.pt", "nanoGPT")
+    check_out_dir(out_dir, "ckpt.pt", "nanoGPT", force)
     model, ckpt = ckpt_io.load_model(checkpoint)
     meta = meta if meta is not None else ckpt.get("dataset_meta")
     tok_meta = meta.get("tokenizer") if isinstance(meta, dict) else None
@@ -254,7 +500,7 @@ def export_nanogpt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, me
             with open(tmp / "meta.pkl", "wb") as f:
                 pickle.dump(meta_pkl, f)
 
-    written = write_folder(out_dir, "ckpt.pt", "nanoGPT", write)
+    written = write_folder(out_dir, "ckpt.pt", "nanoGPT", write, force)
     if meta_pkl is not None:  # nanoGPT's sample.py reads data/<config['dataset']>/meta.pkl relative to its cwd
         log.info("for nanoGPT's sample.py, copy %s to data/%s/meta.pkl in the nanoGPT checkout",
                  written / "meta.pkl", out["config"].get("dataset", "<dataset>"))
@@ -338,21 +584,21 @@ def save_hf_tokenizer(tokenizer, folder: Path) -> None:
 
 
 def chars_of_hf_export(folder: str | os.PathLike) -> list[str] | None:
-    """The characters of a char tokenizer written by `hf_tokenizer` (its exports sample with our code), else None."""
-    import json
-
+    """The characters of a char tokenizer written by `hf_tokenizer` (its exports sample with our code), else None:
+    any other tokenizer.json, including one over fileio.METADATA_MAX_BYTES or nested too deeply to be ours."""
+    from nanogpt.errors import UserError
     path = Path(folder) / "tokenizer.json"
     if not path.is_file():
         return None
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        spec = fileio.load_json_capped(path, fileio.METADATA_MAX_BYTES, "tokenizer")
         model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
         ours = model.get("type") == "WordLevel" and pre.get("pattern") == {"Regex": CHAR_PATTERN}
         if not ours or spec.get("added_tokens"):
             return None
         vocab = model["vocab"]
         chars = sorted(vocab, key=vocab.get)
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (UserError, ValueError, KeyError, TypeError, AttributeError):
         return None
     ok = all(len(ch) == 1 for ch in chars) and [vocab[ch] for ch in chars] == list(range(len(chars)))
     return chars if ok else None

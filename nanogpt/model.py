@@ -37,12 +37,19 @@ class KVCache:
             raise ValueError(f"KV cache overflow: {end} positions > max_len={self.max_len}")
         if self.k[layer] is None:  # allocated on first use: batch size and dtype (autocast) come from k
             B, H, _, D = k.shape
-            self.k[layer] = k.new_empty(B, H, self.max_len, D)
-            self.v[layer] = v.new_empty(B, H, self.max_len, D)
+            # zeros, not garbage: the fixed-shape decoding step (nanogpt.decoding) masks the unwritten positions,
+            # and a NaN there would survive the mask
+            self.k[layer] = k.new_zeros(B, H, self.max_len, D)
+            self.v[layer] = v.new_zeros(B, H, self.max_len, D)
         kc, vc = self.k[layer], self.v[layer]
         kc[:, :, start:end] = k
         vc[:, :, start:end] = v
         return kc[:, :, :end], vc[:, :, :end]
+
+    def reset(self) -> None:
+        """Forget every position. The buffers stay allocated, and in place: a captured CUDA graph
+        (nanogpt.decoding) keeps reading and writing the very same memory after the window is recomputed."""
+        self.length = 0
 
 
 class LayerNorm(nn.Module):
@@ -228,6 +235,16 @@ class GPT(nn.Module):
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
+    def keep_vocab_rows(self, rows: list[int]) -> None:
+        """Model surgery: token i of a new vocabulary is the old token rows[i] (a char model read with another
+        dataset's character order). The embedding and the tied output head shrink to len(rows)."""
+        weight = self.transformer.wte.weight.data[torch.tensor(rows)].clone()
+        self.transformer.wte = nn.Embedding(len(rows), self.config.n_embd)
+        self.lm_head = nn.Linear(self.config.n_embd, len(rows), bias=False)
+        self.transformer.wte.weight = self.lm_head.weight
+        self.lm_head.weight.data.copy_(weight)
+        self.config.vocab_size = len(rows)
+
     def configure_optimizers(
         self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
     ) -> torch.optim.AdamW:
@@ -264,30 +281,75 @@ class GPT(nn.Module):
         top_k: int | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        cuda_graph: bool | None = None,
+        window_refresh: int | None = None,
     ) -> torch.Tensor:
-        """Sample `max_new_tokens` tokens after `idx` (B, T); nanoGPT's sampling, same draws for a same seed.
+        """Sample `max_new_tokens` tokens after `idx` (B, T); nanoGPT's sampling, same draws for a same seed
+        within block_size tokens (and past it with `window_refresh=1`).
 
-        With `use_cache` the prompt is run once and each new token costs one position, until the sequence
-        outgrows block_size. From then on every step runs the whole window of the last block_size tokens
-        again, exactly like the cache-free path: with absolute position embeddings, sliding the window by one
-        token moves every token to a new position, so every key and value of every layer changes and no
-        cached one can be reused without changing the samples.
+        With `use_cache` the prompt is run once and each new token costs one position. Within block_size
+        tokens the samples are nanoGPT's. A prompt longer than block_size is cropped to its last block_size
+        tokens, as nanoGPT does.
+
+        Past block_size, nanoGPT crops the context to the last block_size tokens at every step, so every step
+        is a full forward of block_size tokens: with absolute position embeddings, sliding the window by one
+        token moves every token to a new position and no cached key or value stays valid. Here the window is
+        recomputed once every `window_refresh` tokens instead (default block_size // 4): when the context
+        outgrows block_size it restarts from its last block_size - window_refresh + 1 tokens (one prefill
+        into the same cache), then grows by one cached token per step back to block_size. Every token is
+        thus drawn from at least block_size - window_refresh + 1 tokens of context. `window_refresh=1` is
+        nanoGPT's per-token cropping exactly; the cache-free path (`use_cache=False`) follows the same rule.
+
+        `cuda_graph` (default: on CUDA): each cached step is one replay of a captured CUDA graph
+        (nanogpt.decoding), instead of ~15 kernel launches per layer issued from Python.
         """
+        from nanogpt.decoding import StaticDecodeStep
+
         block = self.config.block_size
+        keep = block - self._window_refresh(window_refresh) + 1  # context length right after a refresh
         B, T0 = idx.size()
         out = idx.new_empty(B, T0 + max_new_tokens)  # written in place, no torch.cat per token
         out[:, :T0] = idx
-        cache = KVCache(len(self.transformer.h), block) if use_cache and T0 < block else None
+        cache = KVCache(len(self.transformer.h), block) if use_cache else None
+        graph = idx.device.type == "cuda" if cuda_graph is None else cuda_graph
+        step = None
+        start = max(0, T0 - block)  # the context of token L is out[:, start:L]
         for L in range(T0, T0 + max_new_tokens):
-            if cache is not None and L <= block:  # prefill (first step) or one new token per step
-                logits, _ = self(out[:, cache.length:L], cache=cache)
-            else:  # cache-free, or the window slides: recompute the last block_size tokens
-                cache = None
-                logits, _ = self(out[:, max(0, L - block):L])
-            logits = logits[:, -1, :].float() / temperature
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, -1:]] = -float("inf")
-            probs = F.softmax(logits, dim=-1)
-            out[:, L : L + 1] = torch.multinomial(probs, num_samples=1, generator=generator)
+            if L - start > block:  # the context outgrew the window: recompute it from its last `keep` tokens
+                start = L - keep
+                cache = cache if keep < block else None  # window_refresh=1: every step is a full window
+                if cache is not None:
+                    cache.reset()
+            if cache is None:  # cache-free: the whole context
+                logits, _ = self(out[:, start:L])
+            elif cache.length == 0:  # prefill: the prompt, or the window after a refresh
+                logits, _ = self(out[:, start:L], cache=cache)
+            elif graph:  # one new token at position L - 1 - start, one replay
+                step = step or StaticDecodeStep(self, cache, B, use_graph=True)
+                logits = step(out[:, L - 1 : L], L - 1 - start)
+            else:  # one new token at position L - 1 - start
+                logits, _ = self(out[:, L - 1 : L], cache=cache)
+            out[:, L : L + 1] = sample_next(logits[:, -1, :], temperature, top_k, generator)
         return out
+
+    def _window_refresh(self, value: int | None) -> int:
+        """The tokens between two recomputations of the window past block_size; block_size // 4 by default:
+        each refresh (a prefill of 3/4 of a window) is shared by that many tokens, and every token still sees
+        at least 3/4 of a window of context."""
+        block = self.config.block_size
+        if value is None:
+            return max(1, block // 4)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= block:
+            raise ConfigError(f"window_refresh={value!r}: expected an integer in [1, block_size={block}]")
+        return value
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """nanoGPT's draw: temperature, top-k, softmax, multinomial; (B, 1) token ids, without a host sync."""
+    logits = logits.float() / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, -1:], -float("inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -23,6 +23,9 @@ RUNS = f"{RESULTS}/runs"
 RUN_DIR = f"{RUNS}/{{run}}"
 MODEL = f"{RUN_DIR}/model.pt"
 METRICS = f"{RUN_DIR}/metrics.json"
+TRAIN_LOG = f"{RUN_DIR}/train.log"  # every line of the newest attempt (earlier ones: train.log.1, ...)
+PIPELINE_MARKER = ".pipeline-run"  # in a run folder the train rule owns: `nanogpt train` alone leaves it alone
+CLI_RUN_DIR = "out/{run}"  # `nanogpt train` without --out-dir (nanoGPT's out/), never a pipeline folder
 
 # samples, evals, report
 SAMPLE = f"{RESULTS}/samples/{{sample}}.txt"

@@ -6,6 +6,8 @@ made here, in plain Python that tests can call.
 
 from __future__ import annotations
 
+import difflib
+import glob
 import json
 import os
 import re
@@ -22,12 +24,16 @@ from nanogpt.config import (
     RunConfig,
     check_dataset,
     check_name,
+    dataset_kind,
+    inherit_runs,
     resolve_eval,
     resolve_run,
     resolve_sample,
+    settings_warnings,
 )
 from nanogpt.errors import ConfigError
 from nanogpt.sweeps import Sweep, expand_sweeps, sweep_files
+from nanogpt.tracking import check_wandb
 
 
 def setup_rule_environment(source_dir: str | os.PathLike) -> None:
@@ -77,11 +83,31 @@ def _option_args(entry: dict, keys: tuple[str, ...]) -> list[str]:
     return [f"--{k.replace('_', '-')} {shlex.quote(str(entry[k]))}" for k in keys if entry.get(k) is not None]
 
 
+class Untracked:
+    """A rule parameter Snakemake passes to the shell command but does not compare between runs, so changing it
+    never reruns a finished job: Snakemake records and compares only parameters of builtin types (its
+    persistence layer skips others as unrepresentable). tests/test_expensive_runs.py checks that it still does.
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __format__(self, spec: str) -> str:
+        return format(self.text, spec)
+
+    def __repr__(self) -> str:
+        return f"Untracked({self.text!r})"
+
+
 @dataclass
 class Pipeline:
     config: dict
     _runs: dict[str, RunConfig] = field(default_factory=dict, repr=False)  # resolved once per name
     _sweeps: dict[str, Sweep] | None = field(default=None, repr=False)  # expanded once
+    _inherited: dict | None = field(default=None, repr=False)  # runs with base: applied, once
 
     def _section(self, name: str) -> dict:
         """A top-level mapping of config.yaml (targets, datasets, runs, samples, evals), or {} when absent."""
@@ -100,19 +126,32 @@ class Pipeline:
         return self.datasets()[name]
 
     def source_path(self, name: str) -> str:
-        """Where the download step leaves a dataset's source (a file for `source` entries)."""
-        pattern = paths.SOURCE_TXT if "source" in self.dataset(name) else paths.SOURCE_JSON
-        return pattern.format(dataset=name)
+        """What prepare reads: the downloaded text (`source`), the user's own text file (`path`), else the
+        corpus manifest the download step writes."""
+        kind = dataset_kind(self.dataset(name))
+        if kind == "text":
+            return str(self.dataset(name)["path"])
+        return (paths.SOURCE_TXT if kind == "source" else paths.SOURCE_JSON).format(dataset=name)
 
     def data_files(self, name: str) -> dict[str, str]:
         return {"train": paths.TRAIN_BIN.format(dataset=name), "val": paths.VAL_BIN.format(dataset=name),
                 "meta": paths.META.format(dataset=name)}
 
     def dataset_names_pattern(self, *kinds: str) -> str:
-        """A wildcard regex matching the datasets with one of these keys (source, hf, files): it picks the rule
-        that downloads each one, download or download_hf."""
-        names = [n for n, spec in self.datasets().items() if any(k in spec for k in kinds)]
+        """A wildcard regex matching the datasets of these kinds (config.dataset_kind: source, hf, files, corpus):
+        it picks the rule that downloads each one, download or download_hf (a `path:` text needs neither)."""
+        names = [n for n, spec in self.datasets().items() if dataset_kind(spec) in kinds]
         return "|".join(names) if names else "(?!)"  # (?!) matches nothing
+
+    @staticmethod
+    def _check_local_path(name: str, spec: dict) -> None:
+        """A `path:` dataset's files exist before any job starts."""
+        if "path" not in spec:
+            return
+        pattern = os.path.expanduser(spec["path"])
+        if not (glob.glob(pattern) if glob.has_magic(pattern) else os.path.exists(pattern)):
+            raise ConfigError(f"datasets.{name}.path={spec['path']!r} matches no file: expected a text file, a "
+                              "folder or a glob of .jsonl/.parquet/.txt files (relative to the working directory)")
 
     def mirror_arg(self) -> str:
         mirror = self.config.get("mirror")
@@ -123,10 +162,16 @@ class Pipeline:
 
     # ---- runs -----------------------------------------------------------------------------------------
     def runs(self) -> dict:
-        """The runs under `runs:` and one per sweep point: a point is an ordinary run that the train rule trains."""
+        """The runs under `runs:` (each with its `base:` applied) and one per sweep point: a point is an ordinary
+        run that the train rule trains."""
         if not self.config.get("sweeps"):
-            return self._section("runs")
-        return {**self._section("runs"), **{p.run: p.entry for s in self.sweeps().values() for p in s.points}}
+            return self._base_runs()
+        return {**self._base_runs(), **{p.run: p.entry for s in self.sweeps().values() for p in s.points}}
+
+    def _base_runs(self) -> dict:
+        if self._inherited is None:
+            self._inherited = inherit_runs(self._section("runs"))
+        return self._inherited
 
     def run(self, name: str) -> RunConfig:
         if name not in self.runs():
@@ -136,10 +181,56 @@ class Pipeline:
         return self._runs[name]
 
     def run_spec(self, name: str) -> str:
-        """The run's complete resolved settings: the train rule's params, so any change reruns it."""
-        d = self.run(name).to_dict()
-        d["init_from"] = str((self.config.get("pretrained") or {}).get(d["init_from"], d["init_from"]))
+        """The run's resolved settings as `nanogpt train --spec` takes them: those that differ from their
+        defaults (the trainer fills in the rest), so the printed shell line stays short."""
+        d = self.run(name).non_defaults()
+        if "init_from" in d:
+            d["init_from"] = self._init_source(d["init_from"])
         return json.dumps(d, sort_keys=True)
+
+    def run_trajectory(self, name: str) -> str:
+        """What the train rule's rerun depends on (its only tracked parameter): the settings that decide the
+        weights, canonically (RunConfig.trajectory). Logging, eval, checkpoint cadence, tracking, compilation,
+        the launch and resources reach the trainer untracked (`train_args`): changing them reruns nothing."""
+        d = self.run(name).trajectory()
+        if "init_from" in d:
+            d["init_from"] = self._init_source(d["init_from"])
+        return json.dumps(d, sort_keys=True)
+
+    def train_args(self, name: str) -> Untracked:
+        """`nanogpt train`'s arguments for the train rule, untracked (see run_trajectory)."""
+        res = self.run_resources(name)
+        gpus = res["gpus"] if res["gpus"] is not None else int(str(res["gres"] or "gpu:0").split(":")[-1])
+        args = ["--name", name, "--spec", self.run_spec(name),
+                "--data-dir", paths.DATA_DIR.format(dataset=self.run(name).dataset),
+                "--out-dir", paths.RUN_DIR.format(run=name), "--gpus", str(gpus), "--pipeline"]
+        return Untracked(shlex.join(args))
+
+    def _init_source(self, init_from: str) -> str:
+        """A run name resolves to its model.pt, a `pretrained:` name to its folder or hub id."""
+        if init_from in self.runs():
+            return paths.MODEL.format(run=init_from)
+        return str((self.config.get("pretrained") or {}).get(init_from, init_from))
+
+    def train_inputs(self, name: str) -> list[str]:
+        """The train rule's inputs: the prepared data, and the model.pt of a run it is initialised from (so that
+        run trains first, and retraining it retrains this one)."""
+        run = self.run(name)
+        inputs = list(self.data_files(run.dataset).values())
+        if run.init_from in self.runs():
+            inputs.append(paths.MODEL.format(run=run.init_from))
+        return inputs
+
+    def _check_init_chain(self, name: str) -> None:
+        """init_from a run: never the run itself, directly or through others (Snakemake would see a cycle)."""
+        seen = [name]
+        source = self.run(name).init_from
+        while source in self.runs():
+            if source in seen:
+                raise ConfigError(f"runs.{name}.init_from={self.run(name).init_from!r}: a cycle "
+                                  f"({' -> '.join([*seen, source])}): expected a run that does not start from this one")
+            seen.append(source)
+            source = self.run(source).init_from
 
     def run_resources(self, name: str) -> dict:
         """Per-run scheduler resources for the train rule (SLURM reads them; locally only threads and gpu matter).
@@ -213,6 +304,10 @@ class Pipeline:
         )
         return f"{step} --kill-on-bad-exit=1 bash -c {shlex.quote(torchrun)} torchrun"
 
+    def untracked_launcher(self, name: str) -> Untracked:
+        """torchrun_launcher as an untracked parameter: the process count does not change the weights."""
+        return Untracked(self.torchrun_launcher(name))
+
     def model_checkpoint(self, model: str) -> str | None:
         """A run's final checkpoint; None for pretrained models (gpt2*, local HF dirs)."""
         if model in self.runs():
@@ -262,12 +357,19 @@ class Pipeline:
                 check_name(name, f"{section}.{name}: {section.removesuffix('s')}")
         for name, spec in self.datasets().items():
             check_dataset(spec, name)
+            self._check_local_path(name, spec)
         self.check_sweeps()
         for name in self.runs():
             run = self.run(name)
             if run.dataset not in self.datasets():
-                raise ConfigError(f"runs.{name}.dataset={run.dataset!r}: no such dataset, expected one of "
+                close = difflib.get_close_matches(run.dataset, list(self.datasets()), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"runs.{name}.dataset={run.dataset!r}: no such dataset{hint}, expected one of "
                                   f"{sorted(self.datasets())}")
+            check_wandb(run.train, f"runs.{name}.train")  # before any job, not inside the train job
+            self._check_init_chain(name)
+            for warning in settings_warnings(run, name):
+                print(f"nanogpt: warning: {warning}", file=sys.stderr)
         for name, entry in self.samples().items():
             self.model_checkpoint(resolve_sample(entry, f"samples.{name}").model)
         for name, entry in self.evals().items():
@@ -334,7 +436,7 @@ class Pipeline:
         entry = self.eval_entry(model, dataset)
         args = [self.model_source_args(model), f"--data-dir {shlex.quote(paths.DATA_DIR.format(dataset=dataset))}",
                 f"--model-name {shlex.quote(model)} --dataset-name {shlex.quote(dataset)}"]
-        args += _option_args(entry, ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype"))
+        args += _option_args(entry, ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype", "compile"))
         if entry.get("splits"):
             splits = entry["splits"] if isinstance(entry["splits"], str) else ",".join(entry["splits"])
             args.append(f"--splits {shlex.quote(splits)}")
@@ -360,7 +462,7 @@ class Pipeline:
     def sweeps(self) -> dict[str, Sweep]:
         """Every sweep, expanded once into its points (named runs; see nanogpt/sweeps.py)."""
         if self._sweeps is None:
-            self._sweeps = expand_sweeps(self.config.get("sweeps"), self._section("runs"))
+            self._sweeps = expand_sweeps(self.config.get("sweeps"), self._base_runs())
         return self._sweeps
 
     def sweep(self, name: str) -> Sweep:

@@ -13,13 +13,13 @@ lacks the model, with short timeouts, and a failure is one line saying where to 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from nanogpt.errors import ConfigError
+from nanogpt.fileio import SMALL_JSON_MAX_BYTES, file_mode, load_json_capped
 from nanogpt.model import GPT, GPTConfig
 
 # HF Conv1D weights (in x out) that are nn.Linear (out x in) here.
@@ -65,7 +65,8 @@ def _hf_model(name_or_dir: str, mirror: str | os.PathLike | None = None):
         cfg_path = local / "config.json"
         if not cfg_path.is_file():
             raise PretrainedError(f"{str(local)!r} has no config.json: expected a Hugging Face GPT-2 model folder")
-        model_type = json.loads(cfg_path.read_text()).get("model_type")
+        config = load_json_capped(cfg_path, SMALL_JSON_MAX_BYTES, "config", PretrainedError)
+        model_type = config.get("model_type") if isinstance(config, dict) else None
         if model_type != "gpt2":
             raise PretrainedError(f"{str(local)!r} holds model_type={model_type!r}: expected a 'gpt2' model")
         try:
@@ -226,5 +227,8 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
         hf.save_pretrained(tmp)
         if tokenizer is not None:
             interop.save_hf_tokenizer(tokenizer, tmp)
+        for written in tmp.iterdir():  # safetensors writes 0600 through a temp file: give the umask's mode
+            if written.is_file():
+                written.chmod(file_mode())
 
     return interop.write_folder(out_dir, "config.json", "Hugging Face", write)

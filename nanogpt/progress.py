@@ -2,14 +2,18 @@
 
 The trainer logs a `progress: iter 120/2000 (6%), loss 2.3456, 12,345 tokens/s, ETA 3m12s` line at the first and
 last step and at most once per PROGRESS_EVERY_S seconds in between. The train rule pipes all of its output
-through `python -m nanogpt.progress --run NAME --log FILE`, which writes every line to the log (so the log keeps
-the full output and still ends with the one-line error of a failed run) and copies the progress, eval and done
-lines to the console, prefixed with `[NAME]`, so that parallel trainings stay readable.
+through `python -m nanogpt.progress --run NAME --log FILE --full-log FULL`, which
+- writes every line to FULL (the run folder's train.log; the attempts before it are kept as train.log.1, .2 ...),
+- writes every line but the per-iteration ones to FILE, the log Snakemake knows (and prints when the job fails:
+  short, and ending with the one-line error of a failed run),
+- copies the progress, eval, done and stop lines to the console, prefixed with `[NAME]`, so that parallel
+  trainings stay readable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 import signal
@@ -22,7 +26,10 @@ from typing import BinaryIO, TextIO
 PROGRESS_EVERY_S = 15.0
 MARK = "progress: "
 # The trainer's lines worth a console line: progress, evals (`step N: train loss ...`), the end, resume and stop.
-CONSOLE = re.compile(r"^(progress: |step \d+: |done: |resuming from |SIGTERM: )")
+CONSOLE = re.compile(r"^(progress: |step \d+: |done: |resuming from |these settings came back|SIGTERM: |SIGINT: )")
+# What only the full log keeps: the per-iteration lines (tens of thousands in a long run).
+ITERATION = re.compile(r"^iter \d+: loss ")
+KEEP_ATTEMPTS = 4  # earlier attempts' full logs kept beside the newest: train.log.1 (the last) .. train.log.4
 HORIZON_ITERS = 200  # the ETA's smoothing: time per iteration averaged over roughly this many iterations
 
 
@@ -74,32 +81,51 @@ class Progress:
         return f"{MARK}iter {iter_num}/{self.max_iters} ({pct:.0f}%), loss {loss:.4f}, {tps}, {eta}"
 
 
-def relay(lines: Iterable[bytes], log: BinaryIO, console: TextIO, run: str) -> None:
-    """Every line to the log, as it comes; the CONSOLE ones also to `console` as `[run] ...`."""
+def relay(lines: Iterable[bytes], log: BinaryIO, console: TextIO, run: str, full_log: BinaryIO | None = None) -> None:
+    """Every line to `full_log`, all but the per-iteration ones to `log`, the CONSOLE ones to `console`."""
     for raw in lines:
-        log.write(raw)
-        log.flush()
         text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if full_log is not None:
+            full_log.write(raw)
+            full_log.flush()
+        if full_log is None or not ITERATION.match(text):
+            log.write(raw)
+            log.flush()
         if CONSOLE.match(text):
             try:
                 console.write(f"[{run}] {text.removeprefix(MARK)}\n")
                 console.flush()
-            except (OSError, ValueError):  # no console left: the log still gets everything
+            except (OSError, ValueError):  # no console left: the logs still get everything
                 pass
+
+
+def rotate(path: Path, keep: int = KEEP_ATTEMPTS) -> None:
+    """train.log -> train.log.1 -> ... -> train.log.<keep>: an earlier attempt's log survives the rerun."""
+    for i in range(keep, 0, -1):
+        older = path.with_name(f"{path.name}.{i - 1}") if i > 1 else path
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{i}"))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m nanogpt.progress", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, help="the run's name, the console lines' prefix")
-    p.add_argument("--log", required=True, help="the log file to write (replaced)")
+    p.add_argument("--log", required=True, help="the log file to write (replaced): every line but the iterations")
+    p.add_argument("--full-log", help="every line (earlier attempts' files are kept as FILE.1, FILE.2, ...)")
     args = p.parse_args(argv)
     # Ctrl-C or a scheduler's SIGTERM reaches the whole job: this relay stays until the trainer has written its
     # last line (the checkpoint it saves on SIGTERM, its error), and ends with its output (EOF).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     Path(args.log).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.log, "wb") as log:
-        relay(sys.stdin.buffer, log, sys.stderr, args.run)
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(open(args.log, "wb"))
+        full = None
+        if args.full_log:
+            Path(args.full_log).parent.mkdir(parents=True, exist_ok=True)
+            rotate(Path(args.full_log))
+            full = stack.enter_context(open(args.full_log, "wb"))
+        relay(sys.stdin.buffer, log, sys.stderr, args.run, full)
     return 0
 
 

@@ -20,9 +20,17 @@ GPU_PEAK_FLOPS: list[tuple[str, float]] = [
     (r"H100.*\bPCIe\b", 756e12),
     (r"H100.*\bNVL\b", 835e12),
     (r"\bH100\b", 989e12),  # SXM
-    (r"\bH200\b", 989e12),
+    (r"H200.*\bNVL\b", 836e12),
     (r"\bGH200\b", 989e12),
+    (r"\bH200\b", 989e12),  # SXM
+    (r"H800.*\bPCIe\b", 756e12),
+    (r"\bH800\b", 989e12),
+    (r"\bH20\b", 148e12),
+    (r"\bGB200\b", 2500e12),
+    (r"\bB200\b", 2250e12),
+    (r"\bB100\b", 1750e12),
     (r"\bA100\b", 312e12),
+    (r"\bA800\b", 312e12),
     (r"\bL40S\b", 362e12),
     (r"\bL40\b", 181e12),
     (r"\bL4\b", 121e12),
@@ -50,14 +58,22 @@ class Dist:
         return self.world_size > 1
 
 
-def setup_distributed(backend: str, device_type: str) -> Dist:
-    """Join the process group torchrun set up (nothing to do for a single process)."""
+def setup_distributed(backend: str, device: torch.device) -> Dist:
+    """Join the process group torchrun set up (nothing to do for a single process).
+
+    On CUDA the rank's GPU is selected first and named to init_process_group (device_id), so NCCL's
+    communicators, the first barrier's included, live on the GPU this rank owns, never on a guessed cuda:0.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
     if backend == "auto":
-        backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    extra = {}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        extra["device_id"] = device
+    dist.init_process_group(backend=backend, **extra)
     return Dist(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), world_size=world)
 
 
@@ -65,17 +81,48 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    """auto: cuda > mps > cpu. Asking for a device this machine lacks is an error, not a silent fallback."""
+def why_no_cuda() -> str:
+    """Why torch sees no CUDA GPU here, in words a user can act on."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU: a scheduler job without a GPU request?"
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU: none in this machine or "
+            "job, or a driver too old for this CUDA (see nvidia-smi)")
+
+
+def cuda_index(local_rank: int) -> int:
+    """The GPU of this node's rank `local_rank`: one GPU per rank, never two ranks sharing one."""
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(
+            f"local rank {local_rank} has no GPU of its own: {count} CUDA device(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): expected "
+            f"launch.nproc_per_node <= {count}, or a job with one GPU per process"
+        )
+    return local_rank
+
+
+def pick_device(requested: str, local_rank: int = 0, needs_gpu: bool = False) -> torch.device:
+    """auto: cuda > mps > cpu. Asking for a device this machine lacks is an error, not a silent fallback.
+
+    `needs_gpu`: the run asked for GPUs (resources.gpus, an nccl backend), so `auto` falling back to the CPU
+    would grind for hours where the user expects minutes: that is an error too.
+    """
     if requested == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
+            return torch.device("cuda", cuda_index(local_rank))
+        if needs_gpu:
+            raise ConfigError(f"device=auto found no CUDA GPU, but the run asks for GPUs ({why_no_cuda()}): "
+                              "expected a GPU that torch can use, or device: cpu to train on the CPU on purpose")
         return torch.device("mps") if _mps_available() else torch.device("cpu")
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={requested!r} but this machine has no CUDA GPU: expected device: cpu or auto")
+            raise ConfigError(f"device={requested!r} but torch sees no CUDA GPU ({why_no_cuda()}): expected a GPU "
+                              "that torch can use, or device: cpu")
         if requested == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
+            return torch.device("cuda", cuda_index(local_rank))
         index = int(requested.split(":", 1)[1])
         if index >= torch.cuda.device_count():
             raise ConfigError(
@@ -88,12 +135,42 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device(requested)
 
 
+def allow_tf32() -> None:
+    """TF32 matmuls and convolutions (nanoGPT's setting) through the API that keeps every getter consistent.
+
+    Setting only the newer `fp32_precision` attributes makes `torch.get_float32_matmul_precision()` and
+    `torch.backends.cuda.matmul.allow_tf32` raise ("mix of the legacy and new APIs"), and inductor reads them.
+    """
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def setup_device(device: torch.device) -> None:
-    """Select the GPU and allow TF32 matmuls (nanoGPT's setting), through the current precision API."""
+    """Select the GPU and allow TF32 matmuls (nanoGPT's setting)."""
     if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        if device.index is not None:  # plain "cuda" means the current GPU
+            torch.cuda.set_device(device)
+        allow_tf32()
+
+
+def seed_device_rng(device: torch.device, seed: int) -> None:
+    """Reseed the generator that `device`'s random ops (dropout) draw from: the same stream as
+    `torch.manual_seed(seed)` gives on that device, without seeding every backend and GPU each step."""
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()
+                                      ].manual_seed(seed)
+    elif device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
+def resolve_compile(requested: bool | str, device: torch.device) -> bool:
+    """compile: auto is on for CUDA (nanoGPT's default there) and off elsewhere (compile time outweighs the
+    gain for the small CPU runs, and MPS support is partial)."""
+    if requested == "auto":
+        return device.type == "cuda"
+    return bool(requested)
 
 
 def cpu_has_bf16() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -11,20 +12,22 @@ import torch
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
 from nanogpt.config import is_pretrained_source
-from nanogpt.errors import ConfigError
+from nanogpt.errors import ConfigError, UserError
 from nanogpt.model import GPT
 from nanogpt.tokenizer import CharTokenizer, Tokenizer, from_meta, gpt2_tokenizer
 
 SEPARATOR = "\n---------------\n"
+log = logging.getLogger(__name__)
 
 
 def read_prompt(start: str) -> str:
-    """The prompt itself, or the contents of a file given as `FILE:path` (nanoGPT's convention)."""
+    """The prompt itself, or the contents of a file given as `FILE:path` (nanoGPT's convention): UTF-8 text of at
+    most PROMPT_MAX_BYTES (the model reads no more than block_size tokens of it anyway)."""
     if start.startswith("FILE:"):
         path = Path(start[5:])
         if not path.is_file():
             raise ConfigError(f"prompt file {str(path)!r} (from start={start!r}) does not exist: expected a text file")
-        return path.read_text(encoding="utf-8")
+        return fileio.read_text_capped(path, fileio.PROMPT_MAX_BYTES, "prompt file", ConfigError)
     return start
 
 
@@ -58,8 +61,9 @@ def load_model_and_tokenizer(
         meta = interop.read_meta_pkl(beside)
     else:
         meta = None
-    if meta and "tokenizer" in meta:
-        tok = from_meta(meta["tokenizer"], mirror)
+    if isinstance(meta, dict) and "tokenizer" in meta:
+        where = f"--meta {str(meta_path)!r}" if meta_path is not None else f"the metadata of {str(source)!r}"
+        tok = from_meta(meta["tokenizer"], mirror, label=where)
     else:  # a nanoGPT checkpoint without our metadata: nanoGPT's own fallback is GPT-2 BPE
         tok = gpt2_tokenizer(mirror)
     if tok.vocab_size > model.config.vocab_size:
@@ -72,24 +76,24 @@ def load_model_and_tokenizer(
 
 
 def _read_meta(path: Path) -> dict:
-    """A dataset's meta.json, or nanoGPT's meta.pkl through a restricted unpickler (plain values only)."""
-    import json
-
+    """A dataset's meta.json, or nanoGPT's meta.pkl through a restricted unpickler (plain values only); either
+    refused over its size limit (fileio.METADATA_MAX_BYTES, interop.META_PKL_MAX_BYTES) before it is read."""
+    label = f"--meta {str(path)!r}"
     if not path.is_file():
-        raise ConfigError(f"--meta {str(path)!r} does not exist: expected a dataset's meta.json or nanoGPT's meta.pkl")
-    data = path.read_bytes()
+        raise ConfigError(f"{label} does not exist: expected a dataset's meta.json or nanoGPT's meta.pkl")
+    data = fileio.read_capped(path, fileio.METADATA_MAX_BYTES, "--meta", ConfigError)
     if path.suffix == ".pkl" or data[:1] == b"\x80":  # pickle protocol 2+ starts with PROTO (0x80)
         from nanogpt.interop import load_plain_pickle, meta_from_nanogpt
 
-        label = f"--meta {str(path)!r}"
         return meta_from_nanogpt(load_plain_pickle(data, label), label, dataset=path.parent.name)
     try:
-        meta = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ConfigError(f"--meta {str(path)!r} is neither JSON nor a pickle: expected a dataset's meta.json or "
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{label} is neither JSON nor a pickle: expected a dataset's meta.json or "
                           "nanoGPT's meta.pkl") from None
-    if not isinstance(meta, dict) or "tokenizer" not in meta:
-        raise ConfigError(f"--meta {str(path)!r} has no 'tokenizer' entry: expected a dataset's meta.json")
+    meta = fileio.parse_json(text, label, ConfigError)
+    if not isinstance(meta, dict) or not isinstance(meta.get("tokenizer"), dict):
+        raise ConfigError(f"{label} has no 'tokenizer' entry: expected a dataset's meta.json")
     return meta
 
 
@@ -140,22 +144,43 @@ def add_samples_to_tensorboard(source: str | os.PathLike, samples: list[str], na
     """Show the samples in TensorBoard's Text tab beside the curves of the run they came from.
 
     Only when `source` is one of our run folders (or its model.pt): the text goes into that folder's events under
-    `samples/<name>`, at the run's last iteration. Returns the folder, or None for other models (GPT-2, files).
+    `samples/<name>`, at the run's last iteration. Best-effort: the samples file is the product, so a run folder
+    that cannot take the events (read-only, no tensorboard package, a failed write) gets none, with one line
+    saying why, and a failed write leaves no events file behind. Returns the folder written to, else None.
     """
-    import json
+    import importlib.util
 
-    from nanogpt.tracking import add_text, is_run_folder
+    from nanogpt.tracking import add_text, event_files, is_run_folder
 
     path = Path(source)
     run_dir = path if path.is_dir() else path.parent
     if not is_run_folder(run_dir) or (path.is_file() and path.name != "model.pt"):
         return None
+    skipped = f"samples not added to the TensorBoard events of {str(run_dir)!r}"
+    if importlib.util.find_spec("tensorboard") is None:
+        log.warning("%s: the tensorboard package is not installed", skipped)
+        return None
+    if not os.access(run_dir, os.W_OK | os.X_OK):  # checked first: TensorBoard's writer fails in its own thread
+        log.warning("%s: the folder is not writable by this user", skipped)
+        return None
+    before = set(event_files(run_dir))
     try:
-        step = int(json.loads((run_dir / "metrics.json").read_text())["iters"])
-    except (OSError, ValueError, KeyError, TypeError):
-        step = 0
-    add_text(run_dir, f"samples/{name}", "\n\n".join(_markdown_block(s) for s in samples), step)
+        add_text(run_dir, f"samples/{name}", "\n\n".join(_markdown_block(s) for s in samples), _run_step(run_dir))
+    except OSError as e:
+        for partial in set(event_files(run_dir)) - before:
+            partial.unlink(missing_ok=True)
+        log.warning("%s: %s", skipped, e.strerror or e)
+        return None
     return run_dir
+
+
+def _run_step(run_dir: Path) -> int:
+    """The run's last iteration (its metrics.json), or 0 when that file is missing or not what we write."""
+    try:
+        metrics = fileio.load_json_capped(run_dir / "metrics.json", fileio.SMALL_JSON_MAX_BYTES, "metrics")
+        return int(metrics["iters"])
+    except (UserError, OSError, ValueError, KeyError, TypeError, OverflowError):
+        return 0
 
 
 def _markdown_block(text: str) -> str:

@@ -31,7 +31,8 @@ from nanogpt.config import (
     check_name,
     resolve_run,
 )
-from nanogpt.errors import ConfigError
+from nanogpt.errors import ConfigError, DataError
+from nanogpt.fileio import SMALL_JSON_MAX_BYTES, load_json_capped
 from nanogpt.paths import RUNS, SWEEP_DIR
 
 SWEEP_KEYS = ("base", "grid", "points", "fixed", "scaling")
@@ -75,7 +76,8 @@ class Sweep:
         """What `python -m nanogpt.sweeps summarize` needs (the rule's params: a change reruns the summary)."""
         return {"sweep": self.name, "base": self.base, "keys": self.keys, "scaling": self.scaling,
                 "points": [{"run": p.run, "settings": p.settings, "params": p.params,
-                            "tokens_per_iter": p.tokens_per_iter, "max_iters": p.max_iters} for p in self.points]}
+                            "tokens_per_iter": p.tokens_per_iter, "max_iters": p.max_iters,
+                            "trajectory": resolve_run(p.entry, p.run).trajectory()} for p in self.points]}
 
 
 def canonical_key(key: object, where: str) -> str:
@@ -362,7 +364,8 @@ def load_rows(spec: dict, runs_dir: str | Path) -> list[dict]:
     """One row per current point: its swept settings and what its metrics.json says; the best one marked."""
     rows = []
     for p in spec["points"]:
-        m = json.loads((Path(runs_dir) / p["run"] / "metrics.json").read_text())
+        m = load_json_capped(Path(runs_dir) / p["run"] / "metrics.json", SMALL_JSON_MAX_BYTES, "metrics", DataError)
+        check_point_result(p, m, Path(runs_dir) / p["run"])
         iters = m.get("iters") or p["max_iters"]
         rows.append({"run": p["run"], **p["settings"], "params": p["params"], "iters": iters,
                      "tokens": iters * p["tokens_per_iter"], "val_loss": m.get("val_loss"),
@@ -372,6 +375,29 @@ def load_rows(spec: dict, runs_dir: str | Path) -> list[dict]:
     if finite:
         min(finite, key=lambda r: r["val_loss"])["best"] = True
     return rows
+
+
+def check_point_result(point: dict, metrics: dict, folder: Path) -> None:
+    """A run folder counts as a point's result only when the settings its metrics.json records are the point's:
+    a folder left under that name by other settings (by hand, or before the sweep) is refused, not reported."""
+    recorded = (metrics.get("provenance") or {}).get("config")
+    if not isinstance(recorded, dict):
+        raise DataError(f"{str(folder / 'metrics.json')!r} records no settings: expected a run trained by this "
+                        f"pipeline for sweep point {point['run']} (remove the folder, then rerun)")
+    got = _flat(resolve_run(recorded, point["run"]).trajectory())
+    want = _flat(point["trajectory"])
+    differ = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    if differ:
+        shown = ", ".join(f"{k} {got.get(k, 'default')} (expected {want.get(k, 'default')})" for k in differ[:3])
+        raise DataError(f"{str(folder)!r} holds a run of other settings than sweep point {point['run']}: {shown}; "
+                        "expected its own training: remove the folder, then rerun")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def _is_number(v: Any) -> bool:

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from nanogpt.errors import ConfigError
-from nanogpt.fileio import sha256_file
+from nanogpt.fileio import sha256_file, short_repr
 
 # The original GPT-2 BPE files and the sha256 tiktoken itself expects of them.
 GPT2_FILES = {
@@ -205,11 +205,55 @@ def gpt2_tokenizer(mirror: str | os.PathLike | None = None) -> GPT2Tokenizer:
     return GPT2Tokenizer(_gpt2_encoding(str(m) if m else None))
 
 
-def from_meta(meta: dict, mirror: str | os.PathLike | None = None) -> Tokenizer:
-    """Rebuild the tokenizer described by a meta.json `tokenizer` entry."""
-    kind = meta.get("kind")
+CHAR_VOCAB_MAX = 0x110000  # every Unicode code point: no char vocabulary is larger
+
+
+def check_chars(chars: object, label: str) -> list[str]:
+    """A char tokenizer's `chars` from metadata we did not write: distinct single characters, at most
+    CHAR_VOCAB_MAX of them (one line naming `label` otherwise, not a KeyError or a huge repr)."""
+    expected = f"expected a list of at most {CHAR_VOCAB_MAX:,} distinct single characters"
+    if not isinstance(chars, list) or len(chars) > CHAR_VOCAB_MAX:
+        size = f" of {len(chars):,} entries" if isinstance(chars, list) else ""
+        raise ConfigError(f"{label}: 'chars' is {type(chars).__name__}{size}: {expected}")
+    bad = next((c for c in chars if not isinstance(c, str) or len(c) != 1), None)
+    if bad is not None:
+        raise ConfigError(f"{label}: 'chars' holds {short_repr(bad)}: {expected}")
+    if len(set(chars)) != len(chars):
+        raise ConfigError(f"{label}: 'chars' repeats a character: {expected}")
+    return chars
+
+
+def from_meta(meta: object, mirror: str | os.PathLike | None = None, label: str = "tokenizer metadata") -> Tokenizer:
+    """Rebuild the tokenizer described by a meta.json `tokenizer` entry, checked first: it may come from a file
+    or a checkpoint we did not write (`label` names it in the errors)."""
+    kind = meta.get("kind") if isinstance(meta, dict) else None
     if kind == "char":
-        return CharTokenizer(meta["chars"])
+        return CharTokenizer(check_chars(meta.get("chars"), label))
     if kind == "gpt2":
         return gpt2_tokenizer(mirror)
-    raise ConfigError(f"tokenizer kind {kind!r}: expected 'char' or 'gpt2'")
+    found = f"kind {short_repr(kind)}" if isinstance(meta, dict) else f"a {type(meta).__name__}"
+    raise ConfigError(f"{label}: tokenizer {found}: expected a 'tokenizer' entry of kind 'char' or 'gpt2'")
+
+
+def vocab_remap(model_tok: dict | None, data_tok: dict, label: str) -> list[int] | None:
+    """How a model trained with `model_tok` reads a dataset tokenized with `data_tok` (both meta.json entries).
+
+    None: the same ids (or the model records no tokenizer: nanoGPT checkpoints). A list: the char model's row for
+    each of the dataset's characters, when every one of them is in the model's vocabulary. Anything else (other
+    kinds, characters the model never saw) is a one-line error: a silent remap would train on wrong tokens.
+    """
+    if not model_tok:
+        return None
+    kinds = (model_tok.get("kind"), data_tok.get("kind"))
+    if kinds[0] != kinds[1]:
+        raise ConfigError(f"{label}: the model's tokenizer is {kinds[0]!r} but the dataset's is {kinds[1]!r}: "
+                          "expected a dataset tokenized the same way (tokenizer: in its datasets entry)")
+    if kinds[0] != "char" or model_tok.get("chars") == data_tok.get("chars"):
+        return None
+    rows = {ch: i for i, ch in enumerate(model_tok["chars"])}
+    missing = [ch for ch in data_tok["chars"] if ch not in rows]
+    if missing:
+        shown = "".join(missing[:20])
+        raise ConfigError(f"{label}: {len(missing)} character(s) of the dataset are not in the model's vocabulary "
+                          f"({shown!r}): expected a dataset whose characters the model knows")
+    return [rows[ch] for ch in data_tok["chars"]]

@@ -30,9 +30,16 @@ LAYOUT = {
 
 def check_wandb(t: TrainSettings, where: str = "train") -> None:
     """wandb_log needs the optional wandb package: say so in one line, before any training."""
-    if t.wandb_log and importlib.util.find_spec("wandb") is None:
+    if t.wandb_log and not _importable("wandb"):
         raise ConfigError(f"{where}.wandb_log=true but the wandb package is not installed: expected "
                           "`pip install wandb` (or `pip install -e '.[wandb]'`), or wandb_log: false")
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a broken install, or one blocked on purpose, is as good as absent
+        return False
 
 
 def event_files(folder: str | os.PathLike) -> list[Path]:

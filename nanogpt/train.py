@@ -26,9 +26,10 @@ import torch.distributed as dist
 
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
-from nanogpt.config import PRETRAINED_NAMES, RunConfig, is_pretrained_source
+from nanogpt.config import PRETRAINED_NAMES, RunConfig, TrainSettings, is_pretrained_source
 from nanogpt.data import BatchSampler, load_meta
 from nanogpt.errors import ConfigError
+from nanogpt.launch import report_checkpoint_saved
 from nanogpt.model import GPT
 from nanogpt.progress import Progress
 from nanogpt.provenance import provenance
@@ -40,10 +41,18 @@ from nanogpt.runtime import (
     peak_flops_for,
     pick_device,
     pick_dtype,
+    resolve_compile,
+    seed_device_rng,
     setup_device,
     setup_distributed,
 )
+from nanogpt.tokenizer import vocab_remap
 from nanogpt.tracking import Tracker, check_wandb
+
+# Default checkpoint cadence: at most this fraction of the wall time is spent writing periodic checkpoints.
+CHECKPOINT_OVERHEAD = 0.05
+# Before the first save its cost is estimated from its size (fp32 weights + AdamW's two moments) at this speed.
+ASSUMED_WRITE_BYTES_PER_S = 1e9
 
 
 def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int, min_lr: float,
@@ -61,37 +70,45 @@ def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int
 
 
 class _StopFlag:
-    """SIGTERM (SLURM's time limit, preemption, a dead parent) asks the loop to checkpoint and exit."""
+    """SIGTERM (SLURM's time limit, preemption, a dead parent) and Ctrl-C (SIGINT) ask the loop to checkpoint and
+    exit. A second Ctrl-C interrupts at once, as Python's default does."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
+        self.requested: signal.Signals | None = None
+        self._previous: dict[int, object] = {}
 
     def __enter__(self) -> _StopFlag:
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         except ValueError:  # not the main thread
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        self.requested = signal.Signals(signum)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def agreed(self, d: Dist, device: torch.device) -> bool:
         """Every rank stops at the same step (a rank that stopped alone would hang the others)."""
         if not d.enabled:
-            return self.requested
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+            return self.requested is not None
+        flag = torch.tensor([float(self.requested or 0)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        if flag.item() > 0 and self.requested is None:  # another rank's signal: name it like that rank does
+            self.requested = signal.Signals(int(flag.item()))
+        return flag.item() > 0
 
 
 class TerminatedError(SystemExit):
-    """Raised after SIGTERM once the checkpoint is safely on disk (exit status 143, like a SIGTERM death)."""
+    """Raised after SIGTERM or Ctrl-C once the checkpoint is safely on disk (exit status 128 + the signal, like a
+    death by it: 143, 130)."""
 
 
 def init_identity(source: str) -> str:
@@ -106,50 +123,84 @@ def init_identity(source: str) -> str:
     return source
 
 
-def _initial_model(run: RunConfig, vocab_size: int, out_dir: Path, log) -> GPT:
-    """init_from: scratch, resume (this run's model.pt), gpt2*, a local HF folder or hub id, or a .pt file."""
-    source, expected = run.init_from, run.gpt_config(vocab_size)
+def _initial_model(run: RunConfig, meta: dict, log) -> GPT:
+    """init_from: scratch, gpt2*, a local HF folder or hub id, or a .pt file (resume is a resume point).
+
+    A model from elsewhere must read this dataset's tokens: the same tokenizer, or a char vocabulary that covers
+    the dataset's characters, whose embedding rows are then reordered to the dataset's ids (said in the log).
+    """
+    source, expected = run.init_from, run.gpt_config(meta["vocab_size"])
     if source == "scratch":
         return GPT(expected)
     if source == "resume":
-        path = out_dir / "model.pt"
-        if not path.is_file():
-            raise ConfigError(f"init_from='resume' but {path} does not exist: expected a finished run to continue")
-        log(f"continuing from {path} (iter {ckpt_io.peek(path)['iter_num']}) with a new optimizer and schedule")
-        return ckpt_io.model_from_checkpoint(ckpt_io.load(path), expected, dropout=run.model.dropout)
+        raise ConfigError(f"init_from='resume' but this run's checkpoints all lie beyond max_iters="
+                          f"{run.train.max_iters}: expected max_iters at least their iteration")
     if is_pretrained_source(source):
         from nanogpt.pretrained import load_pretrained
 
-        model = load_pretrained(source, dropout=run.model.dropout)
+        model, model_tok = load_pretrained(source, dropout=run.model.dropout), {"kind": "gpt2"}
     elif source.endswith(".pt"):
-        model = ckpt_io.model_from_checkpoint(ckpt_io.load(source), dropout=run.model.dropout)
+        ckpt = ckpt_io.load(source)
+        model = ckpt_io.model_from_checkpoint(ckpt, dropout=run.model.dropout)
+        model_tok = (ckpt.get("dataset_meta") or {}).get("tokenizer")
     else:
         raise ConfigError(
             f"init_from={source!r}: expected scratch, resume, one of {', '.join(PRETRAINED_NAMES)}, "
             "a local Hugging Face GPT-2 directory, or a .pt checkpoint"
         )
+    rows = vocab_remap(model_tok, meta["tokenizer"], f"init_from={source!r}")
+    if rows is not None:
+        log(f"the dataset's {len(rows)} characters are all in the model's vocabulary of {model.config.vocab_size}: "
+            "its embedding rows are reordered to the dataset's ids")
+        model.keep_vocab_rows(rows)
+    if meta["vocab_size"] > model.config.vocab_size:
+        raise ConfigError(f"init_from={source!r}: the model has {model.config.vocab_size} token ids but the dataset "
+                          f"{meta['vocab_size']}: expected a dataset tokenized for this model")
     if run.model.block_size < model.config.block_size:
         model.crop_block_size(run.model.block_size)
     model.config.dropout = run.model.dropout
     return model
 
 
-def _resume_point(ckpt_dir: Path, out_dir: Path, fingerprint: str, max_iters: int, d: Dist, log) -> Path | None:
-    """The checkpoint to resume from; rank 0 sets aside every checkpoint that does not belong to this trajectory."""
-    chosen, refused = ckpt_io.choose_resume(ckpt_dir, fingerprint, max_iters)
+def _resume_point(ckpt_dir: Path, out_dir: Path, fingerprints: list[str], t: TrainSettings, d: Dist,
+                  log) -> Path | None:
+    """The checkpoint to resume from (brought back from set_aside/ when its settings came back); rank 0 sets
+    aside every live checkpoint that does not belong to this trajectory, each under its own fingerprint."""
+    chosen, refused = ckpt_io.choose_resume(ckpt_dir, fingerprints, t.max_iters)
     if d.enabled:
         dist.barrier()  # every rank has chosen before rank 0 moves anything
     if d.is_master:
-        for path, reason in refused:
-            log(f"setting aside {path.name} ({reason}) -> {ckpt_dir / ckpt_io.SET_ASIDE}/")
-            ckpt_io.set_aside(path)
+        for path, reason, fingerprint in refused:
+            dest = ckpt_io.set_aside(path, ckpt_dir, fingerprint, t.keep_checkpoints)
+            log(f"setting aside {path.name} ({reason}) -> {dest.parent}/")
         best = out_dir / "best.pt"
         if chosen is None and best.is_file():  # a fresh start: the old best model is not this run's
-            log(f"setting aside {best.name} (from an earlier start) -> {ckpt_dir / ckpt_io.SET_ASIDE}/")
-            ckpt_dir.mkdir(exist_ok=True)
-            os.replace(best, ckpt_dir / best.name)
-            ckpt_io.set_aside(ckpt_dir / best.name)
-    return chosen
+            dest = ckpt_io.set_aside(best, ckpt_dir, _fingerprint_of(best), t.keep_checkpoints)
+            log(f"setting aside {best.name} (from an earlier start) -> {dest.parent}/")
+        if chosen is not None and chosen.parent != ckpt_dir:
+            log(f"these settings came back: resuming their checkpoint {chosen.name} from {chosen.parent}/")
+            ckpt_io.restore(chosen.parent, ckpt_dir, out_dir, t.max_iters)
+    if d.enabled:
+        dist.barrier()  # rank 0's moves are done before anyone loads
+    return None if chosen is None else ckpt_dir / chosen.name
+
+
+def _fingerprint_of(path: Path) -> str | None:
+    try:
+        return ckpt_io.peek(path).get("fingerprint")
+    except ckpt_io.CheckpointError:
+        return None
+
+
+def _resume_origin(ckpt_dir: Path, settings_fingerprint: str) -> str:
+    """init_from: resume continues this run folder's trajectory of the same settings: its fingerprint."""
+    found = ckpt_io.newest_with_settings(ckpt_dir, settings_fingerprint)
+    if found is None:
+        raise ConfigError(
+            f"init_from='resume' but {ckpt_dir} holds no checkpoint made with these settings: expected a finished "
+            "or interrupted run of the same settings to continue (train it first with init_from: scratch)"
+        )
+    return found
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -197,36 +248,50 @@ def trim_history(path: Path, upto: int) -> None:
     fileio.write_text(path, "".join(kept))
 
 
-def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, log=print) -> dict:
-    """Train one run; writes checkpoints/, TensorBoard events, history.jsonl, then model.pt and metrics.json."""
+def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, log=print,
+          needs_gpu: bool = False) -> dict:
+    """Train one run; writes checkpoints/, TensorBoard events, history.jsonl, then model.pt and metrics.json.
+
+    `needs_gpu`: the job was given GPUs (resources.gpus): device auto finding none is an error, not the CPU.
+    """
     t_start = time.time()
     out_dir, data_dir = Path(out_dir), Path(data_dir)
     check_world_size(run.train.gradient_accumulation_steps, int(os.environ.get("WORLD_SIZE", "1")))
     if "LOCAL_RANK" in os.environ:
         die_with_parent()  # torchrun puts its workers in their own session: a killed pipeline must take them along
-    probe_device = pick_device(run.train.device)  # before init_process_group: picks the backend
-    d = setup_distributed(run.launch.backend, probe_device.type)
+    device = run_device(run, int(os.environ.get("LOCAL_RANK", "0")), needs_gpu)
+    d = setup_distributed(run.launch.backend, device)  # after the rank's GPU is chosen: NCCL uses that one
     try:
         lock = run_folder_lock(out_dir, log) if d.is_master else contextlib.nullcontext()
         with lock:
             if d.enabled:
                 dist.barrier()  # nobody reads the run folder before rank 0 owns it
-            trainer = Trainer(run, data_dir, out_dir, d, log if d.is_master else _silent)
+            trainer = Trainer(run, data_dir, out_dir, d, log if d.is_master else _silent, device)
             return trainer.fit(t_start)
     finally:
         if d.enabled:
             dist.destroy_process_group()
 
 
+def run_device(run: RunConfig, local_rank: int, needs_gpu: bool = False) -> torch.device:
+    """This rank's device. Under torchrun every rank takes the GPU of its local rank (whatever cuda:N was
+    named), and a rank without a GPU of its own is an error, never a GPU shared with another rank."""
+    needs_gpu = needs_gpu or run.launch.backend == "nccl"
+    device = pick_device(run.train.device, local_rank, needs_gpu)
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        device = pick_device("cuda", local_rank)
+    return device
+
+
 class Trainer:
     """One run's training state: set up in __init__, advanced by fit(), written out by finish()."""
 
-    def __init__(self, run: RunConfig, data_dir: Path, out_dir: Path, d: Dist, log) -> None:
+    def __init__(self, run: RunConfig, data_dir: Path, out_dir: Path, d: Dist, log,
+                 device: torch.device | None = None) -> None:
         self.run, self.t, self.d, self.out_dir, self.log = run, run.train, d, out_dir, log
         self.ckpt_dir = out_dir / "checkpoints"
-        self.device = pick_device(self.t.device, d.local_rank)
-        if self.device.type == "cuda" and d.enabled:  # one GPU per rank on each node, whatever cuda:N was named
-            self.device = torch.device("cuda", d.local_rank % torch.cuda.device_count())
+        self.t_start = time.time()  # fit() moves it back to the process's start
+        self.device = device or run_device(run, d.local_rank)
         setup_device(self.device)
         self.dtype = pick_dtype(self.t.dtype, self.device, run.model.n_embd)
         self.ctx = autocast_context(self.device, self.dtype)
@@ -234,16 +299,27 @@ class Trainer:
         self.tokens_per_iter = self.t.gradient_accumulation_steps * self.t.batch_size * run.model.block_size
         self.meta = load_meta(data_dir)
         self.sampler = BatchSampler(data_dir, run.model.block_size, self.t.batch_size, self.t.seed, self.device)
-        self.fingerprint = run.fingerprint(self.meta, init_identity(run.init_from))
+        self.settings_fingerprint = run.settings_fingerprint(self.meta)
+        if run.init_from == "resume":
+            self.fingerprint = _resume_origin(self.ckpt_dir, self.settings_fingerprint)
+            accepted = [self.fingerprint]
+        else:
+            identity = init_identity(run.init_from)
+            self.fingerprint = run.fingerprint(self.meta, identity)
+            accepted = [self.fingerprint, run.legacy_fingerprint(self.meta, identity)]  # an upgrade resumes
+        self.accepted_fingerprints = [f for f in accepted if f]
         self._build_state()
         self.peak = self.t.peak_flops or peak_flops_for(self.device, self.dtype)
+        # MFU of one device: the micro-batches this rank runs per iteration (counted once: it walks the params)
+        self.flops_per_iter = (self.raw_model.flops_per_token() * self.raw_model.config.block_size
+                               * self.t.batch_size * self.accum)
         log(f"device {self.device}, dtype {str(self.dtype).removeprefix('torch.')}, world size {d.world_size}, "
             f"{self.raw_model.get_num_params() / 1e6:.2f}M parameters, {self.tokens_per_iter:,} tokens/iter")
 
     def _build_state(self) -> None:
         """Model, optimizer and scaler: from this trajectory's newest checkpoint, else from init_from."""
         t = self.t
-        resume = _resume_point(self.ckpt_dir, self.out_dir, self.fingerprint, t.max_iters, self.d, self.log)
+        resume = _resume_point(self.ckpt_dir, self.out_dir, self.accepted_fingerprints, t, self.d, self.log)
         torch.manual_seed(t.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
         state = None
         if resume is not None:
@@ -252,20 +328,23 @@ class Trainer:
             shape = self.run.gpt_config(self.meta["vocab_size"]) if self.run.init_from == "scratch" else None
             model = ckpt_io.model_from_checkpoint(state, shape, dropout=self.run.model.dropout)
         else:
-            model = _initial_model(self.run, self.meta["vocab_size"], self.out_dir, self.log)
+            model = _initial_model(self.run, self.meta, self.log)
         self.raw_model = model.to(self.device)
         self.optimizer = model.configure_optimizers(t.weight_decay, t.learning_rate, (t.beta1, t.beta2),
                                                     self.device.type)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(self.dtype == torch.float16))
-        self.iter_num, self.best_val_loss = 0, float("inf")
+        self.iter_num, self.best_val_loss, self.earlier_wall_s = 0, float("inf"), 0.0
         if state is not None:
+            self.earlier_wall_s = float(state.get("wall_time_s") or 0.0)
             self.optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.iter_num, self.best_val_loss = int(state["iter_num"]), float(state["best_val_loss"])
             if "rng" in state:
                 _set_rng_state(state["rng"], self.device)
-        self.model = torch.compile(model) if t.compile else model
+        self.compiled = resolve_compile(t.compile, self.device)
+        # fullgraph: the model compiles as one graph; a future graph break is an error, not a silent slowdown
+        self.model = torch.compile(model, fullgraph=True) if self.compiled else model
         if self.d.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -280,8 +359,10 @@ class Trainer:
             "model_args": self.raw_model.config.to_dict(),
             "iter_num": self.iter_num,
             "best_val_loss": self.best_val_loss,
+            "wall_time_s": self.wall_time(),
             "config": self.run.to_dict(),
             "fingerprint": self.fingerprint,
+            "settings_fingerprint": self.settings_fingerprint,
             "dataset_meta": self.meta,  # the tokenizer travels with the weights
         }
         if with_optimizer:
@@ -290,19 +371,56 @@ class Trainer:
         return ckpt
 
     def save_periodic(self) -> None:
+        """Rank 0 writes a resume checkpoint; under DDP every rank waits for it (a rank that ran ahead and
+        exited on SIGTERM would let torchrun stop rank 0 in the middle of the write)."""
         if self.d.is_master:
-            ckpt_io.save(self.checkpoint(), ckpt_io.checkpoint_path(self.ckpt_dir, self.iter_num))
+            t0 = time.perf_counter()
+            path = ckpt_io.checkpoint_path(self.ckpt_dir, self.iter_num)
+            ckpt_io.save(self.checkpoint(), path)
+            self.last_save = (time.perf_counter(), time.perf_counter() - t0)
             for moved in ckpt_io.prune(self.ckpt_dir, self.t.keep_checkpoints):
                 self.log(f"set aside unreadable checkpoint {moved.name} -> {moved.parent}/")
+        if self.d.enabled:
+            dist.barrier()
+
+    def checkpoint_due(self) -> bool:
+        """At a checkpoint boundary (checkpoint_interval, default eval_interval), is a periodic save worth it?
+
+        An explicit checkpoint_interval is honoured exactly. By default a save is skipped while the previous one
+        is too recent: at most CHECKPOINT_OVERHEAD of the wall time goes to writing checkpoints (a 124M model
+        writes 1.5 GB with its AdamW state; gpt2-xl 18 GB). SIGTERM and the end of the run always save.
+        """
+        t = self.t
+        interval = t.checkpoint_interval or t.eval_interval
+        if not 0 < self.iter_num < t.max_iters or self.iter_num % interval != 0:
+            return False
+        if t.checkpoint_interval is not None:
+            return True
+        due = True
+        if self.d.is_master:
+            last_end, last_cost = self.last_save
+            due = time.perf_counter() - last_end >= last_cost / CHECKPOINT_OVERHEAD
+        if self.d.enabled:  # the same answer on every rank: they all wait in save_periodic's barrier
+            flag = torch.tensor([1.0 if due else 0.0], device=self.device)
+            dist.broadcast(flag, src=0)
+            due = bool(flag.item() > 0)
+        return due
 
     # ---- the loop -------------------------------------------------------------------------------------------
+    def wall_time(self) -> float:
+        """Seconds this run has trained, over every attempt: earlier ones come from the resumed checkpoint."""
+        return self.earlier_wall_s + time.time() - self.t_start
+
     def fit(self, t_start: float) -> dict:
         """Train from iter_num to max_iters; evaluate, log and checkpoint once in a while; then finish()."""
         t = self.t
+        self.t_start = t_start
         self._open_logs()
         self.last_eval: dict[str, float] = {}
         self.step_times: list[float] = []
         self.running_mfu, self.last_loss = None, float("nan")
+        n_params = sum(p.numel() for p in self.raw_model.parameters())
+        self.last_save = (time.perf_counter(), 12 * n_params / ASSUMED_WRITE_BYTES_PER_S)  # (ended at, took s)
         x, y = self.sampler.get_batch("train", self.iter_num, self.d.rank * self.accum)
         self.model.train()
         t0 = time.perf_counter()
@@ -313,7 +431,7 @@ class Trainer:
                     group["lr"] = lr
                 if self.iter_num % t.eval_interval == 0 or self.iter_num == t.max_iters or t.eval_only:
                     self.evaluate(lr)
-                if 0 < self.iter_num < t.max_iters and self.iter_num % (t.checkpoint_interval or t.eval_interval) == 0:
+                if self.checkpoint_due():
                     self.save_periodic()
                 if self.iter_num >= t.max_iters or t.eval_only:
                     break
@@ -325,18 +443,26 @@ class Trainer:
                     self.log_step(loss, grad_norm, lr, dt)
                 # single process: check every step (free); DDP: agree at log steps, where ranks sync anyway
                 if (logging_step or not self.d.enabled) and stop.agreed(self.d, self.device):
-                    self.save_periodic()
-                    self.log(f"SIGTERM: checkpoint saved at iter {self.iter_num}; rerun to resume")
-                    self._close_logs()
-                    raise TerminatedError(143)
+                    self.stop_with_checkpoint(stop.requested)
         return self.finish(t_start)
+
+    def stop_with_checkpoint(self, sig: signal.Signals) -> None:
+        """SIGTERM or Ctrl-C: every rank waits for rank 0's checkpoint, rank 0 tells the launcher it is on disk,
+        then exit."""
+        self.save_periodic()
+        path = ckpt_io.checkpoint_path(self.ckpt_dir, self.iter_num)
+        if self.d.is_master:
+            report_checkpoint_saved(f"checkpoint {path} saved at iter {self.iter_num}")
+        self.log(f"{sig.name}: checkpoint saved at iter {self.iter_num}; rerun to resume")
+        self._close_logs()
+        raise TerminatedError(128 + int(sig))
 
     def step(self, x: torch.Tensor, y: torch.Tensor):
         """One optimizer step over `accum` micro-batches; returns the next batch, the loss and the grad norm."""
         t, d = self.t, self.d
         # Dropout masks come from (seed, step, rank) alone, like the batches: a resumed run draws exactly what
         # the uninterrupted one would have.
-        torch.manual_seed(step_seed(t.seed, self.iter_num, d.rank))
+        seed_device_rng(self.device, step_seed(t.seed, self.iter_num, d.rank))
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(self.accum):
             last = micro == self.accum - 1
@@ -386,7 +512,7 @@ class Trainer:
             self.step_times.append(dt)
             if self.peak:
                 # MFU of one device: the micro-batches this rank ran, against this device's peak
-                mfu = self.raw_model.estimate_mfu(t.batch_size * self.accum, dt, self.peak)
+                mfu = self.flops_per_iter / dt / self.peak
                 avg = mfu if self.running_mfu is None else 0.9 * self.running_mfu + 0.1 * mfu
                 self.running_mfu = avg
         mfu = mfu_or_none(self.running_mfu) if self.running_mfu else None
@@ -401,7 +527,7 @@ class Trainer:
         if self.history:
             row = {"iter": self.iter_num, "loss": self.last_loss, "lr": lr, "dt": dt}
             self.history.write(json.dumps(row) + "\n")
-            self.history.flush()
+            self.history.flush()  # watchable while it trains (tail -f), and the resume tests read it
 
     # ---- outputs --------------------------------------------------------------------------------------------
     def _open_logs(self) -> None:
@@ -424,7 +550,12 @@ class Trainer:
             self.history.close()
 
     def finish(self, t_start: float) -> dict:
-        """metrics.json, then model.pt (rank 0); returns the metrics."""
+        """metrics.json, then model.pt (rank 0); returns the metrics.
+
+        The final state is also kept as the newest checkpoint (model.pt is a hard link to it where the file
+        system allows): when Snakemake deletes model.pt before rerunning the job, or the run is lengthened, the
+        rerun resumes from it instead of training again.
+        """
         median_dt = statistics.median(self.step_times) if self.step_times else None
         metrics = {
             "iters": self.iter_num,
@@ -436,7 +567,7 @@ class Trainer:
             "tokens_per_sec": self.tokens_per_iter / median_dt if median_dt else None,
             "mfu": mfu_or_none(self.running_mfu) if self.running_mfu else None,
             "peak_flops": self.peak,
-            "wall_time_s": time.time() - t_start,
+            "wall_time_s": self.wall_time(),  # all attempts; this one alone is in the log
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "world_size": self.d.world_size,
@@ -447,10 +578,21 @@ class Trainer:
         self._close_logs(exit_code=0)
         if self.d.is_master:
             fileio.write_json(self.out_dir / "metrics.json", metrics)
-            ckpt_io.save(self.checkpoint(), self.out_dir / "model.pt")
+            self.save_final()
             self.log(f"done: val loss {_fmt(metrics['val_loss'])} after {self.iter_num} iters, "
                      f"median {_fmt(metrics['median_ms_per_iter'], '.1f')} ms/iter, wall {metrics['wall_time_s']:.0f}s")
         return metrics
+
+
+    def save_final(self) -> None:
+        model_pt = self.out_dir / "model.pt"
+        if self.iter_num == 0:  # nothing trained (eval_only): no trajectory to keep
+            ckpt_io.save(self.checkpoint(), model_pt)
+            return
+        final = ckpt_io.checkpoint_path(self.ckpt_dir, self.iter_num)
+        ckpt_io.save(self.checkpoint(), final)
+        ckpt_io.prune(self.ckpt_dir, self.t.keep_checkpoints)
+        fileio.link_or_copy(final, model_pt)
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""KV-cache generation: same logits as a full forward pass and same samples as nanoGPT's cache-free loop."""
+"""KV-cache generation: same logits as a full forward pass and same samples as nanoGPT's cache-free loop within
+block_size; past it, the samples of the documented window rule (`window_refresh`), nanoGPT's with window_refresh=1."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, GPTConfig, KVCache
 
 VOCAB = 23
+torch.set_num_threads(1)  # 2 shared cores: more threads only wait on each other
 
 
 def make_model(block_size: int = 16, seed: int = 0) -> GPT:
@@ -38,13 +41,61 @@ def reference_generate(model: GPT, idx: torch.Tensor, n: int, temperature: float
 
 
 def sample_three_ways(model: GPT, prompt: torch.Tensor, n: int, temperature: float = 0.7,
-                      top_k: int | None = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      top_k: int | None = 5, window_refresh: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """nanoGPT's loop, our cached and our cache-free generate (window_refresh=1: nanoGPT's cropping)."""
     gen = lambda: torch.Generator().manual_seed(1234)  # noqa: E731
     with torch.no_grad():
         ref = reference_generate(model, prompt, n, temperature, top_k, gen())
-    cached = model.generate(prompt, n, temperature, top_k, use_cache=True, generator=gen())
-    uncached = model.generate(prompt, n, temperature, top_k, use_cache=False, generator=gen())
+    cached = model.generate(prompt, n, temperature, top_k, use_cache=True, generator=gen(),
+                            window_refresh=window_refresh)
+    uncached = model.generate(prompt, n, temperature, top_k, use_cache=False, generator=gen(),
+                              window_refresh=window_refresh)
     return ref, cached, uncached
+
+
+def refresh_context_start(L: int, T0: int, block: int, k: int) -> int:
+    """Where the context of token L starts under GPT.generate's documented rule, in closed form: the prompt
+    cropped to block tokens; the context grows to block, then every k tokens restarts from its last
+    block - k + 1 tokens (the first restart at the first token whose context would exceed block)."""
+    first = max(0, T0 - block)
+    overflow = first + block + 1  # the first token whose context would be block + 1 tokens
+    if L < overflow:
+        return first
+    return overflow + (L - overflow) // k * k - (block - k + 1)
+
+
+def reference_generate_refresh(model: GPT, idx: torch.Tensor, n: int, temperature: float, top_k: int | None,
+                               generator: torch.Generator, k: int) -> torch.Tensor:
+    """The window rule with nanoGPT's loop: a full forward of each token's (closed-form) context, no cache."""
+    block, T0 = model.config.block_size, idx.size(1)
+    for L in range(T0, T0 + n):
+        start = refresh_context_start(L, T0, block, k)
+        assert block - k + 1 <= L - start <= block or start == 0
+        logits, _ = model(idx[:, start:], all_logits=True)
+        logits = logits[:, -1, :] / temperature
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+        probs = F.softmax(logits, dim=-1)
+        idx = torch.cat((idx, torch.multinomial(probs, num_samples=1, generator=generator)), dim=1)
+    return idx
+
+
+def eager_fixed_shape_step(monkeypatch) -> list:
+    """cuda_graph=True on the CPU would fail at capture: run the same fixed-shape step eagerly (what the graph
+    records). Returns the list of steps created, one per generate call."""
+    from nanogpt import decoding
+
+    original = decoding.StaticDecodeStep.__init__
+    made = []
+
+    def eager_init(self, *args, use_graph: bool):  # same step, never captured
+        original(self, *args, use_graph=False)
+        made.append(self)
+
+    monkeypatch.setattr(decoding.StaticDecodeStep, "__init__", eager_init)
+    return made
 
 
 @pytest.mark.parametrize("top_k", [None, 5])
@@ -60,10 +111,11 @@ def test_cached_samples_equal_reference_within_block(top_k: int | None) -> None:
 
 
 @pytest.mark.parametrize("prompt_len", [3, 8, 12])  # shorter than, equal to, longer than block_size
-def test_cached_samples_equal_reference_past_block_size(prompt_len: int) -> None:
+def test_window_refresh_one_equals_reference_past_block_size(prompt_len: int) -> None:
+    """window_refresh=1 recomputes the window at every token: nanoGPT's per-token cropping, sample for sample."""
     model = make_model(block_size=8)
     prompt = torch.arange(prompt_len).remainder(VOCAB)[None, :]
-    ref, cached, uncached = sample_three_ways(model, prompt, 30)
+    ref, cached, uncached = sample_three_ways(model, prompt, 30, window_refresh=1)
     assert ref.shape == (1, prompt_len + 30)
     assert torch.equal(cached, ref)
     assert torch.equal(uncached, ref)
@@ -129,3 +181,113 @@ def test_training_loss_unchanged_by_inference_shortcut() -> None:
     torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, VOCAB), y.view(-1)))
     loss.backward()
     assert model.transformer.h[-1].mlp.c_fc.weight.grad.abs().sum() > 0
+
+
+def test_fixed_shape_decode_step_equals_cached_forward() -> None:
+    """nanogpt.decoding's step (what a CUDA graph replays on GPUs; eager here): the whole cache with a mask
+    gives the logits of the plain cached forward, position by position, batch rows independent."""
+    from nanogpt.decoding import StaticDecodeStep
+
+    model = make_model(block_size=16)
+    seq = torch.randint(VOCAB, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain = KVCache(model.config.n_layer, 16)
+        fixed = KVCache(model.config.n_layer, 16)
+        model(seq[:, :4], cache=plain)
+        model(seq[:, :4], cache=fixed)
+        step = StaticDecodeStep(model, fixed, batch=2, use_graph=False)
+        for t in range(4, 16):
+            want, _ = model(seq[:, t:t + 1], cache=plain)
+            got = step(seq[:, t:t + 1], t)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert fixed.k[0].shape[2] == 16 and torch.equal(fixed.k[0], plain.k[0][:, :, :16])
+
+
+def test_generate_with_the_fixed_shape_step_equals_reference(monkeypatch) -> None:
+    """The loop with the eager fixed-shape step (what the CUDA graph records) draws nanoGPT's samples."""
+    model = make_model(block_size=32)
+    prompt = torch.tensor([[1, 2, 3]])
+    gen = lambda: torch.Generator().manual_seed(99)  # noqa: E731
+    with torch.no_grad():
+        ref = reference_generate(model, prompt, 29, 0.7, 5, gen())
+    eager_fixed_shape_step(monkeypatch)
+    assert torch.equal(model.generate(prompt, 29, 0.7, 5, generator=gen(), cuda_graph=True), ref)
+
+
+@pytest.mark.parametrize("prompt_len", [5, 16, 21])  # shorter than, equal to, longer than block_size
+@pytest.mark.parametrize("batch", [1, 3])
+def test_samples_past_block_size_follow_the_window_rule(prompt_len: int, batch: int, monkeypatch) -> None:
+    """Default window_refresh (block_size // 4 = 4): cached, cache-free and fixed-shape-step generation draw the
+    samples of the closed-form rule, token for token, across several refreshes."""
+    model = make_model(block_size=16)
+    prompt = torch.randint(VOCAB, (batch, prompt_len), generator=torch.Generator().manual_seed(prompt_len))
+    n = 45  # past block_size by at least 29 tokens: 7 refreshes or more
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    with torch.no_grad():
+        ref = reference_generate_refresh(model, prompt, n, 0.7, 5, gen(), k=4)
+        nanogpt = reference_generate(model, prompt, n, 0.7, 5, gen())
+    cached = model.generate(prompt, n, 0.7, 5, generator=gen(), cuda_graph=False)
+    uncached = model.generate(prompt, n, 0.7, 5, use_cache=False, generator=gen())
+    steps = eager_fixed_shape_step(monkeypatch)
+    fixed = model.generate(prompt, n, 0.7, 5, generator=gen(), cuda_graph=True)
+    assert ref.shape == (batch, prompt_len + n)
+    assert torch.equal(cached, ref)
+    assert torch.equal(uncached, ref)
+    assert torch.equal(fixed, ref)
+    assert len(steps) == 1  # one step (one graph on CUDA) for the whole call, refreshes included
+    assert not torch.equal(ref, nanogpt)  # the rule really draws from other contexts than nanoGPT's cropping
+
+
+@pytest.mark.parametrize("k", [2, 3, 15, 16])  # 16 = block_size: a refresh keeps the newest token only
+def test_samples_past_block_size_with_any_window_refresh(k: int, monkeypatch) -> None:
+    model = make_model(block_size=16)
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    with torch.no_grad():
+        ref = reference_generate_refresh(model, prompt, 50, 0.7, 5, gen(), k=k)
+    assert torch.equal(model.generate(prompt, 50, 0.7, 5, generator=gen(), window_refresh=k), ref)
+    assert torch.equal(model.generate(prompt, 50, 0.7, 5, use_cache=False, generator=gen(), window_refresh=k), ref)
+    eager_fixed_shape_step(monkeypatch)
+    assert torch.equal(model.generate(prompt, 50, 0.7, 5, generator=gen(), cuda_graph=True, window_refresh=k), ref)
+
+
+def test_window_refresh_one_is_nanogpt_with_the_fixed_shape_step(monkeypatch) -> None:
+    model = make_model(block_size=8)
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    with torch.no_grad():
+        ref = reference_generate(model, prompt, 30, 0.7, 5, gen())
+    eager_fixed_shape_step(monkeypatch)
+    assert torch.equal(model.generate(prompt, 30, 0.7, 5, generator=gen(), cuda_graph=True, window_refresh=1), ref)
+
+
+def test_fixed_shape_step_continues_after_a_refresh() -> None:
+    """The step keeps the cache object it was made with: after reset and a new prefill into the same buffers it
+    gives the logits of the plain cached forward at the restarted positions."""
+    from nanogpt.decoding import StaticDecodeStep
+
+    model = make_model(block_size=16)
+    seq = torch.randint(VOCAB, (2, 30), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fixed = KVCache(model.config.n_layer, 16)
+        model(seq[:, :4], cache=fixed)
+        step = StaticDecodeStep(model, fixed, batch=2, use_graph=False)
+        for t in range(4, 16):
+            step(seq[:, t:t + 1], t)
+        buffers = [k.data_ptr() for k in fixed.k]
+        fixed.reset()
+        model(seq[:, 10:20], cache=fixed)  # the window restarted at token 10, positions from 0
+        plain = KVCache(model.config.n_layer, 16)
+        model(seq[:, 10:20], cache=plain)
+        for t in range(20, 26):
+            want, _ = model(seq[:, t:t + 1], cache=plain)
+            got = step(seq[:, t:t + 1], t - 10)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert [k.data_ptr() for k in fixed.k] == buffers and fixed.length == plain.length == 16
+
+
+@pytest.mark.parametrize("bad", [0, -1, 17, 2.5, True, "4"])
+def test_bad_window_refresh_is_one_config_error(bad) -> None:
+    model = make_model(block_size=16)
+    with pytest.raises(ConfigError, match=r"window_refresh=.*: expected an integer in \[1, block_size=16\]"):
+        model.generate(torch.tensor([[1]]), 2, window_refresh=bad)

@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py end to end on the CPU (--tiny), so its first GPU run is not its first run.
+"""benchmarks/gpu_call.sh (the one GPU command) end to end on the CPU (TINY=1), so its first GPU run is not its
+first run.
 
 With $NANOGPT_REFERENCE or $NANOGPT_REF pointing at a nanoGPT checkout, nanoGPT's side runs too; otherwise ours
 only. Every step runs with yaml, tiktoken, transformers, datasets and snakemake made unimportable, as on a bare GPU
@@ -12,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -52,22 +54,57 @@ def test_baby_settings_match_config_yaml():
 
 
 @pytest.fixture(scope="module")
-def tiny_report(tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("gpu_check")
+def tiny_call(tmp_path_factory) -> tuple[dict, Path]:
+    """TINY=1 bash benchmarks/gpu_call.sh, as the GPU machine runs it, with optional packages blocked."""
+    work = tmp_path_factory.mktemp("gpu_call")
     site = work / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCKER)
-    env = dict(os.environ, PYTHONPATH=str(site))
-    env.pop("NANOGPT_REF", None)
-    env.pop("NANOGPT_REFERENCE", None)
-    cmd = [sys.executable, str(SCRIPT), "--tiny", "--work", str(work / "out")]
+    out = work / "out"
+    env = dict(os.environ, PYTHONPATH=str(site), TINY="1", PYTHON=sys.executable, OUT=str(out),
+               TMPDIR=str(work))
     ref = nanogpt_reference()
-    if ref is not None:
-        cmd += ["--nanogpt", str(ref)]
-    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    env["NANOGPT_REF"] = str(ref) if ref is not None else str(work / "no-nanogpt")
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_call.sh")], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "| baby GPT (20 iters): ms/iter (median) |" in proc.stdout  # the printed table
-    return json.loads((work / "out" / "gpu_check.json").read_text())
+    return json.loads((out / "gpu_check.json").read_text()), out
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_call) -> dict:
+    return tiny_call[0]
+
+
+def test_call_leaves_its_files_in_out(tiny_call):
+    """What comes back from a GPU machine: the log, the environment, the numbers, every step's log."""
+    _, out = tiny_call
+    assert sorted(p.name for p in out.iterdir()) == ["env.txt", "gpu_call.log", "gpu_check.json", "logs.tar.gz"]
+    assert "torch" in (out / "env.txt").read_text()
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"probes.log", "train_ours.log", "generate.log", "bench_ours.log"} <= names
+
+
+def test_probes_pass_on_the_cpu(tiny_report):
+    probes = {k: v for k, v in tiny_report["steps"]["probes"].items() if k != "missing_optional"}
+    assert set(probes) == {"tf32", "compile_fp32", "async_batches", "step_syncs", "token_syncs", "resume"}
+    assert all(p.get("ok") for p in probes.values()), probes
+    assert probes["resume"]["bitwise"] is True  # CPU: a resumed run ends bit-identical
+    assert probes["tf32"]["float32_matmul_precision"] == "high"
+
+
+def test_median_leaves_out_warmup_and_eval_iterations():
+    """nanoGPT logs the iteration that began with an eval (i % eval_interval == 0), ours the one after it
+    (== 1): each side's median is taken over plain iterations only."""
+    gpu_check = load_script()
+    log = "\n".join(f"iter {i}: loss 2.0, time {500.0 if i % 10 == 0 else 10.0 + i % 3}ms, mfu 1.0%"
+                    for i in range(0, 41))
+    timing = gpu_check.parse_iteration_times(log, 10, eval_offset=0)
+    assert timing["ms_per_iter"] == 11.0 and timing["timed_iters"] == 27  # 10..40 without 10, 20, 30, 40
+    shifted = gpu_check.parse_iteration_times(log.replace("500.0", "10.0"), 10, eval_offset=1)
+    assert shifted["timed_iters"] == 28
 
 
 def test_tiny_run_measures_ours_without_optional_packages(tiny_report):
@@ -79,7 +116,7 @@ def test_tiny_run_measures_ours_without_optional_packages(tiny_report):
     assert [row["new_tokens"] for row in steps["generate"]["rows"]] == [16, 80]  # 80 > block 64: the window slides
     assert all(row["ours_tok_s"] > 0 for row in steps["generate"]["rows"])
     assert steps["bench_ours"]["tokens_per_s"] > 0
-    assert steps["syncs"]["iter_num"] == 8 and steps["syncs"]["syncs"] is None  # 3 + 5 steps ran; counted on CUDA
+    assert steps["probes"]["step_syncs"]["iter_num"] == 8  # 3 + 5 steps ran; syncs are counted on CUDA
     assert any(note.startswith("yaml not installed") for note in tiny_report["notes"])
 
 
@@ -92,4 +129,4 @@ def test_tiny_run_compares_with_nanogpt_when_a_checkout_is_given(tiny_report):
     ref = steps["train_ref"]
     assert ref["ms_per_iter"] > 0 and abs(ref["best_val_loss"] - steps["train_ours"]["best_val_loss"]) < 0.1
     for row in steps["generate"]["rows"]:
-        assert row["identical"] is True, row  # same weights, same seed: the same samples
+        assert row["ours_identical"] is True and row["ours_eager_identical"] is True, row  # same weights and seed

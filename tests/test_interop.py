@@ -113,6 +113,10 @@ def test_hf_export_char_model_tokenizer_and_greedy(char_run, tmp_path, capsys):
     out = tmp_path / "hf"
     assert cli_main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
     assert "tokenizer" in capsys.readouterr().out
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir() if p.suffix == ".safetensors"} == {
+        "model.safetensors": 0o666 & ~mask}  # the umask's mode, not the 0600 of safetensors' temp file
     hf_tok = AutoTokenizer.from_pretrained(out)
     hf = AutoModelForCausalLM.from_pretrained(out).eval()
     assert len(hf_tok) == tok.vocab_size
@@ -172,7 +176,8 @@ def test_nanogpt_export_layout(char_run, tmp_path):
     ckpt, model, tok = char_run
     out = tmp_path / "ng"
     assert cli_main(["export", "--format", "nanogpt", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "meta.pkl"]
+    # with the record that marks the folder as our export (a later export may replace only what it lists)
+    assert sorted(p.name for p in out.iterdir()) == [".nanogpt-export.json", "ckpt.pt", "meta.pkl"]
     c = torch.load(out / "ckpt.pt")  # nanoGPT's call: default arguments (weights_only in torch >= 2.6)
     assert set(c) == {"model", "model_args", "iter_num", "best_val_loss", "config", "optimizer"}
     assert c["model_args"] == {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 64, "bias": True,
@@ -195,7 +200,7 @@ def test_bpe_nanogpt_export_has_no_meta_pkl(bpe_run, tmp_path):
     ckpt, _ = bpe_run
     out = tmp_path / "ng"
     assert cli_main(["export", "--format", "nanogpt", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt"]  # nanoGPT falls back to GPT-2 BPE itself
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["ckpt.pt"]  # nanoGPT: GPT-2 BPE
 
 
 def test_sample_from_run_folders(char_run, tmp_path, capsys):

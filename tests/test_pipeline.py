@@ -47,7 +47,9 @@ def test_tiny_pipeline_end_to_end(pipeline_dir):
     state = torch.load(run / "model.pt", weights_only=True)
     assert state["iter_num"] == 20 and state["model_args"]["n_embd"] == 32
     assert list(run.glob("events.out.tfevents.*")), "no TensorBoard events"
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ckpt_00000010.pt", "ckpt_00000015.pt"]
+    # keep_checkpoints (2) newest: the last periodic one and the final state, which model.pt is a link to
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["ckpt_00000015.pt", "ckpt_00000020.pt"]
+    assert (run / "checkpoints" / "ckpt_00000020.pt").samefile(run / "model.pt")
 
     samples = (res / "samples" / "tiny.txt").read_text()
     assert samples.count("---------------") == 1 and len(samples) > 40

@@ -167,6 +167,6 @@ def test_truncated_newest_checkpoint_is_set_aside(tmp_path):
                       "fingerprint": "abc"}, ckpt_io.checkpoint_path(d, it))
     torn = ckpt_io.checkpoint_path(d, 8)
     torn.write_bytes(torn.read_bytes()[:100])
-    chosen, refused = ckpt_io.choose_resume(d, "abc", max_iters=100)
+    chosen, refused = ckpt_io.choose_resume(d, ["abc"], max_iters=100)
     assert chosen == ckpt_io.checkpoint_path(d, 4)
-    assert refused == [(torn, "unreadable")]
+    assert refused == [(torn, "unreadable", None)]

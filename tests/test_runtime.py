@@ -121,7 +121,8 @@ def test_resume_from_a_checkpoint_with_a_list_of_cuda_states(char_data, tmp_path
     ckpt = torch.load(path, weights_only=True)
     ckpt["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 4
     torch.save(ckpt, path)
-    (out / "model.pt").unlink()
+    for finished in (out / "model.pt", out / "checkpoints" / "ckpt_00000006.pt"):  # as if killed after iter 3
+        finished.unlink()
     lines: list[str] = []
     metrics = train(resolve_run(spec, "tiny"), char_data, out, log=lines.append)
     assert any("resuming from" in line and "ckpt_00000003" in line for line in lines)
@@ -151,7 +152,9 @@ def test_auto_dtype_on_cpu_follows_bf16_units_and_width(has_bf16, n_embd, dtype,
     ("NVIDIA H200", 989e12), ("NVIDIA GH200 480GB", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
     ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12), ("NVIDIA A10G", 70e12),
     ("NVIDIA A10", 125e12), ("NVIDIA GeForce RTX 4090", 165e12), ("Tesla T4", 65e12),
-    ("NVIDIA B200", None), ("Some Future GPU", None),
+    ("NVIDIA H200 NVL", 836e12), ("NVIDIA H800", 989e12), ("NVIDIA H800 PCIe", 756e12),
+    ("NVIDIA A800-SXM4-80GB", 312e12), ("NVIDIA B200", 2250e12), ("NVIDIA GB200", 2500e12),
+    ("Some Future GPU", None),
 ])
 def test_peak_flops_by_exact_model(name, peak):
     assert gpu_peak_flops(name, (9, 0), torch.bfloat16) == peak
@@ -163,17 +166,33 @@ def test_fp32_peak_is_unknown_before_ampere():
     assert gpu_peak_flops("Tesla V100-SXM2-16GB", (7, 0), torch.float32) is None  # no TF32 units
 
 
-def test_setup_device_turns_on_tf32_for_cuda_only(monkeypatch):
+@pytest.fixture
+def precision_restored():
+    """Each TF32 setting as it was before the test, through the API that set it (never a mix of the two)."""
+    before = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    yield
+    torch.set_float32_matmul_precision(before[0])
+    torch.backends.cudnn.allow_tf32 = before[1]
+
+
+def test_setup_device_turns_on_tf32_for_cuda_only(monkeypatch, precision_restored):
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    before = torch.backends.cuda.matmul.fp32_precision
-    try:
-        setup_device(torch.device("cpu"))
-        assert torch.backends.cuda.matmul.fp32_precision == before
-        setup_device(torch.device("cuda", 0))
-        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
-    finally:
-        torch.backends.cuda.matmul.fp32_precision = before
-        torch.backends.cudnn.conv.fp32_precision = before
+    torch.set_float32_matmul_precision("highest")
+    setup_device(torch.device("cpu"))
+    assert torch.get_float32_matmul_precision() == "highest"
+    setup_device(torch.device("cuda", 0))
+    assert torch.get_float32_matmul_precision() == "high"
+
+
+def test_tf32_getters_work_after_setup(monkeypatch, precision_restored):
+    """Inductor (max-autotune, and older versions for every fp32 graph) reads these getters: setting only
+    torch.backends.cuda.matmul.fp32_precision made them raise ("mix of the legacy and new APIs")."""
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    setup_device(torch.device("cuda", 0))
+    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert torch.backends.cudnn.allow_tf32 is True
+    assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # the newer view agrees
 
 
 def test_mfu_above_one_is_not_reported():

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt import sweeps
-from nanogpt.config import NAME_PATTERN
+from nanogpt.config import NAME_PATTERN, resolve_run
 from nanogpt.errors import ConfigError
 from nanogpt.pipeline import Pipeline
 
@@ -160,9 +160,10 @@ def fake_runs(runs_dir, spec: dict, law) -> None:
         with SummaryWriter(log_dir=str(out / "tb")) as w:
             for step, loss in ((0, 4.2), (p["max_iters"] // 2, final + 0.3), (p["max_iters"], final)):
                 w.add_scalar("loss/val", loss, step)
+        settings = resolve_run(p["trajectory"], p["run"]).to_dict()  # what the point's training records
         (out / "metrics.json").write_text(json.dumps({"iters": p["max_iters"], "val_loss": final,
                                                       "best_val_loss": final, "tokens_per_sec": 1e4,
-                                                      "wall_time_s": 3.0}))
+                                                      "wall_time_s": 3.0, "provenance": {"config": settings}}))
 
 
 def test_scaling_summary_table_plots_fit_and_hparams(tmp_path):

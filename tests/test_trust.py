@@ -316,10 +316,10 @@ def test_a_failed_step_shows_its_one_line_error_on_the_console(pipeline_dir):
     write_config(pipeline_dir, cfg)
     proc = run_snakemake(pipeline_dir, check=False)
     assert proc.returncode != 0
-    line = "nanogpt train: error: device='cuda' but this machine has no CUDA GPU: expected device: cpu or auto"
+    line = "nanogpt train: error: device='cuda' but torch sees no CUDA GPU (this torch"
     assert line in proc.stdout + proc.stderr
     log = (pipeline_dir / "logs/train/tiny.log").read_text().strip().splitlines()
-    assert log[-1] == line, log[-10:]
+    assert log[-1].startswith(line) and "CPU-only build" in log[-1], log[-10:]
     assert "ChildFailedError" not in "\n".join(log)
 
 

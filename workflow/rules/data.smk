@@ -36,7 +36,7 @@ use rule download as download_hf with:
     output:
         paths.SOURCE_JSON,
     wildcard_constraints:
-        dataset=P.dataset_names_pattern("hf", "files"),
+        dataset=P.dataset_names_pattern("hf", "files", "corpus"),
 
 
 rule prepare:

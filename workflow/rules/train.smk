@@ -1,11 +1,13 @@
 # Training through torchrun. Periodic checkpoints go to results/runs/{run}/checkpoints/, which is not a
-# declared output: a killed or failed job keeps them, and the rerun resumes from the newest one.
+# declared output: a killed or failed job keeps them, and the rerun resumes from the newest one. The final state
+# is kept there too (model.pt is a hard link to it), so a rerun after Snakemake deleted model.pt trains nothing.
+# Only `trajectory` is a tracked parameter: a change to anything else (cadence, logging, launch) reruns nothing.
 
 
 rule train:
     """Train a run with torchrun (DDP), resuming from its newest checkpoint made on the same trajectory."""
     input:
-        lambda w: P.data_files(P.run(w.run).dataset).values(),
+        lambda w: P.train_inputs(w.run),  # the data, and the model of a run this one starts from
     output:
         model=paths.MODEL,
         metrics=paths.METRICS,
@@ -19,12 +21,11 @@ rule train:
     resources:
         **P.train_resources(),  # per run, from its config entry: see Pipeline.train_resources
     params:
-        spec=lambda w: P.run_spec(w.run),
-        launcher=lambda w: P.torchrun_launcher(w.run),
-        data_dir=lambda w: paths.DATA_DIR.format(dataset=P.run(w.run).dataset),
-        out_dir=lambda w: paths.RUN_DIR.format(run=w.run),
-    # everything to the log (which ends with a failure's one-line error), progress lines also to the console
+        trajectory=lambda w: P.run_trajectory(w.run),  # tracked: a change reruns the job
+        args=lambda w: P.train_args(w.run),  # untracked: the full settings, paths and GPU count
+        launcher=lambda w: P.untracked_launcher(w.run),
+        full_log=lambda w: paths.TRAIN_LOG.format(run=w.run),  # every iteration; the log below: all but those
+    # the log (ends with a failure's one-line error): all but the iteration lines; the console: progress lines
     shell:
-        "PYTHONUNBUFFERED=1 {params.launcher} -m nanogpt.cli train --name {wildcards.run:q} --spec {params.spec:q} "
-        "--data-dir {params.data_dir:q} --out-dir {params.out_dir:q} 2>&1 "
-        "| python -m nanogpt.progress --run {wildcards.run:q} --log {log:q}"
+        "PYTHONUNBUFFERED=1 {params.launcher} -m nanogpt.cli train {params.args} 2>&1 "
+        "| python -m nanogpt.progress --run {wildcards.run:q} --log {log:q} --full-log {params.full_log:q}"

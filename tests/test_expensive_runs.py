@@ -1,0 +1,243 @@
+"""A finished training run is the most expensive file: never lost, never redone for a change that cannot change
+its weights. Through snakemake on the tiny pipeline, and in-process where the logic is the fingerprint's."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_config
+from nanogpt import checkpoint as ckpt_io
+from nanogpt.config import RunConfig, TrainSettings, resolve_run
+from nanogpt.errors import DataError
+from nanogpt.sweeps import check_point_result
+
+NOTHING = "Nothing to be done"
+
+
+def trains(proc: subprocess.CompletedProcess) -> bool:
+    """Whether snakemake (-n) scheduled a train job."""
+    return "rule train:" in proc.stdout + proc.stderr
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return ckpt_io.load(path)["model"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """The tiny pipeline, run to the end once (data, a 20-iteration run, its sample)."""
+    return _finished(tmp_path_factory.mktemp("finished") / "pipeline", tiny_config())
+
+
+def _finished(dest: Path, config: dict) -> Path:
+    make_pipeline(dest, config)
+    run_snakemake(dest)
+    return dest
+
+
+@pytest.fixture
+def pipeline(finished, tmp_path) -> Path:
+    """A copy of the finished pipeline (metadata and mtimes kept) to change."""
+    dest = tmp_path / "pipeline"
+    shutil.copytree(finished, dest, symlinks=True)
+    return dest
+
+
+def changed(pipeline: Path, **train) -> dict:
+    config = tiny_config()
+    config["runs"]["tiny"]["train"].update(train)
+    write_config(pipeline, config)
+    return config
+
+
+# ---- changes that cannot change the weights -------------------------------------------------------------------
+def test_neutral_and_cadence_changes_rerun_nothing(pipeline):
+    """A setting written out at its default, logging/eval/checkpoint cadence, compile, wandb, the launch and
+    resources: snakemake schedules no job, and model.pt stays the same file."""
+    model = pipeline / "results/runs/tiny/model.pt"
+    before = (model.stat().st_ino, model.stat().st_mtime_ns)
+    config = changed(pipeline, grad_clip=1.0, seed=1337, log_interval=5, eval_interval=4, eval_iters=3,
+                     checkpoint_interval=7, keep_checkpoints=3, compile=False, always_save_checkpoint=False,
+                     wandb_log=True, wandb_project="other")
+    config["runs"]["tiny"]["model"]["vocab_size"] = None  # the dataset's: its default
+    config["runs"]["tiny"]["launch"]["backend"] = "gloo"
+    config["runs"]["tiny"]["resources"]["mem_mb"] = 2000
+    write_config(pipeline, config)
+    proc = run_snakemake(pipeline, "-n")
+    assert NOTHING in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    run_snakemake(pipeline)
+    assert (model.stat().st_ino, model.stat().st_mtime_ns) == before
+
+
+def test_a_setting_added_with_a_neutral_default_keeps_every_fingerprint():
+    """A new version adding e.g. label_smoothing: 0.0 changes neither the trajectory nor the fingerprint."""
+    entry = tiny_config()["runs"]["tiny"]
+    run = resolve_run(entry, "tiny")
+    newer = dataclasses.make_dataclass("TrainSettings", [("label_smoothing", float, 0.0)], bases=(TrainSettings,))
+    upgraded = RunConfig(dataset=run.dataset, model=run.model, train=newer(**dataclasses.asdict(run.train)),
+                         launch=run.launch)
+    assert upgraded.trajectory() == run.trajectory()
+    assert upgraded.fingerprint({"v": 1}, "scratch") == run.fingerprint({"v": 1}, "scratch")
+    smoothed = RunConfig(dataset=run.dataset, model=run.model, launch=run.launch,
+                         train=newer(**{**dataclasses.asdict(run.train), "label_smoothing": 0.1}))
+    assert smoothed.fingerprint({"v": 1}, "scratch") != run.fingerprint({"v": 1}, "scratch")
+
+
+def test_checkpoints_of_the_previous_version_are_resumed():
+    """The fingerprint before the canonical form (every setting, defaults included) is still accepted; its value
+    for this run was computed with that version's code."""
+    entry = {"dataset": "shakespeare_char", "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
+             "train": {"learning_rate": 1e-3, "max_iters": 20, "log_interval": 1}}
+    assert resolve_run(entry, "x").legacy_fingerprint({"vocab_size": 65, "x": 1}, "scratch") == "9daffce36aa2747d"
+
+
+def test_wandb_without_the_package_fails_before_any_job(pipeline, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import sys\nclass _B:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'wandb':\n            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, _B())\n")
+    changed(pipeline, wandb_log=True)
+    proc = run_snakemake(pipeline, "-n", check=False, env={"PYTHONPATH": str(site)})
+    assert proc.returncode != 0
+    assert "runs.tiny.train.wandb_log=true but the wandb package is not installed" in proc.stdout + proc.stderr
+    assert (pipeline / "results/runs/tiny/model.pt").is_file()
+
+
+# ---- a finished run continued, and detours -----------------------------------------------------------------------
+def test_init_from_resume_continues_a_finished_run(pipeline, tmp_path):
+    """20 iterations, then init_from: resume with max_iters 30: continued from iteration 20, and the weights
+    equal a 30-iteration run in one go (same schedule: lr_decay_iters 20, so min_lr after 20)."""
+    config = tiny_config()
+    config["runs"]["tiny"]["init_from"] = "resume"
+    config["runs"]["tiny"]["train"]["max_iters"] = 30
+    write_config(pipeline, config)
+    run_snakemake(pipeline)
+    log = (pipeline / "logs/train/tiny.log").read_text()
+    assert "resuming from" in log and "ckpt_00000020" in log
+    straight = tiny_config()["runs"]["tiny"]
+    straight["train"]["max_iters"] = 30
+    torch.set_num_threads(1)
+    from nanogpt.train import train
+
+    train(resolve_run(straight, "tiny"), pipeline / "results/data/shakespeare_char", tmp_path / "straight",
+          log=lambda *a: None)
+    assert same_weights(weights(pipeline / "results/runs/tiny/model.pt"), weights(tmp_path / "straight/model.pt"))
+
+
+def test_init_from_resume_without_a_run_to_continue_is_one_line(pipeline):
+    shutil.rmtree(pipeline / "results/runs/tiny")
+    config = tiny_config()
+    config["runs"]["tiny"]["init_from"] = "resume"
+    write_config(pipeline, config)
+    proc = run_snakemake(pipeline, check=False)
+    assert proc.returncode != 0
+    assert "init_from='resume' but results/runs/tiny/checkpoints holds no checkpoint made with these settings" in (
+        proc.stdout + proc.stderr)
+
+
+def test_a_detour_and_back_resumes_the_original_trajectory(pipeline):
+    """learning_rate changed (a new trajectory from 0), then changed back: the original final checkpoint comes
+    back from set_aside/ and nothing is trained again."""
+    original = weights(pipeline / "results/runs/tiny/model.pt")
+    changed(pipeline, learning_rate=2e-3)
+    run_snakemake(pipeline)
+    assert not same_weights(weights(pipeline / "results/runs/tiny/model.pt"), original)
+    write_config(pipeline, tiny_config())
+    run_snakemake(pipeline)
+    log = (pipeline / "results/runs/tiny/train.log").read_text()  # the full log: every iteration line
+    assert "these settings came back" in log and not any(line.startswith("iter ") for line in log.splitlines())
+    assert (pipeline / "results/runs/tiny/train.log.1").is_file()  # the detour's attempt, kept
+    assert same_weights(weights(pipeline / "results/runs/tiny/model.pt"), original)
+    aside = [p.name for p in (pipeline / "results/runs/tiny/checkpoints/set_aside").iterdir()]
+    assert len(aside) == 1  # the detour's trajectory, kept under its own fingerprint
+
+
+def test_set_aside_keeps_each_trajectory_apart_and_bounded(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    for fp in range(6):
+        for it in (5, 10, 15):
+            path = ckpt_dir / f"ckpt_{it:08d}.pt"
+            path.write_bytes(b"x")
+            ckpt_io.set_aside(path, ckpt_dir, f"fp{fp}", keep=2)
+    folders = sorted(p.name for p in (ckpt_dir / ckpt_io.SET_ASIDE).iterdir())
+    assert folders == ["fp2", "fp3", "fp4", "fp5"]  # SET_ASIDE_TRAJECTORIES newest
+    assert sorted(p.name for p in (ckpt_dir / ckpt_io.SET_ASIDE / "fp5").iterdir()) == [
+        "ckpt_00000010.pt", "ckpt_00000015.pt"]
+
+
+def test_restart_starts_a_run_over_and_keeps_the_old_state(pipeline):
+    run_dir = pipeline / "results/runs/tiny"
+    proc = subprocess.run([str(BIN / "nanogpt"), "restart", "--run-dir", str(run_dir)], capture_output=True,
+                          text=True, cwd=pipeline, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    archived = run_dir / "checkpoints" / ckpt_io.RESTARTED
+    assert (archived / "ckpt_00000020.pt").is_file() and not (run_dir / "model.pt").exists()
+    run_snakemake(pipeline)
+    log = (pipeline / "results/runs/tiny/train.log").read_text()
+    assert "resuming" not in log and "iter 1:" in log
+
+
+# ---- folders that are not the run they look like ---------------------------------------------------------------
+def test_cli_train_never_writes_into_the_pipelines_folders(pipeline):
+    model = pipeline / "results/runs/tiny/model.pt"
+    before = model.stat().st_mtime_ns
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([str(BIN / "nanogpt"), "train", "--config", "config.yaml", "--name", "tiny",
+                           "--max_iters=4"], capture_output=True, text=True, cwd=pipeline, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (pipeline / "out/tiny/model.pt").is_file() and model.stat().st_mtime_ns == before
+    proc = subprocess.run([str(BIN / "nanogpt"), "train", "--config", "config.yaml", "--name", "tiny",
+                           "--out-dir", "results/runs/tiny"], capture_output=True, text=True, cwd=pipeline,
+                          timeout=120, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "nanogpt train: error: --out-dir 'results/runs/tiny' is a run folder of the pipeline: expected another "
+        "folder (the default is out/NAME), or `snakemake` to train the pipeline's runs"]
+
+
+def test_a_stale_run_folder_is_not_reported_as_a_sweep_point(tmp_path):
+    point = {"run": "lr-learning_rate_0.004", "trajectory": {"dataset": "d", "train": {"learning_rate": 0.004}}}
+    stale = {"provenance": {"config": resolve_run({"dataset": "d", "train": {"learning_rate": 0.001}}).to_dict()}}
+    with pytest.raises(DataError, match=r"holds a run of other settings than sweep point lr-learning_rate_0.004: "
+                                        r"train.learning_rate 0.001 \(expected 0.004\)"):
+        check_point_result(point, stale, tmp_path / point["run"])
+    ok = {"provenance": {"config": resolve_run({"dataset": "d", "train": {"learning_rate": 0.004}}).to_dict()}}
+    check_point_result(point, ok, tmp_path / point["run"])
+    with pytest.raises(DataError, match="records no settings"):
+        check_point_result(point, {}, tmp_path / point["run"])
+
+
+def test_wall_time_counts_every_attempt(tmp_path):
+    """A run trained in two attempts reports the time of both, not only of the last."""
+    from nanogpt.train import train
+
+    torch.set_num_threads(1)
+    data = tmp_path / "data"
+    from nanogpt.data import prepare_text
+
+    prepare_text(Path(__file__).parents[1] / "nanogpt/assets/tinyshakespeare/input.txt", data, tokenizer="char")
+    spec = tiny_config()["runs"]["tiny"]
+    spec["train"].update(lr_decay_iters=8, eval_iters=1)
+    first = train(resolve_run({**spec, "train": {**spec["train"], "max_iters": 4}}, "tiny"), data, tmp_path / "r",
+                  log=lambda *a: None)
+    t0 = time.time()
+    second = train(resolve_run({**spec, "train": {**spec["train"], "max_iters": 8}}, "tiny"), data, tmp_path / "r",
+                   log=lambda *a: None)
+    own = time.time() - t0  # the second attempt alone
+    assert second["iters"] == 8 and abs(second["wall_time_s"] - (first["wall_time_s"] + own)) < 0.5
+    assert ckpt_io.load(tmp_path / "r" / "model.pt")["wall_time_s"] >= first["wall_time_s"]
