@@ -10,6 +10,7 @@ import torch
 from nanogpt.config import resolve_run
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT
+from nanogpt.optim import build_optimizer
 from nanogpt.runtime import (
     autocast_context,
     mfu_or_none,
@@ -22,7 +23,7 @@ from nanogpt.runtime import (
 
 def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str | None = None,
           threads: int | None = None) -> dict:
-    """Median time of a full optimizer step (forward, backward, AdamW) on random or real data.
+    """Median time of a full optimizer step (forward, backward, AdamW or Muon) on random or real data.
 
     `threads` sets torch's intra-op threads: on a CPU shared with other processes, fewer threads than cores
     avoids OpenMP barriers waiting on descheduled threads (measured 5x faster for the CPU config under load).
@@ -39,7 +40,7 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
     dtype = pick_dtype(t.dtype, device, m.n_embd)
     torch.manual_seed(t.seed)
     model = GPT(run.gpt_config(m.vocab_size or 50304)).to(device)
-    optimizer = model.configure_optimizers(t.weight_decay, t.learning_rate, (t.beta1, t.beta2), device.type)
+    optimizer = build_optimizer(model, t, device.type, dtype)  # AdamW, or Muon + AdamW (--optimizer=muon)
     fwd = torch.compile(model) if t.compile else model
     if data_dir:
         from nanogpt.data import BatchSampler

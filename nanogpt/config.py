@@ -43,6 +43,11 @@ def check_name(name: object, where: str) -> str:
     return name
 
 
+ARCHS = ("gpt2", "modern")
+OPTIMIZERS = ("adamw", "muon")
+MUON_ADJUST_LR = ("original", "match_rms_adamw")  # torch.optim.Muon's adjust_lr_fn
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024
@@ -52,6 +57,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # True: biases in Linears and LayerNorms, like GPT-2
+    arch: str = "gpt2"  # gpt2 (nanoGPT's) | modern (rotary, QK-norm, ReLU², zero-init projections, untied head)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
@@ -65,6 +71,11 @@ class GPTConfig:
             )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ConfigError(f"model.dropout={self.dropout!r}: expected a number in [0, 1)")
+        if self.arch not in ARCHS:
+            raise ConfigError(f"model.arch={self.arch!r}: expected one of {', '.join(ARCHS)}")
+        if self.arch == "modern" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(f"model.n_embd // model.n_head = {self.n_embd // self.n_head}: expected an even head "
+                              "size for arch modern (rotary embeddings turn pairs of dimensions)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +126,13 @@ class TrainSettings:
     warmup_iters: int = 2000
     lr_decay_iters: int = 600000
     min_lr: float = 6e-5
+    # Muon (torch.optim.Muon) for the blocks' 2-D matrices, AdamW (the settings above) for the rest; the muon_*
+    # settings are used only with optimizer: muon, and follow the same warmup and decay as learning_rate.
+    optimizer: str = "adamw"  # adamw | muon
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 0.0
+    muon_adjust_lr: str = "original"  # original | match_rms_adamw
     eval_interval: int = 2000
     eval_iters: int = 200
     log_interval: int = 1
@@ -213,10 +231,11 @@ class RunConfig:
         """The fingerprint checkpoints written before the canonical form carry (every setting of that version,
         defaults included), so that an upgrade resumes them; None where a newer setting is not at its default."""
         d = self.to_dict()
-        train = d["train"]
-        if any(not _same_value(train[k], v) for k, v in asdict(TrainSettings()).items() if k not in LEGACY_TRAIN):
-            return None
-        d["train"] = {k: train[k] for k in LEGACY_TRAIN if k not in LEGACY_EXCLUDED}
+        for section, legacy in (("train", LEGACY_TRAIN), ("model", LEGACY_MODEL)):
+            defaults = asdict(type(getattr(self, section))())
+            if any(not _same_value(d[section][k], v) for k, v in defaults.items() if k not in legacy):
+                return None
+            d[section] = {k: d[section][k] for k in legacy if k not in LEGACY_EXCLUDED}
         d.pop("launch")
         return _hash({"settings": d, "data": dataset_meta or {}, "init": init_identity})
 
@@ -243,6 +262,7 @@ LEGACY_TRAIN = ("batch_size", "gradient_accumulation_steps", "max_iters", "learn
                 "eval_iters", "log_interval", "eval_only", "always_save_checkpoint", "checkpoint_interval",
                 "keep_checkpoints", "device", "dtype", "compile", "seed", "peak_flops", "wandb_log",
                 "wandb_project", "wandb_run_name")
+LEGACY_MODEL = ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias")
 LEGACY_EXCLUDED = ("max_iters", "log_interval", "eval_interval", "eval_iters", "eval_only", "always_save_checkpoint",
                    "checkpoint_interval", "keep_checkpoints", "compile", "peak_flops", "wandb_log", "wandb_project",
                    "wandb_run_name")
@@ -261,6 +281,7 @@ SETTING_HELP = {
     "n_embd": "width of the residual stream",
     "dropout": "dropout probability (0 for pretraining, nanoGPT)",
     "bias": "biases in Linear and LayerNorm layers, as GPT-2",
+    "arch": "gpt2 (nanoGPT's model) or modern (rotary, QK-norm, ReLU², zero-init projections, untied head)",
     "batch_size": "sequences per micro-batch",
     "gradient_accumulation_steps": "micro-batches per optimizer step, in all (split across ranks)",
     "max_iters": "optimizer steps of the whole run",
@@ -273,6 +294,11 @@ SETTING_HELP = {
     "warmup_iters": "warmup steps",
     "lr_decay_iters": "step where the cosine decay reaches min_lr (nanoGPT: = max_iters)",
     "min_lr": "learning rate at the end of the decay",
+    "optimizer": "adamw, or muon: Muon for the blocks' matrices, AdamW for embeddings, head, norms, biases",
+    "muon_lr": "Muon's peak learning rate (same warmup and decay as learning_rate)",
+    "muon_momentum": "Muon's momentum (Nesterov)",
+    "muon_weight_decay": "Muon's decoupled weight decay",
+    "muon_adjust_lr": "Muon's per-shape lr scale: original (sqrt(max(1, rows/cols))) or match_rms_adamw",
     "eval_interval": "evaluate every this many steps",
     "eval_iters": "batches per split in each evaluation",
     "log_interval": "log the loss every this many steps",
@@ -548,6 +574,7 @@ def _validate(run: RunConfig, name: str) -> None:
         raise ConfigError(f"runs.{name}.train.checkpoint_interval={t.checkpoint_interval}: expected a positive integer")
     if t.compile not in (True, False, "auto"):
         raise ConfigError(f"runs.{name}.train.compile={t.compile!r}: expected true, false or auto")
+    _validate_optimizer(t, name)
     check_dtype(t.dtype, f"runs.{name}.train.dtype")
     check_device(t.device, f"runs.{name}.train.device")
     if launch.nproc_per_node <= 0 or launch.nnodes <= 0:
@@ -565,6 +592,22 @@ def _validate(run: RunConfig, name: str) -> None:
         run.gpt_config(vocab_size=m.vocab_size or 1)
     except ConfigError as e:
         raise ConfigError(f"runs.{name}.{e}") from None
+
+
+def _validate_optimizer(t: TrainSettings, name: str) -> None:
+    """The optimizer's name and Muon's own settings (checked whichever optimizer is chosen: a typo stays one)."""
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"runs.{name}.train.optimizer={t.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if t.muon_adjust_lr not in MUON_ADJUST_LR:
+        raise ConfigError(f"runs.{name}.train.muon_adjust_lr={t.muon_adjust_lr!r}: expected one of "
+                          f"{', '.join(MUON_ADJUST_LR)}")
+    if not 0 < t.muon_lr <= 10:
+        raise ConfigError(f"runs.{name}.train.muon_lr={t.muon_lr}: expected a number in (0, 10]")
+    if not 0 <= t.muon_momentum < 1:
+        raise ConfigError(f"runs.{name}.train.muon_momentum={t.muon_momentum}: expected a number in [0, 1)")
+    if not 0 <= t.muon_weight_decay * t.muon_lr < 1:
+        raise ConfigError(f"runs.{name}.train.muon_weight_decay={t.muon_weight_decay}: expected a number >= 0 "
+                          f"with muon_weight_decay x muon_lr < 1")
 
 
 def resolve_run(entry: dict, name: str = "run", overrides: dict | None = None) -> RunConfig:

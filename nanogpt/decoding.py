@@ -5,6 +5,8 @@ Python issues each one: a few milliseconds per token, whatever the GPU. A step w
 shapes (the whole preallocated KV cache, with a mask hiding the positions not written yet, and the position as
 a tensor) can be captured once as a CUDA graph and replayed for every token. The kernels are the eager ones, so
 the logits are those of the eager masked step (tests/test_generate.py checks it against the plain KV cache).
+Both architectures: the step embeds and projects through the model's own `embed` and `heads`, so `modern`'s
+rotary angles are read at the position tensor inside the graph.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class StaticDecodeStep:
 
     def _step(self) -> torch.Tensor:
         t = self.model.transformer
-        x = t.wte(self.token) + t.wpe(self.pos)
+        x = self.model.embed(self.token, self.pos)
         mask = (self.positions <= self.pos).view(1, 1, 1, -1)  # the keys written so far, this one included
         for layer, block in enumerate(t.h):
             x = self._block(block, x, layer, mask)
@@ -83,8 +85,7 @@ class StaticDecodeStep:
     def _block(self, block: Block, x: torch.Tensor, layer: int, mask: torch.Tensor) -> torch.Tensor:
         attn = block.attn
         B, T, C = x.size()
-        q, k, v = attn.c_attn(block.ln_1(x)).split(attn.n_embd, dim=2)
-        q, k, v = (z.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for z in (q, k, v))
+        q, k, v = attn.heads(block.ln_1(x), self.pos)  # `modern`: rotated at the position tensor, inside the graph
         keys, values = self.cache.k[layer], self.cache.v[layer]
         keys.index_copy_(2, self.pos, k.to(keys.dtype))
         values.index_copy_(2, self.pos, v.to(values.dtype))

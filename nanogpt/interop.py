@@ -472,6 +472,9 @@ def export_nanogpt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, me
 
     check_out_dir(out_dir, "ckpt.pt", "nanoGPT", force)
     model, ckpt = ckpt_io.load_model(checkpoint)
+    if model.config.arch != "gpt2":
+        raise ConfigError(f"cannot export a model.arch={model.config.arch!r} model in nanoGPT's format: nanoGPT's "
+                          "model.py cannot run it (rotary, QK-norm, ReLU², untied head); expected an arch gpt2 model")
     meta = meta if meta is not None else ckpt.get("dataset_meta")
     tok_meta = meta.get("tokenizer") if isinstance(meta, dict) else None
     meta_pkl = None
@@ -491,8 +494,12 @@ def export_nanogpt(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, me
         "best_val_loss": float(best) if isinstance(best, int | float | torch.Tensor) else 1e9,
         "config": nanogpt_config(ckpt, model_args, dataset if isinstance(dataset, str) else None),
     }
-    if isinstance(ckpt.get("optimizer"), dict):  # nanoGPT's train.py resume loads it; same param groups as ours
-        out["optimizer"] = ckpt["optimizer"]
+    optimizer = ckpt.get("optimizer")
+    if isinstance(optimizer, dict) and "param_groups" in optimizer:  # AdamW's: nanoGPT's train.py resume loads it
+        out["optimizer"] = optimizer
+    elif isinstance(optimizer, dict):  # optimizer: muon (Muon + AdamW states): nanoGPT's AdamW cannot take it
+        log.info("the checkpoint's optimizer is Muon + AdamW, which nanoGPT's train.py cannot resume: "
+                 "exported without optimizer state")
 
     def write(tmp: Path) -> None:
         torch.save(out, tmp / "ckpt.pt")

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from nanogpt import threads
+
 ERROR_FILE_ENV = "NANOGPT_ERROR_FILE"
 SAVED_FILE_ENV = "NANOGPT_SAVED_FILE"  # rank 0 names the checkpoint it saved on SIGTERM there
 GPU_COUNT_ENV = "NANOGPT_GPU_COUNT"  # overrides the detected GPU count (tests; or to use fewer GPUs)
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    threads.set_wait_policy()  # the workers' OpenMP threads sleep instead of spinning (a shared CPU)
     files = {}
     for env in (ERROR_FILE_ENV, SAVED_FILE_ENV):
         fd, files[env] = tempfile.mkstemp(prefix="nanogpt-launch-", suffix=".txt")

@@ -2,6 +2,11 @@
 
 Parameter names match nanoGPT's `model.py` exactly, so a nanoGPT `ckpt.pt` state dict loads unchanged
 (after stripping the `_orig_mod.` prefix that `torch.compile` adds).
+
+`arch: modern` (GPTConfig) is the block of modded-nanogpt's speedrun records and nanochat, opt-in: rotary
+position embeddings instead of `wpe`, QK-norm, ReLU² instead of GELU, norms without weights (of the embedding
+too), zero-initialised output projections and an untied `lm_head`. Its parameters keep the gpt2 names where they
+exist (`wte`, `c_attn`, `c_proj`, `c_fc`, `lm_head`); it has no `wpe` and no norm weights.
 """
 
 from __future__ import annotations
@@ -52,6 +57,52 @@ class KVCache:
         self.length = 0
 
 
+def unit_norm(x: torch.Tensor) -> torch.Tensor:
+    """Normalise the last dimension, without weights (the `modern` block's norms add no parameters).
+
+    modded-nanogpt uses RMS norm; PyTorch's CPU rms_norm is a chain of elementwise ops, 2-4x slower forward and
+    backward than its fused layer_norm at these widths (benchmarks/README.md, "Faster recipes"), so this is
+    layer_norm without weights: RMS norm after subtracting the mean.
+    """
+    return F.layer_norm(x, (x.size(-1),))
+
+
+class UnitNorm(nn.Module):
+    """`unit_norm` as a module: the `modern` block's ln_1, ln_2 and ln_f (no state dict entries)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return unit_norm(x)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings: cos/sin of every position < max_len (buffers, not in the state dict)."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int | torch.Tensor) -> torch.Tensor:
+        """x (B, H, T, D) at positions start..start+T-1; `start` may be a tensor (the fixed-shape decoding step
+        holds the position on the device, T = 1)."""
+        if isinstance(start, torch.Tensor):
+            cos, sin = self.cos.index_select(0, start), self.sin.index_select(0, start)
+        else:
+            cos, sin = self.cos[start : start + x.size(2)], self.sin[start : start + x.size(2)]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class ReLUSquared(nn.Module):
+    """relu(x)²: the `modern` MLP's activation (modded-nanogpt's speedrun, record 2)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
 
@@ -91,6 +142,20 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        modern = config.arch == "modern"
+        self.rotary = Rotary(config.n_embd // config.n_head, config.block_size) if modern else None
+
+    def heads(self, x: torch.Tensor, start: int | torch.Tensor = 0) -> tuple[torch.Tensor, ...]:
+        """q, k, v (B, H, T, D) of x at positions start..; `modern`: QK-norm, then rotary at those positions."""
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.rotary is not None:
+            q, k = unit_norm(q), unit_norm(k)
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        return q, k, v
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, last_only: bool = False
@@ -101,13 +166,9 @@ class CausalSelfAttention(nn.Module):
         value), which is all the final layer has to compute when only the next token's logits are wanted.
         """
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        start = 0
-        if cache is not None:
-            start = cache.length
+        start = 0 if cache is None else cache.length
+        q, k, v = self.heads(x, start)
+        if cache is not None:  # keys are stored rotated: a cached position keeps its rotation
             k, v = cache.update(layer, k, v)
         if last_only and T > 1:
             q, T = q[:, :, -1:], 1
@@ -128,20 +189,20 @@ class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.act = ReLUSquared() if config.arch == "modern" else nn.GELU()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = _norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = _norm(config)
         self.mlp = MLP(config)
 
     def forward(
@@ -152,26 +213,35 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _norm(config: GPTConfig) -> nn.Module:
+    return UnitNorm() if config.arch == "modern" else LayerNorm(config.n_embd, bias=config.bias)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=nn.Dropout(config.dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=LayerNorm(config.n_embd, bias=config.bias),
-            )
+        self.modern = config.arch == "modern"
+        modules = dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=_norm(config),
         )
+        if self.modern:  # positions come from rotary embeddings inside attention
+            del modules["wpe"]
+        self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if not self.modern:
+            self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
-        # GPT-2 paper: scale the residual projections by 1/sqrt(number of residual layers)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if self.modern:  # each block starts as the identity (modded-nanogpt's zero-init projections)
+                    torch.nn.init.zeros_(p)
+                else:  # GPT-2 paper: scale the residual projections by 1/sqrt(number of residual layers)
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -183,11 +253,19 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; position embeddings are left out by default (token ones are tied to lm_head)."""
+        """Parameter count; embeddings (lookups, no FLOPs) are left out by default: gpt2's position embeddings
+        (its token ones are tied to lm_head, a matmul), `modern`'s token embeddings (its lm_head is its own)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            n -= (self.transformer.wte if self.modern else self.transformer.wpe).weight.numel()
         return n
+
+    def embed(self, idx: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+        """The residual stream's input: token + position embeddings (gpt2), or the normed token embedding
+        (`modern`: positions enter as rotations of queries and keys)."""
+        if self.modern:
+            return unit_norm(self.transformer.wte(idx))
+        return self.transformer.wte(idx) + self.transformer.wpe(pos)
 
     def forward(
         self,
@@ -209,8 +287,8 @@ class GPT(nn.Module):
                 f"sequence length {start + t} exceeds block_size={self.config.block_size}: "
                 "crop the context to block_size tokens"
             )
-        pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        pos = None if self.modern else torch.arange(start, start + t, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.embed(idx, pos))
         last_only = targets is None and not all_logits
         n = len(self.transformer.h)
         for i, block in enumerate(self.transformer.h):
@@ -233,23 +311,31 @@ class GPT(nn.Module):
                 f"block_size={block_size} is larger than the model's {self.config.block_size}: can only shrink"
             )
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if not self.modern:  # rotary tables longer than the context are never read past it
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     def keep_vocab_rows(self, rows: list[int]) -> None:
         """Model surgery: token i of a new vocabulary is the old token rows[i] (a char model read with another
-        dataset's character order). The embedding and the tied output head shrink to len(rows)."""
-        weight = self.transformer.wte.weight.data[torch.tensor(rows)].clone()
+        dataset's character order). The embedding and the (tied, for gpt2) output head shrink to len(rows)."""
+        index = torch.tensor(rows)
+        embedding = self.transformer.wte.weight.data[index].clone()
+        head = self.lm_head.weight.data[index].clone()
         self.transformer.wte = nn.Embedding(len(rows), self.config.n_embd)
         self.lm_head = nn.Linear(self.config.n_embd, len(rows), bias=False)
-        self.transformer.wte.weight = self.lm_head.weight
-        self.lm_head.weight.data.copy_(weight)
+        if not self.modern:
+            self.transformer.wte.weight = self.lm_head.weight
+        self.transformer.wte.weight.data.copy_(embedding)
+        self.lm_head.weight.data.copy_(head)
         self.config.vocab_size = len(rows)
 
     def configure_optimizers(
-        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str
+        self, weight_decay: float, learning_rate: float, betas: tuple[float, float], device_type: str,
+        params: list[nn.Parameter] | None = None,
     ) -> torch.optim.AdamW:
-        """AdamW with weight decay on matmul/embedding weights (dim >= 2) only; fused where supported."""
-        params = [p for p in self.parameters() if p.requires_grad]
+        """AdamW with weight decay on matmul/embedding weights (dim >= 2) only; fused where supported.
+
+        `params`: a subset to optimize (nanogpt.optim gives Muon the blocks' matrices), default all of them."""
+        params = [p for p in (self.parameters() if params is None else params) if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]
         groups = [
@@ -262,7 +348,8 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token (PaLM appendix B): 6N + 12 L H Q T."""
+        """Training FLOPs per token (PaLM appendix B): 6N + 12 L H Q T, N the matmul parameters of this
+        architecture (get_num_params: lm_head counted once, embedding lookups not)."""
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
         return 6 * self.get_num_params() + 12 * L * H * Q * T

@@ -204,6 +204,10 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
         model, ckpt = ckpt_io.load_model(model_or_checkpoint)
         meta = meta if meta is not None else ckpt.get("dataset_meta")
     c = model.config
+    if c.arch != "gpt2":  # rotary + QK-norm + ReLU² + weightless norms: no transformers architecture has that block
+        raise PretrainedError(f"cannot export a model.arch={c.arch!r} model to Hugging Face: no transformers "
+                              "architecture computes its block (rotary with QK-norm, ReLU², norms without weights); "
+                              "expected an arch gpt2 model")
     tok_meta = meta.get("tokenizer") if isinstance(meta, dict) else None
     if tok_meta is None and c.vocab_size >= 50257:
         tok_meta = {"kind": "gpt2"}

@@ -444,23 +444,53 @@ def plot_val_loss(rows: list[dict], keys: list[str], out: str | Path) -> dict[st
     return series
 
 
-def plot_curves(curves: dict[str, list[tuple[int, float]]], out: str | Path, title: str) -> dict[str, list]:
-    """The val-loss curves of all points overlaid; returns the plotted series."""
+def val_seconds(run_dir: str | Path) -> dict[int, float]:
+    """Iteration -> seconds since the run's first evaluation, for each val-loss point, from the TensorBoard events'
+    wall times (a resumed run's pause counts too); empty without events."""
+    run_dir = Path(run_dir)
+    if not any(run_dir.glob("events.out.tfevents.*")):
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if "loss/val" not in acc.Tags().get("scalars", []):
+        return {}
+    events = acc.Scalars("loss/val")
+    start = min(ev.wall_time for ev in events)
+    return {ev.step: ev.wall_time - start for ev in events}
+
+
+def plot_curves(curves: dict[str, list[tuple[int, float]]], out: str | Path, title: str,
+                tokens_per_iter: dict[str, int] | None = None,
+                seconds: dict[str, dict[int, float]] | None = None) -> dict[str, list]:
+    """The val-loss curves of all points overlaid against iterations, and beside it against tokens
+    (`tokens_per_iter` of each run) and wall time (`seconds` of each run's evaluations), where given: the axes on
+    which recipes that differ in batch or speed compare. Returns the plotted series by iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for run, points in sorted(curves.items()):
-        if points:
-            ax.plot(*zip(*sorted(points), strict=True), marker=".", label=run)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("val loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if any(curves.values()):
-        ax.legend(fontsize="x-small")
+    axes_x = [("iteration", lambda run, it: it)]
+    if tokens_per_iter:
+        axes_x.append(("tokens", lambda run, it: it * tokens_per_iter[run]))
+    if seconds:
+        axes_x.append(("seconds since the first evaluation", lambda run, it: seconds.get(run, {}).get(it)))
+    fig, axes = plt.subplots(1, len(axes_x), figsize=(8 if len(axes_x) == 1 else 6 * len(axes_x), 5), dpi=100,
+                             squeeze=False)
+    for ax, (label, x_of) in zip(axes[0], axes_x, strict=True):
+        for run, points in sorted(curves.items()):
+            xy = [(x_of(run, it), v) for it, v in sorted(points)]
+            xy = [(x, v) for x, v in xy if x is not None]
+            if xy:
+                ax.plot(*zip(*xy, strict=True), marker=".", label=run)
+        ax.set_xlabel(label)
+        ax.set_ylabel("val loss (nats/token)")
+        ax.grid(alpha=0.3)
+        if any(curves.values()):
+            ax.legend(fontsize="x-small")
+    axes[0][0].set_title(title)
     _save(fig, out)
     return {run: sorted(points) for run, points in curves.items() if points}
 
@@ -582,8 +612,12 @@ def summarize(spec: dict, runs_dir: str | Path, out_dir: str | Path) -> dict:
         pd.DataFrame(rows, columns=["run", *spec["keys"], *COLUMNS]).to_csv(tmp, index=False)
     fileio.write_text(out / "summary.md", _markdown(spec, rows, fit))
     curves = {r["run"]: read_curves(Path(runs_dir) / r["run"]).get("loss/val", []) for r in rows}
+    tokens = {p["run"]: p["tokens_per_iter"] for p in spec["points"]}
+    seconds = {r["run"]: val_seconds(Path(runs_dir) / r["run"]) for r in rows}
     plotted = {"val_loss": plot_val_loss(rows, spec["keys"], out / "val_loss.png"),
-               "curves": plot_curves(curves, out / "curves.png", f"sweep {spec['sweep']}: val loss"),
+               "curves": plot_curves(curves, out / "curves.png", f"sweep {spec['sweep']}: val loss", tokens,
+                                     seconds),
+               "seconds": seconds,
                "hparams": write_hparams(rows, spec["keys"], out / "tb"), "rows": rows, "fit": fit}
     if spec.get("scaling"):
         plotted["scaling"] = plot_scaling(rows, fit, out / "scaling.png", f"sweep {spec['sweep']}")

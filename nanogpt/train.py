@@ -25,12 +25,13 @@ import torch
 import torch.distributed as dist
 
 from nanogpt import checkpoint as ckpt_io
-from nanogpt import fileio
+from nanogpt import fileio, threads
 from nanogpt.config import PRETRAINED_NAMES, RunConfig, TrainSettings, is_pretrained_source
 from nanogpt.data import BatchSampler, load_meta
 from nanogpt.errors import ConfigError
 from nanogpt.launch import report_checkpoint_saved
 from nanogpt.model import GPT
+from nanogpt.optim import build_optimizer, set_lr
 from nanogpt.progress import Progress
 from nanogpt.provenance import provenance
 from nanogpt.runlock import die_with_parent, run_folder_lock
@@ -293,6 +294,8 @@ class Trainer:
         self.t_start = time.time()  # fit() moves it back to the process's start
         self.device = device or run_device(run, d.local_rank)
         setup_device(self.device)
+        if self.device.type == "cpu":  # threads that degrade gracefully on a shared machine (nanogpt.threads)
+            threads.apply_threads("auto", run.model.n_embd, self.t.batch_size * run.model.block_size)
         self.dtype = pick_dtype(self.t.dtype, self.device, run.model.n_embd)
         self.ctx = autocast_context(self.device, self.dtype)
         self.accum = check_world_size(self.t.gradient_accumulation_steps, d.world_size)
@@ -330,8 +333,7 @@ class Trainer:
         else:
             model = _initial_model(self.run, self.meta, self.log)
         self.raw_model = model.to(self.device)
-        self.optimizer = model.configure_optimizers(t.weight_decay, t.learning_rate, (t.beta1, t.beta2),
-                                                    self.device.type)
+        self.optimizer = build_optimizer(model, t, self.device.type, self.dtype)  # AdamW, or Muon + AdamW
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(self.dtype == torch.float16))
         self.iter_num, self.best_val_loss, self.earlier_wall_s = 0, float("inf"), 0.0
         if state is not None:
@@ -427,8 +429,7 @@ class Trainer:
         with _StopFlag() as stop:
             while True:
                 lr = get_lr(self.iter_num, t.learning_rate, t.warmup_iters, t.lr_decay_iters, t.min_lr, t.decay_lr)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                set_lr(self.optimizer, lr)
                 if self.iter_num % t.eval_interval == 0 or self.iter_num == t.max_iters or t.eval_only:
                     self.evaluate(lr)
                 if self.checkpoint_due():

@@ -1,0 +1,138 @@
+"""nanogpt/threads.py: torch threads from the CPUs a process was given and the model's size, and the OpenMP wait
+policy (issue #23, item 10: a busy machine). No training here: benchmarks/busy_machine.py measures the effect."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+from nanogpt import threads
+from nanogpt.config import resolve_run
+from nanogpt.errors import ConfigError
+
+CPUS = len(os.sched_getaffinity(0))
+
+
+def write_files(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2: docker --cpus=1.5
+    ({"cpu.max": "max 100000\n"}, None),  # v2, no limit
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no limit
+    ({"cpu.max": "garbage\n"}, None),
+    ({"cpu.max": "abc 100000\n"}, None),
+    ({}, None),  # no cgroup files at all (macOS, old kernels)
+])
+def test_cgroup_cpu_limit(tmp_path, files, expected):
+    assert threads.cgroup_cpu_limit(write_files(tmp_path, files)) == expected
+
+
+def test_available_cpus_is_affinity_without_limits(tmp_path):
+    assert threads.available_cpus({}, tmp_path) == CPUS
+
+
+def test_available_cpus_respects_quota_omp_and_workers(tmp_path):
+    quota = write_files(tmp_path / "q", {"cpu.max": "50000 100000\n"})  # half a CPU still gets one thread
+    assert threads.available_cpus({}, quota) == 1
+    assert threads.available_cpus({"OMP_NUM_THREADS": "1"}, tmp_path) == 1  # Snakemake's `threads: 1`
+    assert threads.available_cpus({"OMP_NUM_THREADS": "64"}, tmp_path) == CPUS  # never more than the cores
+    assert threads.available_cpus({"OMP_NUM_THREADS": "zero"}, tmp_path) == CPUS  # unreadable: ignored
+    # torchrun's workers on one node share its cores: 2 workers on 2 cores get one thread each, not two
+    assert threads.available_cpus({"LOCAL_WORLD_SIZE": str(CPUS)}, tmp_path) == 1
+    assert threads.available_cpus({"LOCAL_WORLD_SIZE": str(CPUS * 4)}, tmp_path) == 1
+
+
+def run_threads(name: str, available: int, requested: int | str | None = "auto") -> int:
+    """choose_threads for a run of config.yaml, as training would call it."""
+    entry = yaml.safe_load((REPO / "config.yaml").read_text())["runs"][name]
+    run = resolve_run(entry, name)
+    return threads.choose_threads(requested, run.model.n_embd, run.train.batch_size * run.model.block_size,
+                                  available)
+
+
+def test_cpu_config_trains_on_one_thread_even_with_more_cores():
+    """The default run's matmuls (12 x 64 tokens, 128 wide) gain nothing from a second passive thread."""
+    assert run_threads("shakespeare_char_cpu", available=2) == 1
+    assert run_threads("shakespeare_char_cpu", available=64) == 1
+
+
+def test_large_models_use_every_available_cpu():
+    assert run_threads("shakespeare_char", available=2) == 2  # nanoGPT's GPU config, trained on a CPU
+    assert run_threads("shakespeare_char", available=8) == 8
+    assert run_threads("gpt2_124m", available=16) == 16
+    assert run_threads("gpt2_124m", available=1) == 1
+
+
+def test_threads_grow_with_matmul_work():
+    per_thread = threads.MATMUL_WORK_PER_THREAD
+    assert threads.choose_threads(None, 128, 768, 16) == 1
+    assert threads.choose_threads("auto", 64, per_thread // 64**2 * 3, 16) == 3
+    assert threads.choose_threads("auto", 64, per_thread // 64**2 * 3, 2) == 2
+
+
+def test_explicit_threads_win():
+    assert run_threads("shakespeare_char_cpu", available=2, requested=2) == 2
+    assert threads.choose_threads(4, 128, 768, available=2) == 4  # the user's call, even past the cores
+
+
+@pytest.mark.parametrize("bad", [0, -1, "two", 1.5, True])
+def test_bad_requests_are_config_errors(bad):
+    with pytest.raises(ConfigError, match="threads="):
+        threads.choose_threads(bad, 128, 768, 2)
+
+
+@pytest.fixture
+def torch_threads():
+    """Restores torch's thread count after a test changes it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_apply_threads_sets_torch(torch_threads):
+    assert threads.apply_threads("auto", 128, 768, environ={}) == 1
+    assert torch.get_num_threads() == 1
+    assert threads.apply_threads(2, 128, 768, environ={}) == 2
+    assert torch.get_num_threads() == 2
+
+
+def test_env_overrides_auto_but_not_an_explicit_number(torch_threads):
+    env = {threads.THREADS_ENV: "2"}
+    assert threads.apply_threads("auto", 128, 768, environ=env) == 2
+    assert threads.apply_threads(None, 128, 768, environ=env) == 2
+    assert threads.apply_threads(1, 128, 768, environ=env) == 1
+    with pytest.raises(ConfigError, match="NANOGPT_THREADS='many'"):
+        threads.apply_threads("auto", 128, 768, environ={threads.THREADS_ENV: "many"})
+    assert threads.apply_threads("auto", 128, 768, environ={threads.THREADS_ENV: ""}) == 1  # empty: unset
+
+
+def test_set_wait_policy_keeps_the_users_choice():
+    env: dict[str, str] = {}
+    threads.set_wait_policy(env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    for mine in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "10000"}):
+        env = dict(mine)
+        threads.set_wait_policy(env)
+        assert env == mine
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="Linux wheels bundle libgomp; macOS ones libomp")
+def test_torch_runs_on_gnu_openmp():
+    """The wait policy above is libgomp's (OMP_WAIT_POLICY, GOMP_SPINCOUNT); an Intel OpenMP build of torch
+    would read KMP_BLOCKTIME instead, and threads.py would need it too."""
+    lib = Path(torch.__file__).parent / "lib"
+    assert "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+    assert list(lib.glob("libgomp*")) and not list(lib.glob("libiomp*"))
+
