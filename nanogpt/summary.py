@@ -6,6 +6,7 @@ matplotlib are imported inside the functions so that `--help` and the tests' imp
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 from nanogpt import fileio
+from nanogpt.report import cell, flat, table, write_page
 
 # nanoGPT README, "baselines": OpenAI GPT-2 checkpoints on OpenWebText (train loss, val loss).
 PUBLISHED_OWT = {
@@ -50,7 +52,7 @@ def run_row(path: Path) -> dict | None:
         "params": m.get("params"), "iters": m.get("iters"), "eval_iters": (cfg.get("train") or {}).get("eval_iters"),
         "batch_size": (cfg.get("train") or {}).get("batch_size"), "block_size": model.get("block_size"),
         "tokens_per_sec": m.get("tokens_per_sec"), "mfu": m.get("mfu"), "wall_time_s": m.get("wall_time_s"),
-        "device": m.get("device"), "dtype": m.get("dtype"), "file": str(path),
+        "device": m.get("device"), "dtype": m.get("dtype"), "file": str(path), "settings": cfg,
     }
 
 
@@ -67,24 +69,43 @@ def eval_row(path: Path) -> dict | None:
     return row
 
 
+# Settings that have a column of their own already.
+OWN_COLUMN = {"dataset", "train.batch_size", "train.eval_iters", "model.block_size"}
+
+
+def differing_settings(configs: list[dict]) -> dict[str, str]:
+    """{column: setting} for every resolved setting whose value differs between these runs: the columns that say
+    how the runs shown differ. A column is named by the setting's last part where that is unambiguous
+    (`learning_rate`), else in full (`train.dropout` beside `model.dropout`)."""
+    flats = [dict(flat(c)) for c in configs]
+    keys = sorted({k for f in flats for k in f} - OWN_COLUMN)
+    differ = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
+    short = [k.rsplit(".", 1)[-1] for k in differ]
+    return {(s if short.count(s) == 1 and s not in COLUMNS else k): k for s, k in zip(short, differ, strict=True)}
+
+
 def collect(results: str | os.PathLike = "results"):
-    """Every run's metrics.json and every eval JSON under `results` as one DataFrame (runs first)."""
+    """Every run's metrics.json and every eval JSON under `results` as one DataFrame (runs first), with a column
+    for each setting that differs between the runs (after `dataset`)."""
     import pandas as pd
 
     root = Path(results)
-    rows = [r for p in sorted(root.glob("runs/*/metrics.json")) if (r := run_row(p))]
-    rows += [r for p in sorted(root.glob("eval/*/*.json")) if (r := eval_row(p))]
-    return pd.DataFrame(rows, columns=COLUMNS)
+    runs = [r for p in sorted(root.glob("runs/*/metrics.json")) if (r := run_row(p))]
+    configs = [r.pop("settings") for r in runs]
+    settings = differing_settings(configs)
+    for r, cfg in zip(runs, configs, strict=True):
+        values = dict(flat(cfg))
+        r.update({col: _plain(values.get(key)) for col, key in settings.items()})
+    rows = runs + [r for p in sorted(root.glob("eval/*/*.json")) if (r := eval_row(p))]
+    at = COLUMNS.index("dataset") + 1
+    df = pd.DataFrame(rows, columns=COLUMNS[:at] + list(settings) + COLUMNS[at:])
+    df.attrs["run_settings"] = configs  # each run's resolved settings, for the HParams experiment
+    return df
 
 
-def _cell(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, float) and v.is_integer() and abs(v) >= 1:  # counts that pandas made float by a gap
-        return f"{int(v):,}"
-    if isinstance(v, float):
-        return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
-    return str(v).replace("|", "\\|")
+def _plain(v: object) -> object:
+    """A setting as one table cell: lists and such as their JSON text."""
+    return v if v is None or isinstance(v, bool | int | float | str) else json.dumps(v)
 
 
 def to_markdown(df, columns: list[str] | None = None) -> str:
@@ -92,19 +113,27 @@ def to_markdown(df, columns: list[str] | None = None) -> str:
     cols = [c for c in (columns or list(df.columns)) if c in df.columns and df[c].notna().any()]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     for _, row in df.iterrows():
-        lines.append("| " + " | ".join(_cell(row[c]) for c in cols) + " |")
+        lines.append("| " + " | ".join(cell(row[c]).replace("|", "\\|") for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_table(results: str | os.PathLike, csv: str | os.PathLike, md: str | os.PathLike) -> int:
+def write_table(results: str | os.PathLike, csv: str | os.PathLike, md: str | os.PathLike,
+                hparams_dir: str | os.PathLike | None = None) -> int:
+    """summary.csv/.md/.html from every result on disk, and (given `hparams_dir`) the HParams experiment that
+    makes TensorBoard's columns the settings that differ between the runs."""
     df = collect(results)
+    if hparams_dir is not None:
+        from nanogpt.tracking import write_hparams_experiment
+
+        configs = df.attrs["run_settings"]
+        write_hparams_experiment(configs, differing_settings(configs), hparams_dir)
     with fileio.atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
-    shown = [c for c in COLUMNS if c != "file"]
+    shown = [c for c in df.columns if c != "file"]
     body = to_markdown(df, shown) if len(df) else "_no runs or evaluations yet_\n"
     fileio.write_text(md, "# nanogpt-workflow summary\n\nLosses are mean cross-entropy (nats/token). "
                       "`published_*`: nanoGPT README's GPT-2 baselines on OpenWebText.\n\n" + body)
-    write_html(df, Path(md).with_suffix(".html"))  # what `snakemake --report` shows inline
+    write_html(df, Path(md).with_suffix(".html"), results)  # what `snakemake --report` shows inline
     return len(df)
 
 
@@ -114,29 +143,53 @@ EVAL_COLUMNS = ["model", "dataset", "train_loss", "val_loss", "val_perplexity", 
                 "published_val_loss", "eval_iters", "batch_size", "block_size", "device", "dtype"]
 
 
-def write_html(df, out: str | os.PathLike) -> None:
-    """The summary as HTML tables: runs, evaluations, and nanoGPT's GPT-2 baselines when they were evaluated."""
-    from nanogpt.report import table, write_page
-
+def write_html(df, out: str | os.PathLike, results: str | os.PathLike | None = None) -> None:
+    """The summary as HTML tables: runs (with the settings that differ between them), evaluations, and nanoGPT's
+    GPT-2 baselines when they were evaluated."""
     def section(title: str, rows, columns: list[str]) -> str:
         cols = [c for c in columns if c in rows.columns and rows[c].notna().any()]
-        records = [[None if _cell(r[c]) == "" else r[c] for c in cols] for _, r in rows.iterrows()]
-        return f"<h2>{title}</h2>" + table(records, cols, lambda v: _cell(v) if v is not None else "")
+        records = [[None if cell(r[c]) == "" else r[c] for c in cols] for _, r in rows.iterrows()]
+        return f"<h2>{title}</h2>" + table(records, cols, cell)
 
     parts = ["<p>Losses are mean cross-entropy (nats/token) over <code>eval_iters</code> random batches per split; "
              "<code>published_*</code>: nanoGPT README's GPT-2 baselines on OpenWebText.</p>"]
     runs, evals = df[df["kind"] == "run"], df[df["kind"] == "eval"]
     if len(runs):
-        parts.append(section("Training runs", runs, RUN_COLUMNS))
+        settings = [c for c in df.columns if c not in COLUMNS]
+        parts.append(section("Training runs", runs, RUN_COLUMNS[:2] + settings + RUN_COLUMNS[2:]))
     if len(evals):
         parts.append(section("Evaluations", evals, EVAL_COLUMNS))
     gpt2 = evals[evals["published_val_loss"].notna()] if len(evals) else evals
     if len(gpt2):
         parts.append(section("GPT-2 baselines (OpenWebText, beside nanoGPT's README)", gpt2,
                              ["model", "params", "train_loss", "val_loss", "published_train_loss", "published_val_loss"]))
+    parts += sweep_sections(Path(results)) if results is not None else []
     if not len(df):
         parts.append("<p>No runs or evaluations yet.</p>")
     write_page(out, "nanogpt-workflow summary", "\n".join(parts))
+
+
+def sweep_sections(results: Path) -> list[str]:
+    """Each sweep summarized on disk (results/sweeps/<sweep>/): its table and its val-loss plot, so the report
+    shows every sweep that was run, listed under `targets.sweeps` or not."""
+    import pandas as pd
+
+    from nanogpt.report import image
+
+    parts = []
+    for csv in sorted(results.glob("sweeps/*/summary.csv")):
+        try:
+            df = pd.read_csv(csv)
+        except (OSError, ValueError) as e:
+            print(f"skipping {csv}: {e}", file=sys.stderr)
+            continue
+        if not parts:
+            parts.append("<h2>Sweeps</h2>")
+        records = [[None if cell(v) == "" else v for v in row] for row in df.itertuples(index=False)]
+        parts += [f"<h3>{html.escape(csv.parent.name)}</h3>", table(records, list(df.columns), cell)]
+        if (plot := csv.parent / "val_loss.png").is_file():
+            parts.append(image(plot))
+    return parts
 
 
 def baselines(files: list[str], out: str | os.PathLike) -> None:
@@ -147,55 +200,6 @@ def baselines(files: list[str], out: str | os.PathLike) -> None:
         e = _read_json(Path(f)) or {}
         model = e.get("model", Path(f).parent.name)
         pub = PUBLISHED_OWT.get(model, (None, None))
-        lines.append(f"| {model} | {PUBLISHED_PARAMS.get(model, _cell(e.get('params')))} | "
-                     f"{_cell(e.get('train_loss'))} | {_cell(e.get('val_loss'))} | {_cell(pub[0])} | {_cell(pub[1])} |")
+        lines.append(f"| {model} | {PUBLISHED_PARAMS.get(model, cell(e.get('params')))} | "
+                     f"{cell(e.get('train_loss'))} | {cell(e.get('val_loss'))} | {cell(pub[0])} | {cell(pub[1])} |")
     fileio.write_text(out, "\n".join(lines) + "\n")
-
-
-def read_curves(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """Scalar loss series from the run's TensorBoard events (in the run folder, or tb/ for older runs), else its
-    history.jsonl."""
-    run_dir = Path(run_dir)
-    curves: dict[str, list[tuple[int, float]]] = {}
-    tb = next((d for d in (run_dir, run_dir / "tb") if any(d.glob("events.out.tfevents.*"))), None)
-    if tb is not None:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            if tag.startswith("loss"):
-                curves[tag] = [(ev.step, ev.value) for ev in acc.Scalars(tag)]
-    if not curves and (run_dir / "history.jsonl").is_file():
-        rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
-        curves["loss/train"] = [(r["iter"], r["loss"]) for r in rows if "loss" in r]
-    return curves
-
-
-def plot_curve(run_dir: str | os.PathLike, out: str | os.PathLike, title: str | None = None) -> int:
-    """Write the run's loss curves as a PNG; returns the number of points plotted (0: an empty, labelled plot)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves = read_curves(run_dir)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    styles = {"loss/train": dict(alpha=0.5, lw=1), "loss/train_eval": dict(marker="o"), "loss/val": dict(marker="o")}
-    for tag, points in sorted(curves.items()):
-        steps, values = zip(*sorted(points), strict=True) if points else ((), ())
-        ax.plot(steps, values, label=tag.removeprefix("loss/"), **styles.get(tag, {}))
-    if not curves:
-        ax.text(0.5, 0.5, "no loss events found", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title or Path(run_dir).name)
-    if curves:
-        ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with fileio.atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return sum(len(p) for p in curves.values())
-

@@ -450,10 +450,9 @@ def val_seconds(run_dir: str | Path) -> dict[int, float]:
     run_dir = Path(run_dir)
     if not any(run_dir.glob("events.out.tfevents.*")):
         return {}
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from nanogpt.curves import load_events
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
+    acc = load_events(run_dir)
     if "loss/val" not in acc.Tags().get("scalars", []):
         return {}
     events = acc.Scalars("loss/val")
@@ -595,7 +594,7 @@ def summarize(spec: dict, runs_dir: str | Path, out_dir: str | Path) -> dict:
     import pandas as pd
 
     from nanogpt import fileio
-    from nanogpt.summary import read_curves
+    from nanogpt.curves import read_curves
 
     out = Path(out_dir)
     rows = load_rows(spec, runs_dir)

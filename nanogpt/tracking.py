@@ -63,6 +63,37 @@ def flat_settings(d: dict, prefix: str = "") -> dict[str, bool | int | float | s
     return out
 
 
+def write_hparams_experiment(configs: list[dict], differing: dict[str, str], folder: str | os.PathLike) -> int:
+    """The HParams dashboard's experiment for `tensorboard --logdir results/runs`: its columns are the settings
+    that differ between the runs (`differing`: column -> setting, marked so, which the dashboard shows first; every setting when
+    none differ), its metrics the runs' losses. Without it the dashboard infers one from the runs and shows
+    the first five settings in alphabetical order, which hid `train.learning_rate`. Returns the column count."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+    from torch.utils.tensorboard import SummaryWriter
+
+    flats = [flat_settings(c) for c in configs]
+    shown = {k: c for c, k in differing.items() if any(k in f for f in flats)}
+    names = list(shown) or sorted({k for f in flats for k in f})
+    infos = []
+    for name in names:
+        values = [f[name] for f in flats if name in f]
+        kind = ("DATA_TYPE_BOOL" if all(isinstance(v, bool) for v in values) else "DATA_TYPE_FLOAT64"
+                if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values) else "DATA_TYPE_STRING")
+        infos.append(api_pb2.HParamInfo(name=name, display_name=shown.get(name, name),
+                                        type=api_pb2.DataType.Value(kind), differs=name in shown))
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag) for tag in LOSS_TAGS]
+    for old in event_files(folder):
+        old.unlink()
+    data = plugin_data_pb2.HParamsPluginData(experiment=api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics))
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=metadata.EXPERIMENT_TAG, metadata=metadata.create_summary_metadata(data),
+                      tensor=metadata.NULL_TENSOR)
+    with SummaryWriter(log_dir=str(folder)) as writer:
+        writer.file_writer.add_summary(summary)
+    return len(infos)
+
+
 def add_text(folder: str | os.PathLike, tag: str, markdown: str, step: int) -> None:
     """One text event in `folder` (TensorBoard's Text tab renders it as Markdown)."""
     from torch.utils.tensorboard import SummaryWriter

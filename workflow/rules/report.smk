@@ -4,6 +4,15 @@
 # waits for what `targets` names and also lists every other result already on disk; after building one outside the
 # targets (e.g. `snakemake gpt2_baselines`), refresh it with `snakemake -R summary`. All of them only read small
 # files: on a cluster they run where snakemake runs.
+#
+# Kept linear in the number of runs (benchmarks/report_scaling.py): the pages are shell jobs (a `run:` block
+# re-reads the whole workflow per job), a run's items carry no caption (Snakemake renders every caption with a
+# link to every report file), the loss-curve PNG is not a report item of its own (its page shows it), and above
+# INLINE_PNG_MAX_RUNS targeted runs the pages draw an SVG thumbnail instead of embedding the PNG.
+import json
+import shlex
+
+from nanogpt.report import INLINE_PNG_MAX_RUNS
 
 
 localrules:
@@ -13,10 +22,11 @@ localrules:
     sample_page,
 
 
+REPORT_RUNS = (config.get("targets") or {}).get("runs") or []
 # The pages of the targeted runs and samples: the summary waits for them, so the report has them.
-REPORT_PAGE_FILES = [
-    paths.RUN_PAGE.format(run=r) for r in (config.get("targets") or {}).get("runs") or []
-] + [paths.SAMPLE_PAGE.format(sample=s) for s in (config.get("targets") or {}).get("samples") or []]
+REPORT_PAGE_FILES = [paths.RUN_PAGE.format(run=r) for r in REPORT_RUNS] + [
+    paths.SAMPLE_PAGE.format(sample=s) for s in (config.get("targets") or {}).get("samples") or []
+]
 
 
 rule loss_curve:
@@ -24,13 +34,7 @@ rule loss_curve:
     input:
         paths.METRICS,
     output:
-        report(
-            paths.LOSS_CURVE,
-            category="Runs",
-            subcategory="{run}",
-            caption="../report/loss_curve.rst",
-            labels={"run": "{run}", "page": "loss curve"},
-        ),
+        paths.LOSS_CURVE,
     log:
         paths.log("loss_curve", "{run}"),
     benchmark:
@@ -64,6 +68,8 @@ rule summary:
             caption="../report/summary.rst",
             labels={"table": "runs, evaluations, GPT-2 baselines"},
         ),
+        # TensorBoard's HParams columns: the settings that differ between the runs
+        hparams=directory(paths.HPARAMS_EXPERIMENT),
     log:
         paths.log("summary"),
     benchmark:
@@ -73,7 +79,8 @@ rule summary:
     params:
         results=lambda w: paths.RESULTS,
     shell:
-        "nanogpt summary table --results {params.results:q} --csv {output.csv:q} --md {output.md:q} > {log:q} 2>&1"
+        "nanogpt summary table --results {params.results:q} --csv {output.csv:q} --md {output.md:q} "
+        "--hparams-dir {output.hparams:q} > {log:q} 2>&1"
 
 
 rule run_page:
@@ -82,19 +89,24 @@ rule run_page:
         metrics=paths.METRICS,
         curve=paths.LOSS_CURVE,
     output:
-        report(
-            paths.RUN_PAGE,
-            category="Runs",
-            subcategory="{run}",
-            caption="../report/run_page.rst",
-            labels={"run": "{run}", "page": "numbers and settings"},
-        ),
+        report(paths.RUN_PAGE, category="Runs", labels={"run": "{run}"}),
     log:
         paths.log("run_page", "{run}"),
-    run:
-        from nanogpt.report import write_run_page
-
-        write_run_page(input.metrics, input.curve, output[0], f"run {wildcards.run}", log[0])
+    benchmark:
+        paths.benchmark("run_page", "{run}")
+    conda:
+        "../envs/nanogpt.yaml"
+    params:
+        # the full PNG for a few runs, an SVG thumbnail drawn from the run's events for many
+        curve=lambda w: (
+            f"--curve-png {shlex.quote(paths.LOSS_CURVE.format(run=w.run))}"
+            if len(REPORT_RUNS) <= INLINE_PNG_MAX_RUNS
+            else f"--run-dir {shlex.quote(paths.RUN_DIR.format(run=w.run))}"
+        ),
+        title=lambda w: f"run {w.run}",
+    shell:
+        "python -m nanogpt.report run-page --metrics {input.metrics:q} {params.curve} "
+        "--title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule sample_page:
@@ -110,9 +122,13 @@ rule sample_page:
         ),
     log:
         paths.log("sample_page", "{sample}"),
+    benchmark:
+        paths.benchmark("sample_page", "{sample}")
+    conda:
+        "../envs/nanogpt.yaml"
     params:
-        settings=lambda w: P.sample_entry(w.sample),
-    run:
-        from nanogpt.report import write_sample_page
-
-        write_sample_page(input[0], output[0], f"sample {wildcards.sample}", params.settings, log[0])
+        settings=lambda w: json.dumps(P.sample_entry(w.sample)),
+        title=lambda w: f"sample {w.sample}",
+    shell:
+        "python -m nanogpt.report sample-page --sample {input:q} --settings {params.settings:q} "
+        "--title {params.title:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,100 @@
+"""Comparing runs (issue #23, items 7 and 8), through the pipeline: the summary shows the settings that differ
+between the runs, TensorBoard's HParams experiment lists those settings first, sweeps on disk reach the summary
+page, and the report of any target (the default one, a sweep) renders without a docutils error."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from test_report_scaling import PNG_1X1, embedded_pages, finished_run
+
+from conftest import make_pipeline, run_snakemake, tiny_config
+from nanogpt.curves import load_events
+from nanogpt.pipeline import Pipeline
+
+SWEEP = {"lrs": {"base": "tiny", "grid": {"learning_rate": [0.001, 0.003]}}}
+
+
+def comparing_config() -> dict:
+    cfg = tiny_config()
+    tiny = cfg["runs"]["tiny"]
+    cfg["runs"]["wide"] = {**tiny, "model": {**tiny["model"], "n_embd": 64},
+                           "train": {**tiny["train"], "learning_rate": 3e-3}}
+    cfg["targets"] = {"runs": ["tiny", "wide"], "samples": [], "evals": [], "sweeps": []}
+    cfg["samples"] = {}
+    cfg["sweeps"] = SWEEP
+    return cfg
+
+
+def finished_pipeline(tmp_path):
+    """A pipeline whose data, runs (targeted and sweep points) and curves count as done, without training."""
+    cfg = comparing_config()
+    work = make_pipeline(tmp_path / "pipeline", cfg)
+    data = work / "results/data/shakespeare_char"
+    data.mkdir(parents=True)
+    for f in ("source.txt", "train.bin", "val.bin", "meta.json"):
+        (data / f).write_text("{}")
+    (work / "results/plots").mkdir()
+    p = Pipeline(cfg)
+    runs = p.runs()
+    for name, entry in runs.items():
+        finished_run(work / f"results/runs/{name}", name, entry)
+        (work / f"results/plots/{name}_loss.png").write_bytes(PNG_1X1)
+    run_snakemake(work, "--touch", *[f"results/plots/{n}_loss.png" for n in runs], timeout=200)
+    return work, sorted(runs)
+
+
+def test_summary_hparams_and_reports_compare_runs(tmp_path):
+    work, runs = finished_pipeline(tmp_path)
+    # the sweep is not a target: built on its own, then the default target's summary lists it
+    run_snakemake(work, "results/sweeps/lrs/summary.md", timeout=300)
+    run_snakemake(work, timeout=300)
+
+    table = pd.read_csv(work / "results/summary.csv")
+    assert sorted(table["model"]) == runs
+    # the columns for what differs (learning rate across all four, width between tiny and wide), not the rest
+    assert {"learning_rate", "n_embd"} <= set(table.columns) and "n_layer" not in table.columns
+    wide = table.set_index("model").loc["wide"]
+    assert wide["learning_rate"] == 3e-3 and wide["n_embd"] == 64
+    md = (work / "results/summary.md").read_text()
+    assert "| kind | model | dataset | n_embd | learning_rate |" in md
+
+    page = (work / "results/summary.html").read_text()
+    assert "<th class='text'>learning_rate</th>" in page
+    assert "<h2>Sweeps</h2>" in page and "<h3>lrs</h3>" in page and "data:image/png;base64," in page
+
+    # TensorBoard: the experiment's columns are exactly the differing settings, marked as differing
+    acc = load_events(work / "results/runs/_hparams")
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = acc.SummaryMetadata("_hparams_/experiment").plugin_data.content
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content).experiment
+    shown = {(h.name, h.display_name, h.differs) for h in experiment.hparam_infos}
+    assert shown == {("train.learning_rate", "learning_rate", True), ("model.n_embd", "n_embd", True)}
+    assert [m.name.tag for m in experiment.metric_infos] == ["loss/train", "loss/train_eval", "loss/val"]
+
+    # the report of the default target and of a sweep target: no docutils error, only links that resolve
+    for target in (), ("results/sweeps/lrs/summary.md",):
+        report = work / f"report{len(target)}.html"
+        run_snakemake(work, "--report", str(report), *target, timeout=300)
+        text = report.read_text()
+        assert "System Message" not in text and "Unknown target name" not in text, target
+        if target:
+            assert not any("<h2>Resolved settings</h2>" in p for p in embedded_pages(text).values())
+        else:
+            pages = embedded_pages(text)
+            assert "summary.html" in pages and "<h3>lrs</h3>" in pages["summary.html"]
+
+
+def test_differing_settings_names_columns_unambiguously():
+    from nanogpt.summary import differing_settings
+
+    a = {"dataset": "d", "model": {"dropout": 0.0, "n_layer": 2}, "train": {"dropout": 0.1, "learning_rate": 1e-3}}
+    b = json.loads(json.dumps(a))
+    b["model"]["dropout"], b["train"]["dropout"], b["train"]["learning_rate"] = 0.2, 0.0, 1e-3
+    assert differing_settings([a, b]) == {"model.dropout": "model.dropout", "train.dropout": "train.dropout"}
+    assert differing_settings([a]) == {}
+    c = {**a, "dataset": "other", "init_from": "x"}
+    # dataset has its own column; a setting missing from one run differs from one that is set
+    assert differing_settings([a, c]) == {"init_from": "init_from"}
