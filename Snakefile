@@ -5,6 +5,7 @@ from snakemake.utils import min_version, validate
 from nanogpt import paths
 from nanogpt.config import NAME_PATTERN
 from nanogpt.fileio import check_config_files
+from nanogpt.jobs import Jobs
 from nanogpt.pipeline import Pipeline, coerce_config_overrides, setup_rule_environment
 
 min_version("9.0")
@@ -27,9 +28,10 @@ report: "workflow/report/workflow.rst"
 # Values given with --config get config.yaml's types: Snakemake leaves nested ones as strings.
 coerce_config_overrides(config, workflow.config_settings.config)
 # nanogpt's own checks first (one line naming the value and what was expected), then the schema's structure.
-P = Pipeline(config)
+P = Pipeline(config)  # the entries: lookup, checks, targets, inputs
 P.check()
 validate(config, "workflow/schemas/config.schema.yaml")
+J = Jobs(P)  # how each job runs: resources, launcher, arguments
 
 
 # Every name in a path follows the one name rule, so no path or shell word can be smuggled in through one.
@@ -40,6 +42,7 @@ wildcard_constraints:
     model=NAME_PATTERN,
 
 
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"

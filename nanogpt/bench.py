@@ -11,14 +11,7 @@ from nanogpt.config import resolve_run
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT
 from nanogpt.optim import build_optimizer
-from nanogpt.runtime import (
-    autocast_context,
-    mfu_or_none,
-    peak_flops_for,
-    pick_device,
-    pick_dtype,
-    setup_device,
-)
+from nanogpt.runtime import mfu_or_none, peak_flops_for, place
 
 
 def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str | None = None,
@@ -35,9 +28,8 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
     entry = {"dataset": "bench", "model": {"vocab_size": 50304}, "train": {}}
     run = resolve_run(entry, "bench", run_overrides)
     t, m = run.train, run.model
-    device = pick_device(t.device)
-    setup_device(device)
-    dtype = pick_dtype(t.dtype, device, m.n_embd)
+    placement = place(t.device, t.dtype, m.n_embd)
+    device, dtype = placement.device, placement.dtype
     torch.manual_seed(t.seed)
     model = GPT(run.gpt_config(m.vocab_size or 50304)).to(device)
     optimizer = build_optimizer(model, t, device.type, dtype)  # AdamW, or Muon + AdamW (--optimizer=muon)
@@ -50,7 +42,7 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
     else:
         x = torch.randint(model.config.vocab_size, (t.batch_size, m.block_size), device=device)
         batch = lambda i: (x, x)  # noqa: E731
-    ctx = autocast_context(device, dtype)
+    ctx = placement.autocast()
     times = []
     for i in range(warmup + steps):
         xb, yb = batch(i)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                 f"runs.{name}.launch.nnodes={run.launch.nnodes}: a multi-node run must be started by torchrun on "
                 "every node (see README, 'Multi-node'); expected nnodes=1 when started by `nanogpt train`"
             )
-        cmd = [sys.executable, "-m", "nanogpt.launch", "--standalone",
+        cmd = [sys.executable, "-m", "nanogpt.launch", f"--run-device={run.train.device}", "--standalone",
                f"--nproc_per_node={run.launch.nproc_per_node}", "-m", "nanogpt.cli", *sys.argv[1:]]
         os.execv(sys.executable, cmd)
     with _no_empty_dir(out_dir):
@@ -176,17 +177,12 @@ def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> 
     from nanogpt.sample import generate_samples, load_model_and_tokenizer, write_samples
 
     model, tok = load_model_and_tokenizer(source, meta_path=args.meta, mirror=args.mirror)
-    import torch
+    from nanogpt.runtime import place
 
-    from nanogpt.runtime import pick_device, pick_dtype, setup_device
-
-    device = pick_device(settings.device)
-    setup_device(device)
-    dtype = pick_dtype(settings.dtype, device, model.config.n_embd)
     samples, tps = generate_samples(
         model, tok, start=settings.start, num_samples=settings.num_samples, max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature, top_k=settings.top_k, seed=settings.seed, device=str(device),
-        dtype=dtype if device.type != "cpu" or dtype == torch.bfloat16 else torch.float32,
+        temperature=settings.temperature, top_k=settings.top_k, seed=settings.seed,
+        placement=place(settings.device, settings.dtype, model.config.n_embd),
     )
     if args.out:
         write_samples(args.out, samples)
@@ -215,7 +211,7 @@ def _eval(args: argparse.Namespace, settings: EvalSettings) -> None:
     from nanogpt import checkpoint as ckpt_io
     from nanogpt import fileio
     from nanogpt.evaluate import evaluate
-    from nanogpt.runtime import pick_device, pick_dtype, resolve_compile, setup_device
+    from nanogpt.runtime import place, resolve_compile
 
     if args.init_from:
         from nanogpt.pretrained import load_pretrained
@@ -224,15 +220,13 @@ def _eval(args: argparse.Namespace, settings: EvalSettings) -> None:
     else:
         model, _ = ckpt_io.load_model(args.checkpoint)
     source = args.checkpoint or args.init_from
-    device = pick_device(settings.device)
-    setup_device(device)
-    dtype = pick_dtype(settings.dtype, device, model.config.n_embd)
+    placement = place(settings.device, settings.dtype, model.config.n_embd)
     result = {"model": args.model_name or source, "dataset": args.dataset_name or Path(args.data_dir).name,
               "source": str(source), "params": model.get_num_params()}
     result.update(evaluate(model, args.data_dir, settings.split_names, settings.batch_size, settings.block_size,
-                           settings.eval_iters, settings.seed, str(device), dtype,
-                           compile=resolve_compile(settings.compile, device)))
-    result.update(device=str(device), dtype=str(dtype).removeprefix("torch."))
+                           settings.eval_iters, settings.seed, str(placement.device), placement.dtype,
+                           compile=resolve_compile(settings.compile, placement.device)))
+    result.update(device=str(placement.device), dtype=placement.dtype_name)
     if args.out:
         fileio.write_json(args.out, result)
     else:
@@ -279,6 +273,15 @@ def cmd_summary_curve(args: argparse.Namespace) -> None:
     from nanogpt.curves import plot_curve
 
     print(f"{plot_curve(args.run_dir, args.out, args.title)} points -> {args.out}")
+
+
+def cmd_summary_sweep(args: argparse.Namespace) -> None:
+    from nanogpt.sweep_summary import summarize
+
+    done = summarize(json.loads(args.spec), args.runs_dir, args.out_dir)
+    fit = done["fit"]
+    print(f"{len(done['rows'])} points -> {args.out_dir}" + (f"; alpha={fit['alpha']:.4f} E={fit['E']:.4f}"
+                                                             if fit else ""))
 
 
 def cmd_summary_baselines(args: argparse.Namespace) -> None:
@@ -484,6 +487,12 @@ def add_summary_command(sub: argparse._SubParsersAction) -> None:
     b.add_argument("files", nargs="+", help="eval JSONs of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
     b.add_argument("--out", required=True, help="the Markdown table to write")
     b.set_defaults(func=cmd_summary_baselines)
+    w = steps.add_parser("sweep", help="a sweep's summary.csv/.md, plots, hparams events (and fit.json)",
+                         formatter_class=_HelpFormatter)
+    w.add_argument("--spec", required=True, help="the sweep as JSON (the sweep rules' Pipeline.sweep_spec)")
+    w.add_argument("--runs-dir", default=paths.RUNS, help="where the points' run folders are")
+    w.add_argument("--out-dir", required=True, help="the sweep's folder to write")
+    w.set_defaults(func=cmd_summary_sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -531,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (UserError, OSError) as e:  # OSError: missing/unreadable files, network; anything else is a bug
+        if isinstance(e, OSError) and not e.filename:  # not about a path: where it came from is worth the lines
+            traceback.print_exc()
         message = f"nanogpt {args.command}: error: {_one_line(e)}"
         print(message, file=sys.stderr)
         from nanogpt.launch import report_user_error

@@ -30,7 +30,6 @@ from typing import Any
 from nanogpt import fileio
 from nanogpt.config import ConfigError
 
-FORMATS = ("hf", "nanogpt")
 # nanoGPT's GPTConfig fields: its sample.py calls GPTConfig(**model_args), so no other key may be there.
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 # The globals of nanoGPT's train.py that end up in its checkpoint's `config`.

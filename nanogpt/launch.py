@@ -17,9 +17,9 @@ last line says a checkpoint was saved only when one was.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
-import json
 import os
 import sys
 import tempfile
@@ -120,21 +120,9 @@ def claim_gpus(n: int, count: int, lock_dir: Path, log: Callable[[str], None] = 
         time.sleep(poll_s)
 
 
-def run_wants_cuda(script_args: list[str]) -> bool:
-    """Whether the worker's `train.device` (from --spec JSON, or a --device override) is auto or plain cuda.
-
-    A cpu/mps run needs no GPU, and an explicit cuda:N names its own GPU, which a remapping would move.
-    """
-    device = "auto"
-    for i, arg in enumerate(script_args):
-        if arg == "--spec" and i + 1 < len(script_args):
-            with contextlib.suppress(json.JSONDecodeError, AttributeError, TypeError):
-                device = str(json.loads(script_args[i + 1]).get("train", {}).get("device", device))
-    for i, arg in enumerate(script_args):
-        if arg.startswith("--device="):
-            device = arg.split("=", 1)[1]
-        elif arg == "--device" and i + 1 < len(script_args):
-            device = script_args[i + 1]
+def wants_cuda(device: str) -> bool:
+    """Whether a run on `device` (its train.device) takes GPUs we assign: auto or plain cuda. A cpu/mps run
+    needs none, and an explicit cuda:N names its own GPU, which a remapping would move."""
     return device in ("auto", "cuda")
 
 
@@ -143,11 +131,21 @@ class TooFewGpusError(Exception):
 
 
 @contextlib.contextmanager
-def gpu_slots(nproc: str, script_args: list[str], log: Callable[[str], None] = print
-              ) -> Iterator[list[int] | None]:
+def gpu_slots(nproc: str, device: str, log: Callable[[str], None] = print) -> Iterator[list[int] | None]:
     """Claim GPUs for torchrun's workers and set CUDA_VISIBLE_DEVICES while the run lasts."""
-    with claimed_gpus(int(nproc) if nproc.isdigit() else None, run_wants_cuda(script_args), log) as slots:
+    with claimed_gpus(int(nproc) if nproc.isdigit() else None, wants_cuda(device), log) as slots:
         yield slots
+
+
+def parse_args(argv: list[str]) -> tuple[str, argparse.Namespace]:
+    """The run's device (`--run-device`, ours: whether to claim GPUs; given by whoever resolved the run's
+    settings, so the launcher never reads them) and torchrun's own arguments."""
+    from torch.distributed.run import get_args_parser
+
+    ours = argparse.ArgumentParser(add_help=False)
+    ours.add_argument("--run-device", default="auto")
+    known, rest = ours.parse_known_args(argv)
+    return known.run_device, get_args_parser().parse_args(rest)
 
 
 @contextlib.contextmanager
@@ -190,9 +188,9 @@ def _stderr(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
+    from torch.distributed.run import run
 
-    args = get_args_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    device, args = parse_args(sys.argv[1:] if argv is None else argv)
     threads.set_wait_policy()  # the workers' OpenMP threads sleep instead of spinning (a shared CPU)
     files = {}
     for env in (ERROR_FILE_ENV, SAVED_FILE_ENV):
@@ -200,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         os.close(fd)
         os.environ[env] = files[env]
     try:
-        with gpu_slots(str(args.nproc_per_node), list(args.training_script_args), _stderr):
+        with gpu_slots(str(args.nproc_per_node), device, _stderr):
             run(args)
     except TooFewGpusError as e:
         print(f"nanogpt train: error: {e}", file=sys.stderr)

@@ -211,6 +211,30 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where and in what precision a model runs: the one choice train, sample, eval and bench all make."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    def autocast(self):
+        """Mixed precision in `dtype` (nothing for float32)."""
+        return autocast_context(self.device, self.dtype)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+
+def place(device: str | torch.device, dtype: str, n_embd: int = 0) -> Placement:
+    """The device (a setting such as "auto", or one already chosen, e.g. a rank's GPU), set up for use (its GPU
+    selected, TF32 allowed), and the dtype for it (`pick_dtype`)."""
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    setup_device(device)
+    return Placement(device, pick_dtype(dtype, device, n_embd))
+
+
 def gpu_peak_flops(name: str, capability: tuple[int, int], dtype: torch.dtype) -> float | None:
     """The card's dense peak for `dtype` from GPU_PEAK_FLOPS; fp32 runs use TF32, half the bf16 rate (Ampere+)."""
     peak = next((v for pattern, v in GPU_PEAK_FLOPS if re.search(pattern, name)), None)

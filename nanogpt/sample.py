@@ -14,6 +14,7 @@ from nanogpt import fileio
 from nanogpt.config import is_pretrained_source
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.model import GPT
+from nanogpt.runtime import Placement
 from nanogpt.tokenizer import CharTokenizer, Tokenizer, from_meta, gpt2_tokenizer
 
 SEPARATOR = "\n---------------\n"
@@ -106,8 +107,7 @@ def generate_samples(
     temperature: float = 0.8,
     top_k: int | None = 200,
     seed: int = 1337,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    placement: Placement | None = None,
     use_cache: bool = True,
 ) -> tuple[list[str], float]:
     """Generate `num_samples` continuations of the prompt; returns them and the tokens/s achieved."""
@@ -119,17 +119,15 @@ def generate_samples(
     ids = tok.encode(prompt)
     if not ids:
         raise ConfigError("the prompt encodes to no tokens: expected a non-empty start string")
+    placement = placement or Placement(torch.device("cpu"), torch.float32)
+    device = placement.device
     model.eval().to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]
-    ctx = torch.autocast(device_type=torch.device(device).type, dtype=dtype) if dtype != torch.float32 else None
     samples = []
     t0 = time.perf_counter()
     for _ in range(num_samples):
-        if ctx:
-            with ctx:
-                y = model.generate(x, max_new_tokens, temperature, top_k, use_cache=use_cache, generator=generator)
-        else:
+        with placement.autocast():
             y = model.generate(x, max_new_tokens, temperature, top_k, use_cache=use_cache, generator=generator)
         samples.append(tok.decode(y[0].tolist()))
     elapsed = time.perf_counter() - t0

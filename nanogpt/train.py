@@ -37,14 +37,12 @@ from nanogpt.provenance import provenance
 from nanogpt.runlock import die_with_parent, run_folder_lock
 from nanogpt.runtime import (
     Dist,
-    autocast_context,
     mfu_or_none,
     peak_flops_for,
     pick_device,
-    pick_dtype,
+    place,
     resolve_compile,
     seed_device_rng,
-    setup_device,
     setup_distributed,
 )
 from nanogpt.tokenizer import vocab_remap
@@ -56,18 +54,17 @@ CHECKPOINT_OVERHEAD = 0.05
 ASSUMED_WRITE_BYTES_PER_S = 1e9
 
 
-def get_lr(it: int, learning_rate: float, warmup_iters: int, lr_decay_iters: int, min_lr: float,
-           decay_lr: bool = True) -> float:
+def get_lr(it: int, t: TrainSettings) -> float:
     """nanoGPT's schedule: linear warmup to learning_rate, cosine decay to min_lr, then min_lr."""
-    if not decay_lr:
-        return learning_rate
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it > lr_decay_iters:
-        return min_lr
-    decay_ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    if not t.decay_lr:
+        return t.learning_rate
+    if it < t.warmup_iters:
+        return t.learning_rate * (it + 1) / (t.warmup_iters + 1)
+    if it > t.lr_decay_iters:
+        return t.min_lr
+    decay_ratio = (it - t.warmup_iters) / max(1, t.lr_decay_iters - t.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-    return min_lr + coeff * (learning_rate - min_lr)
+    return t.min_lr + coeff * (t.learning_rate - t.min_lr)
 
 
 class _StopFlag:
@@ -292,12 +289,10 @@ class Trainer:
         self.run, self.t, self.d, self.out_dir, self.log = run, run.train, d, out_dir, log
         self.ckpt_dir = out_dir / "checkpoints"
         self.t_start = time.time()  # fit() moves it back to the process's start
-        self.device = device or run_device(run, d.local_rank)
-        setup_device(self.device)
+        placement = place(device or run_device(run, d.local_rank), self.t.dtype, run.model.n_embd)
+        self.device, self.dtype, self.ctx = placement.device, placement.dtype, placement.autocast()
         if self.device.type == "cpu":  # threads that degrade gracefully on a shared machine (nanogpt.threads)
             threads.apply_threads("auto", run.model.n_embd, self.t.batch_size * run.model.block_size)
-        self.dtype = pick_dtype(self.t.dtype, self.device, run.model.n_embd)
-        self.ctx = autocast_context(self.device, self.dtype)
         self.accum = check_world_size(self.t.gradient_accumulation_steps, d.world_size)
         self.tokens_per_iter = self.t.gradient_accumulation_steps * self.t.batch_size * run.model.block_size
         self.meta = load_meta(data_dir)
@@ -428,7 +423,7 @@ class Trainer:
         t0 = time.perf_counter()
         with _StopFlag() as stop:
             while True:
-                lr = get_lr(self.iter_num, t.learning_rate, t.warmup_iters, t.lr_decay_iters, t.min_lr, t.decay_lr)
+                lr = get_lr(self.iter_num, t)
                 set_lr(self.optimizer, lr)
                 if self.iter_num % t.eval_interval == 0 or self.iter_num == t.max_iters or t.eval_only:
                     self.evaluate(lr)

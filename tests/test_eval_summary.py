@@ -13,6 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from conftest import SHAKESPEARE_SHA256, SHAKESPEARE_URL, make_pipeline, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
 from nanogpt.evaluate import evaluate
+from nanogpt.jobs import Jobs
 from nanogpt.pipeline import Pipeline
 from nanogpt.pretrained import load_pretrained
 from nanogpt.summary import collect, eval_row
@@ -94,13 +95,13 @@ def test_eval_finetune_sample_summary_pipeline(tmp_path, mirror_env):
 def test_eval_settings_and_published_numbers(tmp_path):
     cfg = pipeline_config("/nowhere")
     p = Pipeline(cfg)
-    args = p.eval_args("tinyhf", "shakespeare")
+    args = Jobs(p).eval_args("tinyhf", "shakespeare")
     assert "--init-from /nowhere" in args and "--block-size 32" in args and "--eval-iters 3" in args
-    assert p.eval_args("tiny", "shakespeare_char").startswith("--checkpoint results/runs/tiny/model.pt")
-    assert "--batch-size" not in p.eval_args("tinyhf", "shakespeare_char")  # no entry: nanoGPT's defaults
+    assert Jobs(p).eval_args("tiny", "shakespeare_char").startswith("--checkpoint results/runs/tiny/model.pt")
+    assert "--batch-size" not in Jobs(p).eval_args("tinyhf", "shakespeare_char")  # no entry: nanoGPT's defaults
     cfg["evals"]["clash"] = {"model": "tinyhf", "datasets": ["shakespeare"], "batch_size": 4}
     try:
-        Pipeline(cfg).eval_args("tinyhf", "shakespeare")
+        Jobs(Pipeline(cfg)).eval_args("tinyhf", "shakespeare")
         raise AssertionError("expected a ConfigError for two differing entries")
     except ValueError as e:
         assert "tinyhf" in str(e) and "shakespeare" in str(e)

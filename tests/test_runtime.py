@@ -24,6 +24,7 @@ from conftest import BIN, REPO, tiny_config
 from nanogpt import launch, runtime
 from nanogpt.config import resolve_run
 from nanogpt.data import BatchSampler, prepare_text
+from nanogpt.jobs import Jobs
 from nanogpt.pipeline import Pipeline
 from nanogpt.runtime import (
     Dist,
@@ -244,29 +245,37 @@ def test_a_dead_holder_frees_its_gpus_and_the_waiter_gets_them(tmp_path):
         h.close()
 
 
-@pytest.mark.parametrize(("env", "args", "claims"), [
-    ({}, ["train", "--spec", '{"train": {"device": "auto"}}'], True),
-    ({}, ["train", "--spec", '{"train": {"device": "cuda"}}'], True),
-    ({}, ["train", "--spec", '{"train": {"device": "cpu"}}'], False),
-    ({}, ["train", "--spec", '{"train": {"device": "cuda:1"}}'], False),  # the user named the GPU
-    ({}, ["train", "--spec", '{"train": {"device": "cpu"}}', "--device=cuda"], True),
-    ({"CUDA_VISIBLE_DEVICES": "3"}, ["train"], False),  # the user's choice
-    ({"SLURM_JOB_ID": "42"}, ["train"], False),  # SLURM assigns GPUs itself
-    ({"NANOGPT_GPU_COUNT": "0"}, ["train"], False),  # no GPUs
+@pytest.mark.parametrize(("env", "device", "claims"), [
+    ({}, "auto", True),
+    ({}, "cuda", True),
+    ({}, "cpu", False),
+    ({}, "cuda:1", False),  # the user named the GPU
+    ({"CUDA_VISIBLE_DEVICES": "3"}, "auto", False),  # the user's choice
+    ({"SLURM_JOB_ID": "42"}, "auto", False),  # SLURM assigns GPUs itself
+    ({"NANOGPT_GPU_COUNT": "0"}, "auto", False),  # no GPUs
 ])
-def test_gpu_slots_only_when_ours_to_assign(env, args, claims, tmp_path, monkeypatch):
+def test_gpu_slots_only_when_ours_to_assign(env, device, claims, tmp_path, monkeypatch):
     for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("NANOGPT_GPU_COUNT", "2")
     monkeypatch.setenv("NANOGPT_GPU_LOCK_DIR", str(tmp_path))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    with launch.gpu_slots("1", args, log=lambda m: None) as slots:
+    with launch.gpu_slots("1", device, log=lambda m: None) as slots:
         assert (slots == [0]) == claims
         if claims:
             assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
     if claims:
         assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_launcher_takes_the_run_device_as_an_argument():
+    """The device comes from the resolved settings (pipeline, `nanogpt train`), not from parsing the worker's
+    arguments; the rest is torchrun's command line."""
+    device, args = launch.parse_args(["--run-device=cpu", "--standalone", "--nproc_per_node=2", "-m", "nanogpt.cli",
+                                      "train", "--spec", '{"train": {"device": "cuda"}}'])
+    assert device == "cpu" and args.nproc_per_node == "2" and args.training_script_args[:1] == ["train"]
+    assert launch.parse_args(["--standalone", "-m", "x"])[0] == "auto"
 
 
 def test_launcher_gives_workers_their_gpus(tmp_path):
@@ -300,9 +309,9 @@ def test_gpt2_124m_is_nanogpts_train_gpt2():
     assert (t.learning_rate, t.min_lr, t.warmup_iters, t.weight_decay, t.beta2) == (6e-4, 6e-5, 2000, 0.1, 0.95)
     assert t.compile and run.launch.nproc_per_node == 8 and run.launch.nnodes == 1
     assert t.batch_size * t.gradient_accumulation_steps * m.block_size == 491_520  # ~0.5M tokens per step
-    res = p.run_resources("gpt2_124m")
+    res = Jobs(p).run_resources("gpt2_124m")
     assert (res["gpus"], res["nodes"], res["tasks"], res["gres"], res["mpi"]) == (8, 1, 1, None, None)
-    assert p.torchrun_launcher("gpt2_124m") == "python -m nanogpt.launch --standalone --nproc_per_node=8"
+    assert Jobs(p).torchrun_launcher("gpt2_124m") == "python -m nanogpt.launch --run-device=auto --standalone --nproc_per_node=8"
 
 
 def test_gpt2_124m_2node_splits_the_same_global_batch():
@@ -314,9 +323,9 @@ def test_gpt2_124m_2node_splits_the_same_global_batch():
     tokens = [r.train.batch_size * r.train.gradient_accumulation_steps * r.model.block_size for r in (one, two)]
     assert tokens == [491_520, 491_520]
     assert (two.train.max_iters, two.train.learning_rate, two.model) == (600000, 6e-4, one.model)
-    res = p.run_resources("gpt2_124m_2node")
+    res = Jobs(p).run_resources("gpt2_124m_2node")
     assert (res["gpus"], res["gres"], res["nodes"], res["tasks"], res["mpi"]) == (None, "gpu:8", 2, 2, "srun")
-    assert p.torchrun_launcher("gpt2_124m_2node").startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 ")
+    assert Jobs(p).torchrun_launcher("gpt2_124m_2node").startswith("srun --nodes=2 --ntasks=2 --ntasks-per-node=1 ")
 
 
 @pytest.mark.parametrize("run", ["gpt2_124m", "gpt2_124m_2node"])

@@ -21,6 +21,7 @@ import torch
 
 from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt.checkpoint import load
+from nanogpt.jobs import Jobs
 from nanogpt.pipeline import Pipeline
 
 SLURM_PROFILE = "workflow/profiles/slurm"
@@ -55,23 +56,23 @@ def launch_config(nproc: int, nnodes: int, gpus: int) -> dict:
 
 def test_single_node_gpu_run_is_one_task_with_all_gpus():
     p = Pipeline(launch_config(nproc=4, nnodes=1, gpus=4))
-    res = p.run_resources("big")
+    res = Jobs(p).run_resources("big")
     assert res == {"cpus_per_task": 8, "mem_mb": 16000, "runtime": 60, "gpus": 4, "gres": None, "nodes": 1,
                    "tasks": 1, "mpi": None}  # None: the key is dropped (an `mpi` key would skip the srun step)
-    assert p.torchrun_launcher("big") == "python -m nanogpt.launch --standalone --nproc_per_node=4"
+    assert Jobs(p).torchrun_launcher("big") == "python -m nanogpt.launch --run-device=cuda --standalone --nproc_per_node=4"
 
 
 def test_multi_node_run_is_srun_torchrun_one_task_per_node():
     p = Pipeline(launch_config(nproc=4, nnodes=2, gpus=4))
-    res = p.run_resources("big")
+    res = Jobs(p).run_resources("big")
     assert (res["nodes"], res["tasks"], res["mpi"], res["gpus"], res["gres"]) == (2, 2, "srun", None, "gpu:4")
-    launcher = p.torchrun_launcher("big")
+    launcher = Jobs(p).torchrun_launcher("big")
     argv = shlex.split(launcher)
     assert argv[:8] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=8",
                         "--gres=gpu:4", "--kill-on-bad-exit=1", "bash"]
     assert argv[8] == "-c" and argv[10] == "torchrun"  # "$@" gets the rule's `-m nanogpt.cli train ...`
     script = argv[9]
-    assert script.startswith("exec python -m nanogpt.launch --nnodes=2 --nproc_per_node=4 ")
+    assert script.startswith("exec python -m nanogpt.launch --run-device=cuda --nnodes=2 --nproc_per_node=4 ")
     assert '--rdzv_backend=c10d' in script and '--rdzv_id="$SLURM_JOB_ID"' in script
     assert '--rdzv_endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1):29500"' in script
     # the srun step expands the variables on each node, and passes the module and its arguments through;
@@ -83,7 +84,7 @@ def test_multi_node_run_is_srun_torchrun_one_task_per_node():
                                   "SLURM_NODEID": node_id}).stdout
         assert "--rdzv_id=42" in out and out.rstrip().endswith("-m x y")
         assert f"--rdzv_conf=is_host={is_host} " in out, out
-    assert Pipeline(launch_config(nproc=2, nnodes=2, gpus=0)).run_resources("big")["gres"] is None
+    assert Jobs(Pipeline(launch_config(nproc=2, nnodes=2, gpus=0))).run_resources("big")["gres"] is None
 
 
 def ddp_config() -> dict:
@@ -175,7 +176,7 @@ def test_training_job_cpus_and_torchrun_world_size(slurm_pipeline):
     assert info["TimeLimit"] == "00:10:00", info
     # the jobstep ran the rule in one srun step with the job's CPUs
     slurm_log = next((workdir / ".snakemake" / "slurm_logs" / "rule_train").rglob(f"{train_id}.log")).read_text()
-    assert "python -m nanogpt.launch --standalone --nproc_per_node=2" in slurm_log
+    assert "--standalone --nproc_per_node=2" in slurm_log
     train_log = (workdir / "logs" / "train" / "tiny.log").read_text()
     assert "world size 2" in train_log, train_log[-2000:]
 

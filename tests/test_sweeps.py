@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import make_pipeline, run_snakemake, tiny_config, write_config
-from nanogpt import sweeps
+from nanogpt import sweep_summary, sweeps
 from nanogpt.config import NAME_PATTERN, resolve_run
 from nanogpt.errors import ConfigError
+from nanogpt.jobs import Jobs
 from nanogpt.pipeline import Pipeline
 
 
@@ -51,7 +52,7 @@ def test_grid_points_are_runs_with_stable_valid_names():
     p = Pipeline(with_sweeps({"lr": {"base": "tiny", "grid": grid}}))
     run = p.run("lr-learning_rate_0.003-n_embd_16")
     assert (run.train.learning_rate, run.model.n_embd, run.train.max_iters) == (3e-3, 16, 20)  # base's max_iters
-    assert p.run_resources("lr-learning_rate_0.003-n_embd_16")["cpus_per_task"] == 1
+    assert Jobs(p).run_resources("lr-learning_rate_0.003-n_embd_16")["cpus_per_task"] == 1
 
 
 def test_points_list_dotted_keys_and_fixed_settings():
@@ -63,7 +64,7 @@ def test_points_list_dotted_keys_and_fixed_settings():
     a, b = p.run("d-train.learning_rate_0.002"), p.run("d-n_head_4-n_layer_2")
     assert (a.train.learning_rate, a.train.max_iters, a.model.n_layer) == (2e-3, 7, 1)
     assert (b.train.learning_rate, b.model.n_head, b.model.n_layer) == (1e-3, 4, 2)
-    assert p.run_resources("d-n_head_4-n_layer_2")["cpus_per_task"] == 2
+    assert Jobs(p).run_resources("d-n_head_4-n_layer_2")["cpus_per_task"] == 2
     # the summary shows every swept setting of every point, the base's value where a point does not set it
     assert p.sweep("d").points[0].settings == {"n_head": 2, "n_layer": 1, "train.learning_rate": 2e-3}
 
@@ -140,11 +141,11 @@ def test_point_names_do_not_clash():
 # ---- the fit ---------------------------------------------------------------------------------------------------
 def test_power_law_fit_recovers_known_exponent():
     n = np.logspace(3, 6, 7)
-    exact = sweeps.fit_power_law(n, 1.5 + 30 * n**-0.3)
+    exact = sweep_summary.fit_power_law(n, 1.5 + 30 * n**-0.3)
     assert exact["alpha"] == pytest.approx(0.3, rel=1e-6) and exact["E"] == pytest.approx(1.5, rel=1e-6)
     assert exact["A"] == pytest.approx(30, rel=1e-5) and exact["rmse"] < 1e-9
     noisy = 1.2 + 8 * n**-0.35 * (1 + 0.001 * np.random.default_rng(0).standard_normal(n.size))
-    fit = sweeps.fit_power_law(n, noisy)
+    fit = sweep_summary.fit_power_law(n, noisy)
     assert fit["alpha"] == pytest.approx(0.35, rel=0.02) and fit["E"] == pytest.approx(1.2, rel=0.02)
     assert len(fit["residuals"]) == 7 and max(map(abs, fit["residuals"])) < 0.01
 
@@ -171,7 +172,7 @@ def test_scaling_summary_table_plots_fit_and_hparams(tmp_path):
     p = Pipeline(with_sweeps({"sc": {"base": "tiny", "points": sizes, "scaling": {"tokens_per_param": 2}}}))
     spec = json.loads(p.sweep_spec("sc"))
     fake_runs(tmp_path / "runs", spec, lambda n: 1.1 + 6.0 * n**-0.25)
-    done = sweeps.summarize(spec, tmp_path / "runs", tmp_path / "out")
+    done = sweep_summary.summarize(spec, tmp_path / "runs", tmp_path / "out")
 
     fit = json.loads((tmp_path / "out" / "fit.json").read_text())
     assert fit["alpha"] == pytest.approx(0.25, rel=0.02) and fit["E"] == pytest.approx(1.1, rel=0.02)
@@ -227,7 +228,7 @@ def test_tiny_sweep_end_to_end_and_exact_reruns(tmp_path):
     assert hparams_runs(out / "tb") == names
     # the plots hold every point: one val-loss curve per point (evals at 0, 5, 10), both on the lr axis
     spec = json.loads(Pipeline(config([1.0e-3, 3.0e-3])).sweep_spec("lr"))
-    done = sweeps.summarize(spec, workdir / "results" / "runs", tmp_path / "again")
+    done = sweep_summary.summarize(spec, workdir / "results" / "runs", tmp_path / "again")
     assert {run: [s for s, _ in pts] for run, pts in done["curves"].items()} == {n: [0, 5, 10] for n in names}
     assert [x for x, _ in done["val_loss"]["learning_rate"]["all points"]] == [1e-3, 3e-3]
     assert planned_jobs(run_snakemake(workdir, "-n").stdout) == {}

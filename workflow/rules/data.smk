@@ -23,7 +23,7 @@ rule download:
         "../envs/nanogpt.yaml"
     params:
         spec=lambda w: P.spec("datasets", w.dataset),
-        mirror=P.mirror_arg(),
+        mirror=J.mirror_arg(),
     shell:
         "nanogpt download --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
         "--out {output:q} > {log:q} 2>&1"
@@ -56,7 +56,7 @@ rule prepare:
     threads: 2  # --num-proc: tokenizer worker processes
     params:
         spec=lambda w: P.spec("datasets", w.dataset),
-        mirror=P.mirror_arg(),
+        mirror=J.mirror_arg(),
         out_dir=lambda w: paths.DATA_DIR.format(dataset=w.dataset),
     shell:
         "nanogpt prepare --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "

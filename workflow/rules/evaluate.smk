@@ -18,15 +18,12 @@ rule evaluate:
         paths.benchmark("evaluate", "{model}/{dataset}")
     conda:
         "../envs/nanogpt.yaml"
-    threads: lambda w: P.eval_resources(w.model, w.dataset)["cpus_per_task"]
+    threads: J.threads("evaluate")
     resources:
-        gpu=lambda w: P.eval_resources(w.model, w.dataset)["gpu"],
-        mem_mb=lambda w: P.eval_resources(w.model, w.dataset)["mem_mb"],
-        runtime=lambda w: P.eval_resources(w.model, w.dataset)["runtime"],
-        cpus_per_task=lambda w: P.eval_resources(w.model, w.dataset)["cpus_per_task"],
+        **J.rule_resources("evaluate"),  # per (model, dataset), from its `evals:` entry
     params:
-        args=lambda w: P.eval_args(w.model, w.dataset),
-        mirror=P.mirror_arg(),
+        args=lambda w: J.eval_args(w.model, w.dataset),
+        mirror=J.mirror_arg(),
     shell:
         "nanogpt eval {params.args} {params.mirror} --out {output:q} > {log:q} 2>&1"
 

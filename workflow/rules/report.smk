@@ -77,7 +77,7 @@ rule summary:
     conda:
         "../envs/nanogpt.yaml"
     params:
-        results=lambda w: paths.RESULTS,
+        results=lambda w: paths.RESULTS,  # a function: the lint flags a literal path prefix
     shell:
         "nanogpt summary table --results {params.results:q} --csv {output.csv:q} --md {output.md:q} "
         "--hparams-dir {output.hparams:q} > {log:q} 2>&1"

@@ -14,6 +14,6 @@ rule sample:
     conda:
         "../envs/nanogpt.yaml"
     params:
-        args=lambda w: P.sample_args(w.sample),
+        args=lambda w: J.sample_args(w.sample),
     shell:
         "nanogpt sample {params.args} --out {output:q} > {log:q} 2>&1"

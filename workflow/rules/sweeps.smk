@@ -17,31 +17,7 @@ rule sweep:
     input:
         unpack(lambda w: P.sweep_inputs(w.sweep)),
     output:
-        csv=report(
-            f"{SWEEP_DIR}/summary.csv",
-            category="Sweeps",
-            subcategory="{sweep}",
-            caption="../report/sweep.rst",
-        ),
-        md=report(
-            f"{SWEEP_DIR}/summary.md",
-            category="Sweeps",
-            subcategory="{sweep}",
-            caption="../report/sweep.rst",
-        ),
-        val_loss=report(
-            f"{SWEEP_DIR}/val_loss.png",
-            category="Sweeps",
-            subcategory="{sweep}",
-            caption="../report/sweep.rst",
-        ),
-        curves=report(
-            f"{SWEEP_DIR}/curves.png",
-            category="Sweeps",
-            subcategory="{sweep}",
-            caption="../report/sweep.rst",
-        ),
-        tb=directory(f"{SWEEP_DIR}/tb"),
+        **sweep_outputs(),
     log:
         paths.log("sweep", "{sweep}"),
     benchmark:
@@ -55,61 +31,13 @@ rule sweep:
         out_dir=lambda w: SWEEP_DIR.format(sweep=w.sweep),
         runs_dir=paths.RUNS,
     shell:
-        "python -m nanogpt.sweeps summarize --spec {params.spec:q} --runs-dir {params.runs_dir:q} "
+        "nanogpt summary sweep --spec {params.spec:q} --runs-dir {params.runs_dir:q} "
         "--out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
-rule scaling_study:
-    """A scaling sweep: the same outputs plus the power-law fit of val loss against parameters."""
-    input:
-        unpack(lambda w: P.sweep_inputs(w.sweep)),
+# A scaling study: the same job, with the power-law fit of val loss against parameters as two more outputs.
+use rule sweep as scaling_study with:
     output:
-        csv=report(
-            f"{SWEEP_DIR}/summary.csv",
-            category="Sweeps",
-            subcategory="{sweep}",
-            caption="../report/sweep.rst",
-        ),
-        md=report(
-            f"{SWEEP_DIR}/summary.md",
-            category="Sweeps",
-            subcategory="{sweep}",
-            caption="../report/sweep.rst",
-        ),
-        val_loss=report(
-            f"{SWEEP_DIR}/val_loss.png",
-            category="Sweeps",
-            subcategory="{sweep}",
-            caption="../report/sweep.rst",
-        ),
-        curves=report(
-            f"{SWEEP_DIR}/curves.png",
-            category="Sweeps",
-            subcategory="{sweep}",
-            caption="../report/sweep.rst",
-        ),
-        fit=report(
-            f"{SWEEP_DIR}/fit.json", category="Sweeps", subcategory="{sweep}", caption="../report/sweep.rst"
-        ),
-        scaling=report(
-            f"{SWEEP_DIR}/scaling.png",
-            category="Sweeps",
-            subcategory="{sweep}",
-            caption="../report/sweep.rst",
-        ),
-        tb=directory(f"{SWEEP_DIR}/tb"),
-    log:
-        paths.log("sweep", "{sweep}"),
-    benchmark:
-        paths.benchmark("sweep", "{sweep}")
+        **sweep_outputs(scaling=True),
     wildcard_constraints:
         sweep=P.sweep_names_pattern(scaling=True),
-    conda:
-        "../envs/nanogpt.yaml"
-    params:
-        spec=lambda w: P.sweep_spec(w.sweep),
-        out_dir=lambda w: SWEEP_DIR.format(sweep=w.sweep),
-        runs_dir=paths.RUNS,
-    shell:
-        "python -m nanogpt.sweeps summarize --spec {params.spec:q} --runs-dir {params.runs_dir:q} "
-        "--out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -17,13 +17,13 @@ rule train:
         paths.benchmark("train", "{run}")
     conda:
         "../envs/nanogpt.yaml"
-    threads: lambda w: P.run_resources(w.run)["cpus_per_task"]
+    threads: J.threads("train")
     resources:
-        **P.train_resources(),  # per run, from its config entry: see Pipeline.train_resources
+        **J.rule_resources("train"),  # per run, from its config entry: see Jobs.rule_resources
     params:
         trajectory=lambda w: P.run_trajectory(w.run),  # tracked: a change reruns the job
-        args=lambda w: P.train_args(w.run),  # untracked: the full settings, paths and GPU count
-        launcher=lambda w: P.untracked_launcher(w.run),
+        args=lambda w: J.train_args(w.run),  # untracked: the full settings, paths and GPU count
+        launcher=lambda w: J.untracked_launcher(w.run),
         full_log=lambda w: paths.TRAIN_LOG.format(run=w.run),  # every iteration; the log below: all but those
     # the log (ends with a failure's one-line error): all but the iteration lines; the console: progress lines
     shell:
