@@ -48,7 +48,7 @@ def prepared_data(data_dir: str | None, tmp: Path) -> Path:
     if nanogpt_cli(["download", "--config", str(REPO / "config.yaml"), "--name", "shakespeare_char", "--out", str(src)]):
         sys.exit("ddp_bench: error: cannot get tinyshakespeare's input.txt (see above)")
     out = tmp / "data"
-    prepare_text(src, out, tokenizer="char")
+    prepare_text(src, out)
     return out
 
 

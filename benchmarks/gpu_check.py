@@ -129,7 +129,7 @@ def prepare_data(work: Path) -> tuple[Path, Path]:
     from nanogpt.data import prepare_text
 
     ours = work / "data" / "shakespeare_char"
-    meta = prepare_text(ROOT / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt", ours, tokenizer="char")
+    meta = prepare_text(ROOT / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt", ours)
     ref_root = work / "ref"
     ref_data = ref_root / "data" / "shakespeare_char"
     ref_data.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nanogpt import paths
-from nanogpt.config import EvalSettings, SampleSettings
+from nanogpt.config import TEXT_DEFAULTS, EvalSettings, SampleSettings
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.runlock import LOCK_NAME
 
@@ -102,8 +102,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from nanogpt.data import prepare
 
     if args.text:  # no config: the file itself, as a `path:` dataset named after its folder
-        name, spec = Path(args.out_dir).name, {"path": args.text, "tokenizer": args.tokenizer,
-                                               "val_fraction": args.val_fraction}
+        given = {"tokenizer": args.tokenizer, "val_fraction": args.val_fraction}
+        name, spec = Path(args.out_dir).name, {"path": args.text, **{k: v for k, v in given.items() if v is not None}}
         args.source = args.text
     else:
         name, spec = _entry(args, "datasets")
@@ -360,8 +360,10 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     _entry_args(sp)
     sp.add_argument("--source", help="the downloaded source (file or folder)")
     sp.add_argument("--text", help="your own text file instead of a config entry (split by --val-fraction)")
-    sp.add_argument("--tokenizer", default="char", choices=("char", "gpt2"), help="with --text: the tokenizer")
-    sp.add_argument("--val-fraction", type=float, default=0.1, help="with --text: the share kept for validation")
+    sp.add_argument("--tokenizer", choices=("char", "gpt2"),
+                    help=f"with --text: the tokenizer (default: {TEXT_DEFAULTS['tokenizer']})")
+    sp.add_argument("--val-fraction", type=float,
+                    help=f"with --text: the share kept for validation (default: {TEXT_DEFAULTS['val_fraction']})")
     sp.add_argument("--out-dir", required=True, help="folder for train.bin, val.bin and meta.json")
     sp.add_argument("--num-proc", type=int, default=1, help="tokenizer worker processes")
     sp.set_defaults(func=cmd_prepare)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nanogpt import fileio
-from nanogpt.config import ConfigError, check_dataset, dataset_kind
+from nanogpt.config import ConfigError, DatasetSettings, check_dataset, dataset_kind
 from nanogpt.errors import ChecksumError, DataError
 from nanogpt.hf_corpus import download_hf, prepare_hf
 from nanogpt.tokenizer import CharTokenizer, find_local, gpt2_tokenizer, token_dtype
@@ -78,23 +78,17 @@ def write_bin(dest: str | os.PathLike, ids: np.ndarray | list[int], dtype: np.dt
     return int(arr.size)
 
 
-def prepare_text(
-    source: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    tokenizer: str = "char",
-    val_fraction: float = 0.1,
-    dtype: str | None = None,
-    mirror: str | os.PathLike | None = None,
-    name: str | None = None,
-) -> dict:
-    """One text file -> train.bin, val.bin, meta.json, split by characters like nanoGPT's prepare scripts.
+def prepare_text(source: str | os.PathLike, out_dir: str | os.PathLike, ds: DatasetSettings | None = None,
+                 mirror: str | os.PathLike | None = None) -> dict:
+    """One text file -> train.bin, val.bin, meta.json, split by characters like nanoGPT's prepare scripts
+    (`ds`: a text dataset's settings, DatasetSettings.for_text() when not given).
 
     Returns the metadata written to meta.json. meta.json is written last, so its presence means the
     bins beside it are complete.
     """
     source, out_dir = Path(source), Path(out_dir)
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction={val_fraction}: expected a number between 0 and 1")
+    ds = ds or DatasetSettings.for_text(out_dir.name)
+    tokenizer, val_fraction = ds.tokenizer, ds.val_fraction
     text = _read_source_text(source)
     if not text:
         raise ConfigError(f"source {str(source)!r} is empty: expected a non-empty text corpus")
@@ -103,11 +97,9 @@ def prepare_text(
     parts = {"train": text[:split_at], "val": text[split_at:]}
     if tokenizer == "char":
         tok = CharTokenizer.from_text(text)
-    elif tokenizer == "gpt2":
+    else:  # gpt2: DatasetSettings allows no other
         tok = gpt2_tokenizer(mirror)
-    else:
-        raise ConfigError(f"tokenizer={tokenizer!r}: expected 'char' or 'gpt2'")
-    np_dtype = token_dtype(tok.vocab_size, dtype)
+    np_dtype = token_dtype(tok.vocab_size, ds.dtype)
     ids = {split: tok.encode(parts[split]) for split in SPLITS}
     for split in SPLITS:
         if not ids[split]:
@@ -115,7 +107,7 @@ def prepare_text(
     (out_dir / "meta.json").unlink(missing_ok=True)  # an earlier meta.json must not vouch for the bins in between
     counts = {split: write_bin(out_dir / f"{split}.bin", ids[split], np_dtype) for split in SPLITS}
     meta = {
-        "dataset": name or out_dir.name,
+        "dataset": ds.name,
         "tokenizer": tok.to_meta(),
         "vocab_size": tok.vocab_size,
         "dtype": np_dtype.name,
@@ -149,14 +141,12 @@ def download(spec: dict, out: str | os.PathLike, mirror: str | os.PathLike | Non
 def prepare(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike, num_proc: int = 1,
             mirror: str | os.PathLike | None = None, name: str = "dataset") -> dict:
     """The prepare step of a dataset entry: tokenized bins and meta.json in `out_dir`."""
-    check_dataset(spec, name)
+    ds = check_dataset(spec, name)
     if not 1 <= num_proc <= 1024:
         raise ConfigError(f"num_proc={num_proc}: expected a number of worker processes in [1, 1024]")
-    if dataset_kind(spec) in ("source", "text"):  # one text: a downloaded one, or the user's own file
-        return prepare_text(source, out_dir, tokenizer=spec.get("tokenizer", "char"),
-                            val_fraction=spec.get("val_fraction", 0.1), dtype=spec.get("dtype"),
-                            mirror=mirror, name=name)
-    return prepare_hf(spec, source, out_dir, num_proc=num_proc, mirror=mirror, name=name)
+    if ds.is_text:  # one text: a downloaded one, or the user's own file
+        return prepare_text(source, out_dir, ds, mirror=mirror)
+    return prepare_hf(ds, source, out_dir, num_proc=num_proc, mirror=mirror)
 
 
 META_KEYS = {"vocab_size": int, "dtype": str, "train_tokens": int, "val_tokens": int, "tokenizer": dict}

@@ -33,15 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from nanogpt import fileio
-from nanogpt.config import ConfigError, as_files_spec, dataset_kind
+from nanogpt.config import ConfigError, DatasetSettings, as_files_spec, dataset_kind
 from nanogpt.errors import ChecksumError
 from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer, mirror_dir, token_dtype
 
 # file format (config `files.format` or file suffix) -> `datasets` packaged builder
 BUILDERS = {"parquet": "parquet", "json": "json", "jsonl": "json", "text": "text", "txt": "text", "csv": "csv"}
 SUFFIX_FORMAT = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv"}
-DEFAULT_VAL_FRACTION = 0.0005  # nanoGPT's openwebtext split
-DEFAULT_SEED = 2357
 BATCH_DOCS = 128  # documents per tokenizer task: big enough to amortize IPC, small enough for flat memory
 
 
@@ -336,10 +334,9 @@ def read_manifest(path: str | os.PathLike) -> dict:
     return manifest
 
 
-def val_mask(n_docs: int, val_fraction: float, seed: int, name: str = "dataset") -> np.ndarray:
+def val_mask(n_docs: int, ds: DatasetSettings) -> np.ndarray:
     """Which documents are validation documents: the same ones as datasets' train_test_split (nanoGPT)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ConfigError(f"val_fraction={val_fraction}: expected a number between 0 and 1")
+    name, val_fraction, seed = ds.name, ds.val_fraction, ds.seed
     if n_docs == 0:
         raise CorpusError(f"datasets.{name}: the corpus has no documents: expected at least 2")
     n_val = math.ceil(val_fraction * n_docs)
@@ -462,29 +459,25 @@ def _write_splits(ds, text_column: str, dtype: np.dtype, pool, tok, is_val: np.n
     return tokens
 
 
-def prepare_hf(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike, num_proc: int = 1,
-               mirror: str | os.PathLike | None = None, name: str = "dataset") -> dict:
+def prepare_hf(ds: DatasetSettings, source: str | os.PathLike, out_dir: str | os.PathLike, num_proc: int = 1,
+               mirror: str | os.PathLike | None = None) -> dict:
     """Tokenize the manifest's corpus into out_dir/train.bin, val.bin and meta.json (written last)."""
     import pyarrow as pa
     from datasets.exceptions import DatasetGenerationError
 
     source, out_dir = Path(source), Path(out_dir)
     manifest = read_manifest(source)
-    if spec.get("tokenizer", "gpt2") != "gpt2":
-        raise ConfigError(f"datasets.{name}.tokenizer={spec['tokenizer']!r}: expected 'gpt2' for hf/files corpora")
     if num_proc < 1:
         raise ConfigError(f"num_proc={num_proc}: expected at least 1")
-    text_column = spec.get("text_column", "text")
-    val_fraction = spec.get("val_fraction", DEFAULT_VAL_FRACTION)
-    seed = spec.get("seed", DEFAULT_SEED)
+    name, text_column = ds.name, ds.text_column
     m = mirror_dir(mirror)
     mirror_str = str(m) if m else None
-    tok = gpt2_tokenizer(mirror_str)
-    dtype = token_dtype(tok.vocab_size, spec.get("dtype"))
+    tok = gpt2_tokenizer(mirror_str)  # the only tokenizer of a corpus (DatasetSettings checked it)
+    dtype = token_dtype(tok.vocab_size, ds.dtype)
 
     with _worker_pool(num_proc, mirror_str) as pool:
         n_docs = count_documents(manifest, text_column)  # checks every file first: errors name the file
-        is_val = val_mask(n_docs, val_fraction, seed, name)
+        is_val = val_mask(n_docs, ds)
         (out_dir / "meta.json").unlink(missing_ok=True)  # an earlier meta.json must not vouch for new bins
         try:
             tokens = _write_splits(open_corpus(manifest, text_column), text_column, dtype, pool, tok, is_val,
@@ -501,8 +494,8 @@ def prepare_hf(spec: dict, source: str | os.PathLike, out_dir: str | os.PathLike
         "val_tokens": tokens["val"],
         "train_documents": n_docs - n_val,
         "val_documents": n_val,
-        "val_fraction": val_fraction,
-        "seed": seed,
+        "val_fraction": ds.val_fraction,
+        "seed": ds.seed,
         "split": "nanoGPT train_test_split documents, corpus order; each document + end-of-text 50256",
         "source": {k: v for k, v in manifest.items() if k != "files"}
         | {"files": [{k: f[k] for k in ("name", "sha256", "bytes") if k in f} for f in manifest["files"]]},

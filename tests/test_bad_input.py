@@ -97,7 +97,7 @@ def corpus(shared_data, tmp_path_factory) -> Path:
 def data_dir(corpus, tmp_path_factory) -> Path:
     """A prepared char dataset: 18,000 train / 2,000 val tokens."""
     out = tmp_path_factory.mktemp("data") / "tiny"
-    prepare_text(corpus, out, tokenizer="char", val_fraction=0.1)
+    prepare_text(corpus, out)
     return out
 
 
@@ -278,7 +278,7 @@ def test_vocabulary_too_large_for_uint16(tmp_path, capsys):
     assert "dtype='uint16' cannot hold a vocabulary of 70000 tokens (max id 65535): expected dtype uint32" in line
     assert files_under(tmp_path / "out") == []
     # Left to choose, the same corpus gets uint32 and its ids survive the round trip.
-    meta = prepare_text(big, tmp_path / "auto", tokenizer="char", val_fraction=0.1)
+    meta = prepare_text(big, tmp_path / "auto")
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_000
 
 

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from nanogpt.config import DatasetSettings
 from nanogpt.data import prepare_text, token_dtype
 from nanogpt.errors import ConfigError
 from nanogpt.tokenizer import GPT2_EOT, from_meta, gpt2_tokenizer
@@ -32,8 +33,8 @@ def test_mirror_bpe_files_are_checksummed(shared_data, tmp_path):
 
 
 def test_shakespeare_bpe_counts(mirror_env, tmp_path):
-    meta = prepare_text(mirror_env / "tinyshakespeare" / "input.txt", tmp_path, tokenizer="gpt2",
-                        val_fraction=0.1, name="shakespeare")
+    meta = prepare_text(mirror_env / "tinyshakespeare" / "input.txt", tmp_path,
+                        DatasetSettings.for_text("shakespeare", tokenizer="gpt2", val_fraction=0.1))
     assert (meta["train_tokens"], meta["val_tokens"]) == (301_966, 36_059)  # nanoGPT's data/shakespeare
     assert meta["dtype"] == "uint16" and meta["tokenizer"]["kind"] == "gpt2"
     train = np.memmap(tmp_path / "train.bin", dtype=np.uint16, mode="r")

@@ -14,7 +14,7 @@ from nanogpt.tokenizer import CharTokenizer, from_meta
 def char_data(tmp_path_factory, shared_data):
     root = tmp_path_factory.mktemp("char")
     src = fetch(SHAKESPEARE_URL, SHAKESPEARE_SHA256, root / "source.txt", mirror=shared_data)
-    meta = prepare_text(src, root / "data", tokenizer="char", val_fraction=0.1)
+    meta = prepare_text(src, root / "data")
     return root / "data", meta
 
 

@@ -230,7 +230,7 @@ def test_wall_time_counts_every_attempt(tmp_path):
     data = tmp_path / "data"
     from nanogpt.data import prepare_text
 
-    prepare_text(Path(__file__).parents[1] / "nanogpt/assets/tinyshakespeare/input.txt", data, tokenizer="char")
+    prepare_text(Path(__file__).parents[1] / "nanogpt/assets/tinyshakespeare/input.txt", data)
     spec = tiny_config()["runs"]["tiny"]
     spec["train"].update(lr_decay_iters=8, eval_iters=1)
     first = train(resolve_run({**spec, "train": {**spec["train"], "max_iters": 4}}, "tiny"), data, tmp_path / "r",

@@ -28,7 +28,7 @@ SHAKESPEARE = REPO / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt"
 @pytest.fixture(scope="module")
 def char_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data")
-    prepare_text(SHAKESPEARE, out, tokenizer="char")
+    prepare_text(SHAKESPEARE, out)
     return out
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import make_pipeline, run_snakemake, tiny_config
 from nanogpt import fileio
+from nanogpt.config import DatasetSettings, check_dataset
 from nanogpt.errors import ConfigError
 from nanogpt.hf_corpus import CorpusError, download_hf, prepare_hf, val_mask
 from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer
@@ -43,7 +44,7 @@ def corpus(tmp_path_factory) -> dict:
 
 def _prepare(spec: dict, out, num_proc: int = 1) -> dict:
     download_hf(spec, out / "source.json", name="corpus")
-    return prepare_hf(spec, out / "source.json", out, num_proc=num_proc, name="corpus")
+    return prepare_hf(check_dataset(spec, "corpus"), out / "source.json", out, num_proc=num_proc)
 
 
 def _parquet_spec(corpus, **kw) -> dict:
@@ -66,7 +67,7 @@ def test_documents_end_with_eot_and_split_is_nanogpts(corpus, mirror_env, tmp_pa
 
     split = Dataset.from_dict({"text": docs}).train_test_split(test_size=0.01, seed=2357)
     want_val = [d for d in docs if d in set(split["test"]["text"])]
-    is_val = val_mask(N_DOCS, 0.01, 2357)
+    is_val = val_mask(N_DOCS, DatasetSettings("corpus", "files", "gpt2", val_fraction=0.01, seed=2357))
     assert [d for d, v in zip(docs, is_val, strict=True) if v] == want_val
     want_train = [d for d, v in zip(docs, is_val, strict=True) if not v]
     assert [tok.decode(d) for d in _split_docs(tmp_path / "val.bin")] == want_val

@@ -23,6 +23,7 @@ from conftest import make_pipeline, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio, interop
 from nanogpt.cli import main
+from nanogpt.config import check_dataset
 from nanogpt.data import load_meta, prepare_text
 from nanogpt.errors import ConfigError, DataError, DiskFullError
 from nanogpt.hf_corpus import CorpusError, download_hf, prepare_hf, read_manifest
@@ -247,11 +248,11 @@ def test_failed_prepare_leaves_no_meta_json_vouching_for_new_bins(tmp_path, monk
     out = tmp_path / "data"
     good = tmp_path / "good.txt"
     good.write_text(CORPUS)
-    prepare_text(good, out, val_fraction=0.1)
+    prepare_text(good, out)
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("a")
     with pytest.raises(ConfigError, match="the train split .* is empty"):
-        prepare_text(tiny, out, val_fraction=0.1)
+        prepare_text(tiny, out)
     load_meta(out)  # refused before writing anything: the earlier dataset is whole
     other = tmp_path / "other.txt"
     other.write_text(CORPUS.upper())
@@ -264,7 +265,7 @@ def test_failed_prepare_leaves_no_meta_json_vouching_for_new_bins(tmp_path, monk
 
     monkeypatch.setattr(data, "write_bin", full_at_val)
     with pytest.raises(DiskFullError):
-        prepare_text(other, out, val_fraction=0.1)
+        prepare_text(other, out)
     with pytest.raises(DataError, match="meta.json' does not exist"):  # not the old meta.json beside a new train.bin
         load_meta(out)
 
@@ -304,7 +305,8 @@ def test_bad_local_corpus_names_the_file(tmp_path, rows, needle, after_a_good_fi
     for paths in ([str(bad)], [str(good), str(bad)])[:2 if after_a_good_file else 1]:
         spec = {"files": {"paths": paths}, "val_fraction": 0.2}
         download_hf(spec, tmp_path / "source.json", name="c")
-        message = timed_refusal(CorpusError, prepare_hf, spec, tmp_path / "source.json", tmp_path / "out", name="c")
+        message = timed_refusal(CorpusError, prepare_hf, check_dataset(spec, "c"), tmp_path / "source.json",
+                                tmp_path / "out")
         assert message.startswith(f"data file {str(bad)!r}") and needle in message, message
         assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 

@@ -10,9 +10,16 @@ import yaml
 
 from conftest import REPO
 from nanogpt.cli import build_parser
-from nanogpt.config import EvalSettings, LaunchSettings, SampleSettings
+from nanogpt.config import (
+    CORPUS_DEFAULTS,
+    TEXT_DEFAULTS,
+    DatasetSettings,
+    EvalSettings,
+    LaunchSettings,
+    SampleSettings,
+)
 
-JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
+JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "NoneType": "null"}
 
 
 def json_type(annotation: str) -> set[str]:
@@ -54,3 +61,15 @@ def test_command_line_defaults_are_the_settings_defaults(command, cls):
     for field in dataclasses.fields(cls):
         if field.default is not dataclasses.MISSING:
             assert defaults[field.name] == field.default, field.name
+
+
+def test_dataset_schema_has_the_dataset_settings():
+    """A dataset entry: one of its four sources plus the settings of DatasetSettings (less the two it derives),
+    each with its type; one default per setting and kind (TEXT_DEFAULTS, CORPUS_DEFAULTS), none in the schema."""
+    props = SCHEMA["datasets"][ENTRY]["properties"]
+    fields = {f.name: f for f in dataclasses.fields(DatasetSettings) if f.name not in ("name", "kind")}
+    assert set(props) - {"source", "hf", "files", "path"} == set(fields)
+    for name, field in fields.items():
+        assert schema_types(props[name]) == json_type(field.type), name
+        assert "default" not in props[name], name
+    assert set(TEXT_DEFAULTS) == set(CORPUS_DEFAULTS) <= set(fields)

@@ -47,7 +47,7 @@ def chars(tmp_path_factory) -> Path:
     fetch("https://example.invalid/input.txt",
           "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", root / "full.txt")
     text.write_text((root / "full.txt").read_text()[:60_000])
-    prepare_text(text, root / "data", tokenizer="char", val_fraction=0.1)
+    prepare_text(text, root / "data")
     return root / "data"
 
 
