@@ -14,7 +14,6 @@ within 2x of ours inside it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -25,24 +24,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from compare_nanogpt import default_ref  # noqa: E402
+from compare_nanogpt import load_ref_model_module as load_ref_module  # noqa: E402
 
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 
 SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304, "bias": True,
          "dropout": 0.0}
-
-
-def default_ref() -> str:
-    return os.environ.get("NANOGPT_REF") or str(ROOT / "benchmarks" / "reference" / "nanoGPT")
-
-
-def load_ref_module(ref: Path):
-    """nanoGPT's model.py, imported from its checkout without putting the checkout on sys.path."""
-    spec = importlib.util.spec_from_file_location("nanogpt_reference_model", ref / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def twin_models(ref_mod) -> tuple[GPT, torch.nn.Module | None]:

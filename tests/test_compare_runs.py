@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from test_report_scaling import PNG_1X1, embedded_pages, finished_run
+from test_report_scaling import PNG_1X1, embedded_pages, finished_run, pipeline_with_data
 
-from conftest import make_pipeline, run_snakemake, tiny_config
+from conftest import run_snakemake, tiny_config
 from nanogpt.curves import load_events
 from nanogpt.pipeline import Pipeline
 
@@ -30,12 +30,7 @@ def comparing_config() -> dict:
 def finished_pipeline(tmp_path):
     """A pipeline whose data, runs (targeted and sweep points) and curves count as done, without training."""
     cfg = comparing_config()
-    work = make_pipeline(tmp_path / "pipeline", cfg)
-    data = work / "results/data/shakespeare_char"
-    data.mkdir(parents=True)
-    for f in ("source.txt", "train.bin", "val.bin", "meta.json"):
-        (data / f).write_text("{}")
-    (work / "results/plots").mkdir()
+    work = pipeline_with_data(tmp_path, cfg)
     p = Pipeline(cfg)
     runs = p.runs()
     for name, entry in runs.items():

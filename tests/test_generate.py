@@ -25,18 +25,23 @@ def make_model(block_size: int = 16, seed: int = 0) -> GPT:
     return model.eval()
 
 
+def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
+               generator: torch.Generator) -> torch.Tensor:
+    """nanoGPT's sampling of the next token from the last position's logits."""
+    logits = logits[:, -1, :] / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("inf")
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+
+
 def reference_generate(model: GPT, idx: torch.Tensor, n: int, temperature: float, top_k: int | None,
                        generator: torch.Generator) -> torch.Tensor:
     """nanoGPT's GPT.generate: the whole (cropped) context through a full forward pass for every token."""
     block = model.config.block_size
     for _ in range(n):
         logits, _ = model(idx[:, -block:], all_logits=True)
-        logits = logits[:, -1, :] / temperature
-        if top_k is not None:
-            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits[logits < v[:, [-1]]] = -float("inf")
-        probs = F.softmax(logits, dim=-1)
-        idx = torch.cat((idx, torch.multinomial(probs, num_samples=1, generator=generator)), dim=1)
+        idx = torch.cat((idx, next_token(logits, temperature, top_k, generator)), dim=1)
     return idx
 
 
@@ -73,12 +78,7 @@ def reference_generate_refresh(model: GPT, idx: torch.Tensor, n: int, temperatur
         start = refresh_context_start(L, T0, block, k)
         assert block - k + 1 <= L - start <= block or start == 0
         logits, _ = model(idx[:, start:], all_logits=True)
-        logits = logits[:, -1, :] / temperature
-        if top_k is not None:
-            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-            logits[logits < v[:, [-1]]] = -float("inf")
-        probs = F.softmax(logits, dim=-1)
-        idx = torch.cat((idx, torch.multinomial(probs, num_samples=1, generator=generator)), dim=1)
+        idx = torch.cat((idx, next_token(logits, temperature, top_k, generator)), dim=1)
     return idx
 
 

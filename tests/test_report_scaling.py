@@ -34,6 +34,17 @@ def finished_run(run_dir, name: str, entry: dict, iters: int = 200) -> None:
     (run_dir / "model.pt").write_bytes(b"placeholder")
 
 
+def pipeline_with_data(tmp_path, cfg: dict):
+    """A pipeline copy whose dataset files exist (placeholders: no job reads them once training counts as done)."""
+    work = make_pipeline(tmp_path / "pipeline", cfg)
+    data = work / "results/data/shakespeare_char"
+    data.mkdir(parents=True)
+    for f in ("source.txt", "train.bin", "val.bin", "meta.json"):
+        (data / f).write_text("{}")
+    (work / "results/plots").mkdir()
+    return work
+
+
 def test_svg_thumbnail_is_small_and_plots_every_series(tmp_path):
     curves = {"loss/train": [(i, 4.0 - i / 5000) for i in range(0, 5001, 1)],
               "loss/val": [(i, 3.9 - i / 5000) for i in range(0, 5001, 250)]}
@@ -62,12 +73,7 @@ def test_many_runs_report_has_thumbnails_and_bounded_size(tmp_path):
     cfg["runs"] = {n: base for n in names}
     cfg["targets"] = {"runs": names, "samples": [], "evals": []}
     cfg["samples"] = {}
-    work = make_pipeline(tmp_path / "pipeline", cfg)
-    data = work / "results/data/shakespeare_char"
-    data.mkdir(parents=True)
-    for f in ("source.txt", "train.bin", "val.bin", "meta.json"):
-        (data / f).write_text("{}")
-    (work / "results/plots").mkdir()
+    work = pipeline_with_data(tmp_path, cfg)
     for name in names:
         finished_run(work / f"results/runs/{name}", name, base)
         (work / f"results/plots/{name}_loss.png").write_bytes(PNG_1X1)
