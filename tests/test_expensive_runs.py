@@ -17,7 +17,7 @@ from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_confi
 from nanogpt import checkpoint as ckpt_io
 from nanogpt.config import RunConfig, TrainSettings, resolve_run
 from nanogpt.errors import DataError
-from nanogpt.sweeps import check_point_result
+from nanogpt.sweep_summary import check_point_result
 
 NOTHING = "Nothing to be done"
 

@@ -317,7 +317,7 @@ def test_recipe_entries_and_the_recipes_sweep_run_through_snakemake(tmp_path) ->
     """config.yaml's `recipes` sweep (4 points: adamw/muon x gpt2/modern around shakespeare_char_cpu_fast), its
     iterations cut to a few, trains, samples the modern + muon point and plots through snakemake; both recipe
     entries resolve into training jobs (dry run)."""
-    from nanogpt.sweeps import val_seconds
+    from nanogpt.sweep_summary import val_seconds
 
     repo = yaml.safe_load((REPO / "config.yaml").read_text())
     short = {"max_iters": 6, "lr_decay_iters": 6, "warmup_iters": 2, "eval_interval": 3, "eval_iters": 2,
