@@ -88,7 +88,7 @@ def test_version():
 def test_summary_help_lists_its_steps():
     proc = run(str(BIN / "nanogpt"), "summary", "--help")
     assert proc.returncode == 0, proc.stderr
-    assert "{table,curve,baselines}" in proc.stdout
+    assert "{table,curve,baselines,sweep}" in proc.stdout
     table = run(str(BIN / "nanogpt"), "summary", "table", "--help").stdout
     assert "the results folder to read (default: results)" in " ".join(table.split())
 
