@@ -63,7 +63,7 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
     peak = t.peak_flops or peak_flops_for(device, dtype)
     return {
         "threads": torch.get_num_threads(),
-        "device": str(device), "dtype": str(dtype).removeprefix("torch."), "compile": t.compile,
+        "device": str(device), "dtype": placement.dtype_name, "compile": t.compile,
         "params_M": model.get_num_params() / 1e6, "median_ms_per_iter": dt * 1000,
         "first_step_s": first_step_s,
         "tokens_per_sec": t.batch_size * m.block_size / dt,

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nanogpt import paths
-from nanogpt.config import TEXT_DEFAULTS, EvalSettings, SampleSettings
+from nanogpt.config import TEXT_DEFAULTS, EvalSettings, SampleSettings, suggest
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.runlock import LOCK_NAME
 
@@ -55,11 +55,7 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
 
         entries = inherit_runs(entries)
     if args.name not in entries:
-        import difflib
-
-        close = difflib.get_close_matches(args.name, list(entries), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"no {section} entry named {args.name!r} in {args.config}{hint}")
+        raise ConfigError(f"no {section} entry named {args.name!r} in {args.config}{suggest(args.name, list(entries))}")
     entry = dict(entries[args.name])
     if cfg.get("mirror") and not getattr(args, "mirror", None):
         args.mirror = cfg["mirror"]

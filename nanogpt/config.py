@@ -497,7 +497,7 @@ def check_dataset(spec: dict, name: str) -> DatasetSettings:
         raise ConfigError(f"{where}={spec!r}: expected a mapping")
     for key in spec:
         if key not in DATASET_KEYS:
-            raise ConfigError(f"unknown key {where}.{key}{_suggest(key, list(DATASET_KEYS))}")
+            raise ConfigError(f"unknown key {where}.{key}{suggest(key, list(DATASET_KEYS))}")
     kinds = [k for k in ("source", "hf", "files", "path") if k in spec]
     if len(kinds) != 1:
         raise ConfigError(f"{where}: has {kinds or 'none'} of source / hf / files / path: expected exactly one")
@@ -536,7 +536,8 @@ def resolve_eval(entry: dict, where: str = "eval") -> EvalSettings:
     return _build(EvalSettings, entry, where).validate(where)
 
 
-def _suggest(key: str, known: list[str]) -> str:
+def suggest(key: str, known: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of `known`, or ''."""
     close = difflib.get_close_matches(key, known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -575,7 +576,7 @@ def _build(cls: type, values: dict, where: str) -> Any:
     known = {f.name: f for f in fields(cls)}
     for key in values:
         if key not in known:
-            raise ConfigError(f"unknown key {where}.{key}{_suggest(key, list(known))}")
+            raise ConfigError(f"unknown key {where}.{key}{suggest(key, list(known))}")
     kwargs = {k: _check_type(f"{where}.{k}", v, str(known[k].type)) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -653,7 +654,7 @@ def resolve_run(entry: dict, name: str = "run", overrides: dict | None = None) -
     top_keys = ["dataset", "init_from", "model", "train", "launch", "resources"]
     for key in entry:
         if key not in top_keys:
-            raise ConfigError(f"unknown key runs.{name}.{key}{_suggest(key, top_keys)}")
+            raise ConfigError(f"unknown key runs.{name}.{key}{suggest(key, top_keys)}")
     if "dataset" not in entry:
         raise ConfigError(f"runs.{name}: missing required key 'dataset'")
     for key, value in (overrides or {}).items():
@@ -735,7 +736,7 @@ def apply_override(entry: dict, key: str, value: Any, name: str = "run") -> None
             entry.setdefault(section, {})[key] = value
             return
     known = ["dataset", "init_from"] + [f.name for cls in _SECTIONS.values() for f in fields(cls)]
-    raise ConfigError(f"unknown setting {key!r}{_suggest(key, known)}")
+    raise ConfigError(f"unknown setting {key!r}{suggest(key, known)}")
 
 
 def parse_overrides(args: list[str]) -> dict:

@@ -6,7 +6,6 @@ made here, in plain Python that tests can call.
 
 from __future__ import annotations
 
-import difflib
 import glob
 import json
 import os
@@ -29,6 +28,7 @@ from nanogpt.config import (
     resolve_run,
     resolve_sample,
     settings_warnings,
+    suggest,
 )
 from nanogpt.errors import ConfigError
 from nanogpt.sweeps import Sweep, expand_sweeps, sweep_files
@@ -231,8 +231,7 @@ class Pipeline:
         for name in self.runs():
             run = self.run(name)
             if run.dataset not in self.datasets():
-                close = difflib.get_close_matches(run.dataset, list(self.datasets()), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                hint = suggest(run.dataset, list(self.datasets()))
                 raise ConfigError(f"runs.{name}.dataset={run.dataset!r}: no such dataset{hint}, expected one of "
                                   f"{sorted(self.datasets())}")
             check_wandb(run.train, f"runs.{name}.train")  # before any job, not inside the train job

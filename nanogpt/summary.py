@@ -100,6 +100,7 @@ def collect(results: str | os.PathLike = "results"):
     at = COLUMNS.index("dataset") + 1
     df = pd.DataFrame(rows, columns=COLUMNS[:at] + list(settings) + COLUMNS[at:])
     df.attrs["run_settings"] = configs  # each run's resolved settings, for the HParams experiment
+    df.attrs["setting_columns"] = settings  # column -> setting, for those that differ
     return df
 
 
@@ -125,8 +126,7 @@ def write_table(results: str | os.PathLike, csv: str | os.PathLike, md: str | os
     if hparams_dir is not None:
         from nanogpt.tracking import write_hparams_experiment
 
-        configs = df.attrs["run_settings"]
-        write_hparams_experiment(configs, differing_settings(configs), hparams_dir)
+        write_hparams_experiment(df.attrs["run_settings"], df.attrs["setting_columns"], hparams_dir)
     with fileio.atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     shown = [c for c in df.columns if c != "file"]
@@ -155,7 +155,7 @@ def write_html(df, out: str | os.PathLike, results: str | os.PathLike | None = N
              "<code>published_*</code>: nanoGPT README's GPT-2 baselines on OpenWebText.</p>"]
     runs, evals = df[df["kind"] == "run"], df[df["kind"] == "eval"]
     if len(runs):
-        settings = [c for c in df.columns if c not in COLUMNS]
+        settings = list(df.attrs.get("setting_columns", {}))
         parts.append(section("Training runs", runs, RUN_COLUMNS[:2] + settings + RUN_COLUMNS[2:]))
     if len(evals):
         parts.append(section("Evaluations", evals, EVAL_COLUMNS))

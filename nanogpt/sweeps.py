@@ -22,10 +22,10 @@ from nanogpt.config import (
     RunConfig,
     TrainSettings,
     _floats_from_strings,
-    _suggest,
     apply_override,
     check_name,
     resolve_run,
+    suggest,
 )
 from nanogpt.errors import ConfigError
 from nanogpt.paths import SWEEP_DIR
@@ -84,7 +84,7 @@ def canonical_key(key: object, where: str) -> str:
     section, _, sub = key.rpartition(".")
     if section == "resources":
         if sub not in RESOURCE_KEYS:
-            raise ConfigError(f"{where}: unknown setting {key!r}{_suggest(sub, list(RESOURCE_KEYS))}")
+            raise ConfigError(f"{where}: unknown setting {key!r}{suggest(sub, list(RESOURCE_KEYS))}")
         return key
     if section:
         if section not in SECTIONS:
@@ -92,7 +92,7 @@ def canonical_key(key: object, where: str) -> str:
                               f"{', '.join([*SECTIONS, 'resources'])} before the dot")
         names = [f.name for f in fields(SECTIONS[section])]
         if sub not in names:
-            raise ConfigError(f"{where}: unknown setting {key!r}{_suggest(sub, names)}")
+            raise ConfigError(f"{where}: unknown setting {key!r}{suggest(sub, names)}")
         return key
     if key in ("dataset", "init_from"):
         return key
@@ -100,7 +100,7 @@ def canonical_key(key: object, where: str) -> str:
         if key in {f.name for f in fields(cls)}:
             return f"{name}.{key}"
     known = ["dataset", "init_from"] + [f.name for cls in SECTIONS.values() for f in fields(cls)]
-    raise ConfigError(f"{where}: unknown setting {key!r}{_suggest(key, known)}")
+    raise ConfigError(f"{where}: unknown setting {key!r}{suggest(key, known)}")
 
 
 def format_value(value: Any) -> str:
@@ -271,7 +271,7 @@ def expand_sweep(name: str, spec: Any, runs: dict) -> Sweep:
         raise ConfigError(f"{where}={spec!r}: expected a mapping with base and grid and/or points")
     for key in spec:
         if key not in SWEEP_KEYS:
-            raise ConfigError(f"unknown key {where}.{key}{_suggest(str(key), list(SWEEP_KEYS))}")
+            raise ConfigError(f"unknown key {where}.{key}{suggest(str(key), list(SWEEP_KEYS))}")
     base = spec.get("base")
     if not isinstance(base, str) or base not in runs:
         raise ConfigError(f"{where}.base={base!r}: not a run, expected one of {sorted(runs)}")

@@ -15,6 +15,7 @@ from typing import Any
 
 from nanogpt.config import RunConfig, TrainSettings
 from nanogpt.errors import ConfigError
+from nanogpt.report import flat
 
 EVENTS_GLOB = "events.out.tfevents.*"
 LEGACY_DIR = "tb"  # where runs wrote their events before they went into the run folder itself
@@ -54,13 +55,8 @@ def is_run_folder(folder: str | os.PathLike) -> bool:
 
 def flat_settings(d: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
     """{'train': {'learning_rate': 1e-3}} -> {'train.learning_rate': 1e-3}; None (a default) is left out."""
-    out: dict[str, bool | int | float | str] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(flat_settings(value, f"{prefix}{key}."))
-        elif value is not None:
-            out[prefix + key] = value if isinstance(value, bool | int | float | str) else str(value)
-    return out
+    return {key: value if isinstance(value, bool | int | float | str) else str(value)
+            for key, value in flat(d, prefix) if value is not None}
 
 
 def write_hparams_experiment(configs: list[dict], differing: dict[str, str], folder: str | os.PathLike) -> int:

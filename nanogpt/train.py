@@ -289,8 +289,8 @@ class Trainer:
         self.run, self.t, self.d, self.out_dir, self.log = run, run.train, d, out_dir, log
         self.ckpt_dir = out_dir / "checkpoints"
         self.t_start = time.time()  # fit() moves it back to the process's start
-        placement = place(device or run_device(run, d.local_rank), self.t.dtype, run.model.n_embd)
-        self.device, self.dtype, self.ctx = placement.device, placement.dtype, placement.autocast()
+        self.placement = place(device or run_device(run, d.local_rank), self.t.dtype, run.model.n_embd)
+        self.device, self.dtype, self.ctx = self.placement.device, self.placement.dtype, self.placement.autocast()
         if self.device.type == "cpu":  # threads that degrade gracefully on a shared machine (nanogpt.threads)
             threads.apply_threads("auto", run.model.n_embd, self.t.batch_size * run.model.block_size)
         self.accum = check_world_size(self.t.gradient_accumulation_steps, d.world_size)
@@ -311,7 +311,7 @@ class Trainer:
         # MFU of one device: the micro-batches this rank runs per iteration (counted once: it walks the params)
         self.flops_per_iter = (self.raw_model.flops_per_token() * self.raw_model.config.block_size
                                * self.t.batch_size * self.accum)
-        log(f"device {self.device}, dtype {str(self.dtype).removeprefix('torch.')}, world size {d.world_size}, "
+        log(f"device {self.device}, dtype {self.placement.dtype_name}, world size {d.world_size}, "
             f"{self.raw_model.get_num_params() / 1e6:.2f}M parameters, {self.tokens_per_iter:,} tokens/iter")
 
     def _build_state(self) -> None:
@@ -565,7 +565,7 @@ class Trainer:
             "peak_flops": self.peak,
             "wall_time_s": self.wall_time(),  # all attempts; this one alone is in the log
             "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": self.placement.dtype_name,
             "world_size": self.d.world_size,
             "provenance": provenance(self.run.to_dict(), self.meta),
         }

@@ -14,11 +14,11 @@ import yaml
 from nanogpt.tokenizer import BUNDLED_DIR
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True)
 def one_torch_thread():
-    """In-process trainings on one thread: on a busy 2-core machine two OpenMP threads wait on each other
-    (issue #26 measured a 60-step 1-layer training at 43.7 s on 2 threads, 0.2 s on 1). Subprocesses choose
-    their own."""
+    """Each test's in-process work on one thread (a training may change the count): on a busy 2-core machine
+    two OpenMP threads wait on each other (issue #26 measured a 60-step 1-layer training at 43.7 s on 2
+    threads, 0.2 s on 1). Subprocesses choose their own."""
     import torch
 
     torch.set_num_threads(1)

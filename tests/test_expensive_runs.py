@@ -130,7 +130,6 @@ def test_init_from_resume_continues_a_finished_run(pipeline, tmp_path):
     assert "resuming from" in log and "ckpt_00000020" in log
     straight = tiny_config()["runs"]["tiny"]
     straight["train"]["max_iters"] = 30
-    torch.set_num_threads(1)
     from nanogpt.train import train
 
     train(resolve_run(straight, "tiny"), pipeline / "results/data/shakespeare_char", tmp_path / "straight",
@@ -226,7 +225,6 @@ def test_wall_time_counts_every_attempt(tmp_path):
     """A run trained in two attempts reports the time of both, not only of the last."""
     from nanogpt.train import train
 
-    torch.set_num_threads(1)
     data = tmp_path / "data"
     from nanogpt.data import prepare_text
 

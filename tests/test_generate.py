@@ -11,7 +11,6 @@ from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, GPTConfig, KVCache
 
 VOCAB = 23
-torch.set_num_threads(1)  # 2 shared cores: more threads only wait on each other
 
 
 def make_model(block_size: int = 16, seed: int = 0) -> GPT:

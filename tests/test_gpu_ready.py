@@ -197,7 +197,6 @@ def test_the_model_compiles_as_one_graph(training):
 
 def test_a_short_run_keeps_its_final_state_as_a_checkpoint(tmp_path, char_data):
     """model.pt is the newest checkpoint (a hard link here): Snakemake deleting model.pt loses no training."""
-    torch.set_num_threads(1)
     spec = tiny_config()["runs"]["tiny"]
     spec["train"].update(max_iters=6, lr_decay_iters=6, eval_interval=3, eval_iters=1)
     out = tmp_path / "run"
@@ -224,7 +223,6 @@ time.sleep(60)
 
 def test_sample_waits_for_a_free_gpu(tmp_path, char_data):
     """On a '1-GPU' machine whose GPU a training holds, `nanogpt sample` queues instead of sharing cuda:0."""
-    torch.set_num_threads(1)
     spec = tiny_config()["runs"]["tiny"]
     spec["train"].update(max_iters=2, lr_decay_iters=2, eval_interval=2, eval_iters=1)
     train(resolve_run(spec, "tiny"), char_data, tmp_path / "run", log=lambda *a: None)

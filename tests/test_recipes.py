@@ -29,7 +29,6 @@ from nanogpt.model import GPT, KVCache
 from nanogpt.optim import MuonAdamW, build_optimizer, set_lr
 from nanogpt.train import train
 
-torch.set_num_threads(1)  # 2 shared cores: more threads only wait on each other
 RECIPE = {"model": {"arch": "modern"}, "train": {"optimizer": "muon", "muon_lr": 0.02}}
 VOCAB = 23
 

@@ -31,7 +31,6 @@ from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import _read_meta
 from nanogpt.tokenizer import CharTokenizer, from_meta
 
-torch.set_num_threads(1)
 FAST_S = 2.0  # a crafted input must be refused well within this
 CORPUS = "ROMEO:\nTo be, or not to be? That is the question.\nJULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n" * 4
 
@@ -137,7 +136,7 @@ def test_export_force_writes_beside_foreign_files(ckpt, tmp_path, capsys):
     (out_dir / "data" / "input.txt").write_text("corpus\n")
     assert main(export("nanogpt", ckpt, out_dir, "--force")) == 0
     assert (out_dir / "train.log").read_text() == "log\n" and (out_dir / "data" / "input.txt").read_text() == "corpus\n"
-    assert torch.load(out_dir / "ckpt.pt")["iter_num"] == 3  # nanoGPT's torch.load reads the export
+    assert torch.load(out_dir / "ckpt.pt", weights_only=True)["iter_num"] == 3  # as nanoGPT's torch.load reads it
     record = json.loads((out_dir / interop.EXPORT_RECORD).read_text())
     assert record["format"] == "nanogpt" and record["files"] == ["ckpt.pt", "meta.pkl"]
     assert main(export("nanogpt", ckpt, out_dir)) == 0
