@@ -30,7 +30,7 @@ coerce_config_overrides(config, workflow.config_settings.config)
 # nanogpt's own checks first (one line naming the value and what was expected), then the schema's structure.
 P = Pipeline(config)  # the entries: lookup, checks, targets, inputs
 P.check()
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(P.typed_config(), "workflow/schemas/config.schema.yaml")
 J = Jobs(P)  # how each job runs: resources, launcher, arguments
 
 

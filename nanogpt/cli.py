@@ -1,7 +1,9 @@
 """`nanogpt <command>`: every pipeline step, also usable without Snakemake, and the report rules' summary.
 
-Each step takes its settings either from config.yaml (`--config config.yaml --name NAME`) or as the JSON
-entry Snakemake passes (`--spec '{...}'`), plus nanoGPT-style `--key=value` overrides for train and bench.
+Every rule passes its entry the same way: `--spec '{...}'` (a dataset as written, a run, sample or evaluation
+resolved), its files as flags, and `--mirror DIR`. By hand, download, prepare and train also read an entry of
+config.yaml (`--config config.yaml --name NAME`), train and bench take nanoGPT-style `--key=value` overrides,
+and sample and eval take each setting as a flag.
 Errors a user can fix are printed as one line and exit with status 2.
 """
 
@@ -16,6 +18,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 from nanogpt import paths
@@ -23,20 +26,17 @@ from nanogpt.config import TEXT_DEFAULTS, EvalSettings, SampleSettings, suggest
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.runlock import LOCK_NAME
 
-# The defaults of `sample` and `eval` flags are the settings' own (nanogpt.config): one place for each default.
+# The `sample` and `eval` flags are the settings' fields, with the settings' own defaults (nanogpt.config).
 SAMPLE = SampleSettings(model="")
 EVAL = EvalSettings()
+SAMPLE_KEYS = tuple(f.name for f in fields(SampleSettings) if f.name != "model")
+EVAL_KEYS = tuple(f.name for f in fields(EvalSettings))
 
 
 def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
     """The named entry of a config.yaml section, or the JSON given with --spec."""
     if args.spec:
-        try:
-            spec = json.loads(args.spec)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--spec is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
-        if not isinstance(spec, dict):
-            raise ConfigError(f"--spec is {type(spec).__name__} JSON: expected a JSON object")
+        spec = _spec_json(args.spec)
         from nanogpt.config import check_name
 
         name = check_name(args.name or spec.get("name", section.removesuffix("s")), f"--name: {section.removesuffix('s')}")
@@ -60,6 +60,39 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
     if cfg.get("mirror") and not getattr(args, "mirror", None):
         args.mirror = cfg["mirror"]
     return args.name, entry
+
+
+def _spec_json(text: str) -> dict:
+    """--spec: one entry's settings as a JSON object (how every rule passes its entry to its step)."""
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--spec is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"--spec is {type(spec).__name__} JSON: expected a JSON object")
+    return spec
+
+
+def _model_and_settings(args: argparse.Namespace, keys: tuple[str, ...]) -> tuple[dict, dict]:
+    """A sample's or eval's model source ({"checkpoint": PATH} or {"init_from": ID_OR_DIR}) and its settings:
+    from --spec (what the rules pass: the resolved entry) or, by hand, from the flags given (the settings'
+    own defaults fill in the rest)."""
+    flags = {k: getattr(args, k) for k in keys if hasattr(args, k)}  # the settings flags default to absent
+    source = {k: getattr(args, k) for k in ("checkpoint", "init_from") if getattr(args, k)}
+    if args.spec:
+        if flags or source:
+            given = ", ".join("--" + k.replace("_", "-") for k in [*source, *flags])
+            raise ConfigError(f"{given} given with --spec: expected the settings in --spec only, or flags only")
+        spec = _spec_json(args.spec)
+        source = {k: spec.pop(k) for k in ("checkpoint", "init_from") if k in spec}
+        if len(source) != 1:
+            raise ConfigError(f"--spec has {' and '.join(source) or 'neither checkpoint nor init_from'}: expected "
+                              "exactly one of them")
+        return source, spec
+    if len(source) != 1:
+        raise ConfigError("give --checkpoint PATH or --init-from ID_OR_DIR: expected exactly one of them (a run's "
+                          "model.pt or a nanoGPT ckpt.pt; gpt2*, a hub id or a local Hugging Face folder)")
+    return source, flags
 
 
 @contextlib.contextmanager
@@ -136,7 +169,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if args.pipeline and int(os.environ.get("RANK", "0")) == 0:
             (out_dir / paths.PIPELINE_MARKER).touch()
-        train(run, data_dir, out_dir, needs_gpu=args.gpus > 0)
+        train(run, data_dir, out_dir, needs_gpu=args.gpus > 0, mirror=args.mirror)
 
 
 def _refuse_pipeline_folder(out_dir: Path) -> None:
@@ -153,13 +186,11 @@ def _refuse_pipeline_folder(out_dir: Path) -> None:
 def cmd_sample(args: argparse.Namespace) -> None:
     from nanogpt.config import resolve_sample
 
-    source = args.checkpoint or args.init_from
-    if not source:
-        raise ConfigError("give --checkpoint PATH (one of our runs or a nanoGPT ckpt.pt) or --init-from gpt2*")
-    keys = ("start", "num_samples", "max_new_tokens", "temperature", "top_k", "seed", "device", "dtype")
-    settings = resolve_sample({"model": str(source), **{k: getattr(args, k) for k in keys}}, "sample")
+    source, given = _model_and_settings(args, SAMPLE_KEYS)
+    path = next(iter(source.values()))
+    settings = resolve_sample({"model": path, **given}, f"samples.{args.name}" if args.name else "sample")
     with _gpu_slot(settings.device):
-        _sample(args, source, settings)
+        _sample(args, path, settings)
 
 
 def _gpu_slot(device: str) -> contextlib.AbstractContextManager:
@@ -189,36 +220,35 @@ def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> 
         from nanogpt.sample import SEPARATOR
 
         print(SEPARATOR.join(samples))
-    print(f"{args.num_samples} samples, {tps:.1f} tokens/s", file=sys.stderr)
+    print(f"{settings.num_samples} samples, {tps:.1f} tokens/s", file=sys.stderr)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from nanogpt.config import resolve_eval
 
-    if bool(args.checkpoint) == bool(args.init_from):
-        raise ConfigError("give exactly one of --checkpoint PATH or --init-from gpt2*/hub id/local HF directory")
-    keys = ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype", "splits", "compile")
-    settings = resolve_eval({k: getattr(args, k) for k in keys}, "eval")
+    source, given = _model_and_settings(args, EVAL_KEYS + ("model", "dataset"))
+    names = {"model": given.pop("model", None), "dataset": given.pop("dataset", None)}
+    settings = resolve_eval(given, "eval")
     with _gpu_slot(settings.device):
-        _eval(args, settings)
+        _eval(args, source, names, settings)
 
 
-def _eval(args: argparse.Namespace, settings: EvalSettings) -> None:
+def _eval(args: argparse.Namespace, source: dict, names: dict, settings: EvalSettings) -> None:
     from nanogpt import checkpoint as ckpt_io
     from nanogpt import fileio
     from nanogpt.evaluate import evaluate
     from nanogpt.runtime import place, resolve_compile
 
-    if args.init_from:
+    if "init_from" in source:
         from nanogpt.pretrained import load_pretrained
 
-        model = load_pretrained(args.init_from, mirror=args.mirror)
+        model = load_pretrained(source["init_from"], mirror=args.mirror)
     else:
-        model, _ = ckpt_io.load_model(args.checkpoint)
-    source = args.checkpoint or args.init_from
+        model, _ = ckpt_io.load_model(source["checkpoint"])
+    path = next(iter(source.values()))
     placement = place(settings.device, settings.dtype, model.config.n_embd)
-    result = {"model": args.model_name or source, "dataset": args.dataset_name or Path(args.data_dir).name,
-              "source": str(source), "params": model.get_num_params()}
+    result = {"model": names["model"] or path, "dataset": names["dataset"] or Path(args.data_dir).name,
+              "source": str(path), "params": model.get_num_params()}
     result.update(evaluate(model, args.data_dir, settings.split_names, settings.batch_size, settings.block_size,
                            settings.eval_iters, settings.seed, str(placement.device), placement.dtype,
                            compile=resolve_compile(settings.compile, placement.device)))
@@ -278,6 +308,20 @@ def cmd_summary_sweep(args: argparse.Namespace) -> None:
     fit = done["fit"]
     print(f"{len(done['rows'])} points -> {args.out_dir}" + (f"; alpha={fit['alpha']:.4f} E={fit['E']:.4f}"
                                                              if fit else ""))
+
+
+def cmd_summary_run_page(args: argparse.Namespace) -> None:
+    from nanogpt.report import write_run_page
+
+    write_run_page(args.metrics, args.out, args.title, args.curve_png, args.run_dir)
+    print(f"wrote {args.out}")
+
+
+def cmd_summary_sample_page(args: argparse.Namespace) -> None:
+    from nanogpt.report import write_sample_page
+
+    write_sample_page(args.sample, args.out, args.title, _spec_json(args.spec) if args.spec else None)
+    print(f"wrote {args.out}")
 
 
 def cmd_summary_baselines(args: argparse.Namespace) -> None:
@@ -383,40 +427,57 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_train, overrides_allowed=True)
 
 
+def _step_spec_args(sp: argparse.ArgumentParser, what: str) -> None:
+    sp.add_argument("--spec", help=f"the resolved {what} as JSON, with its checkpoint or init_from (what the "
+                                   "Snakemake rule passes): instead of the settings flags")
+
+
+def _setting(sp: argparse.ArgumentParser, flag: str, default: object, help: str, **kwargs) -> None:
+    """A settings flag: absent unless given (the settings fill in their own default, shown here)."""
+    shown = "none" if default is None else repr(default) if isinstance(default, str) and not default.isprintable() \
+        else default
+    sp.add_argument(flag, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kwargs)
+
+
 def add_sample_command(sub: argparse._SubParsersAction) -> None:
     sp = sub.add_parser("sample", help="generate text from a checkpoint or pretrained GPT-2",
                         formatter_class=_HelpFormatter)
     _model_source_args(sp, "model.pt of a run, a nanoGPT ckpt.pt, or a run folder (its model.pt, else nanoGPT's "
                            "ckpt.pt)")
+    _step_spec_args(sp, "`samples:` entry")
+    sp.add_argument("--name", help="the `samples:` entry's name (for its error messages)")
     sp.add_argument("--meta", help="the dataset's meta.json, or nanoGPT's meta.pkl (read as plain data: nothing in "
                                    "it runs) when the checkpoint lacks it")
-    sp.add_argument("--start", default=SAMPLE.start, help="prompt text, or FILE:path (default: %(default)r)")
-    sp.add_argument("--num-samples", type=int, default=SAMPLE.num_samples, help="how many samples")
-    sp.add_argument("--max-new-tokens", type=int, default=SAMPLE.max_new_tokens, help="tokens generated per sample")
-    sp.add_argument("--temperature", type=float, default=SAMPLE.temperature, help="softmax temperature (lower: more likely tokens)")
-    sp.add_argument("--top-k", type=_optional_int, default=SAMPLE.top_k, help="keep the k likeliest tokens ('none': all)")
-    sp.add_argument("--seed", type=int, default=SAMPLE.seed, help="random seed")
-    sp.add_argument("--device", default=SAMPLE.device, help="cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
-    sp.add_argument("--dtype", default=SAMPLE.dtype, help="float32, bfloat16, float16, or auto")
+    _setting(sp, "--start", SAMPLE.start, "prompt text, or FILE:path")
+    _setting(sp, "--num-samples", SAMPLE.num_samples, "how many samples", type=int)
+    _setting(sp, "--max-new-tokens", SAMPLE.max_new_tokens, "tokens generated per sample", type=int)
+    _setting(sp, "--temperature", SAMPLE.temperature, "softmax temperature (lower: more likely tokens)", type=float)
+    _setting(sp, "--top-k", SAMPLE.top_k, "keep the k likeliest tokens ('none': all)", type=_optional_int)
+    _setting(sp, "--seed", SAMPLE.seed, "random seed", type=int)
+    _setting(sp, "--device", SAMPLE.device, "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
+    _setting(sp, "--dtype", SAMPLE.dtype, "float32, bfloat16, float16, or auto")
     sp.add_argument("--out", help="write the samples here (default: stdout)")
     sp.set_defaults(func=cmd_sample)
 
 
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
     _model_source_args(sp, "model.pt of a run, or a nanoGPT ckpt.pt")
+    _step_spec_args(sp, "evaluation")
     sp.add_argument("--data-dir", required=True, help="prepared dataset folder (train.bin, val.bin, meta.json)")
     sp.add_argument("--out", help="write the result JSON here (default: stdout)")
-    sp.add_argument("--model-name", help="name recorded in the result (default: the checkpoint or init-from)")
-    sp.add_argument("--dataset-name", help="name recorded in the result (default: the data folder's name)")
-    sp.add_argument("--batch-size", type=int, default=EVAL.batch_size, help="sequences per batch")
-    sp.add_argument("--block-size", type=int, default=EVAL.block_size, help="tokens per sequence (default: the model's)")
-    sp.add_argument("--eval-iters", type=int, default=EVAL.eval_iters, help="batches per split")
-    sp.add_argument("--splits", default=EVAL.splits, help="comma-separated splits to evaluate")
-    sp.add_argument("--seed", type=int, default=EVAL.seed, help="random seed of the batch positions")
-    sp.add_argument("--device", default=EVAL.device, help="cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
-    sp.add_argument("--dtype", default=EVAL.dtype, help="float32, bfloat16, float16, or auto")
-    sp.add_argument("--compile", type=_bool_or_auto, default=EVAL.compile,
-                    help="torch.compile the model: true, false, or auto (on for CUDA)")
+    sp.add_argument("--model-name", dest="model", default=argparse.SUPPRESS,
+                    help="name recorded in the result (default: the checkpoint or init-from)")
+    sp.add_argument("--dataset-name", dest="dataset", default=argparse.SUPPRESS,
+                    help="name recorded in the result (default: the data folder's name)")
+    _setting(sp, "--batch-size", EVAL.batch_size, "sequences per batch", type=int)
+    _setting(sp, "--block-size", EVAL.block_size, "tokens per sequence (none: the model's)", type=_optional_int)
+    _setting(sp, "--eval-iters", EVAL.eval_iters, "batches per split", type=int)
+    _setting(sp, "--splits", EVAL.splits, "comma-separated splits to evaluate")
+    _setting(sp, "--seed", EVAL.seed, "random seed of the batch positions", type=int)
+    _setting(sp, "--device", EVAL.device, "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
+    _setting(sp, "--dtype", EVAL.dtype, "float32, bfloat16, float16, or auto")
+    _setting(sp, "--compile", EVAL.compile, "torch.compile the model: true, false, or auto (on for CUDA)",
+             type=_bool_or_auto)
 
 
 def cmd_restart(args: argparse.Namespace) -> None:
@@ -464,7 +525,7 @@ def add_bench_arguments(sp: argparse.ArgumentParser) -> None:
 
 
 def add_summary_command(sub: argparse._SubParsersAction) -> None:
-    sp = sub.add_parser("summary", help="the summary table, loss curves and GPT-2 baselines the report rules write",
+    sp = sub.add_parser("summary", help="what the report rules write: the summary table, loss curves, pages, sweeps and GPT-2 baselines",
                         formatter_class=_HelpFormatter)
     steps = sp.add_subparsers(dest="summary_command", required=True)
     t = steps.add_parser("table", help="summary.csv and .md from every metrics.json and eval JSON",
@@ -491,6 +552,26 @@ def add_summary_command(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--runs-dir", default=paths.RUNS, help="where the points' run folders are")
     w.add_argument("--out-dir", required=True, help="the sweep's folder to write")
     w.set_defaults(func=cmd_summary_sweep)
+    add_page_commands(steps)
+
+
+def add_page_commands(steps: argparse._SubParsersAction) -> None:
+    """The report's run and sample pages (shell jobs, not `run:` blocks, which re-read the workflow per job)."""
+    r = steps.add_parser("run-page", help="a run's report page: final numbers, loss curve and resolved settings",
+                         formatter_class=_HelpFormatter)
+    r.add_argument("--metrics", required=True, help="the run's metrics.json")
+    r.add_argument("--out", required=True, help="the HTML page to write")
+    r.add_argument("--title", required=True, help="the page's title")
+    r.add_argument("--curve-png", help="embed this loss-curve PNG (small pipelines)")
+    r.add_argument("--run-dir", help="else draw an SVG thumbnail from this run folder's events")
+    r.set_defaults(func=cmd_summary_run_page)
+    s = steps.add_parser("sample-page", help="a sample's report page: its texts under the settings that drew them",
+                         formatter_class=_HelpFormatter)
+    s.add_argument("--sample", required=True, help="the sample file")
+    s.add_argument("--out", required=True, help="the HTML page to write")
+    s.add_argument("--title", required=True, help="the page's title")
+    s.add_argument("--spec", help="the `samples:` entry as JSON (its settings are shown)")
+    s.set_defaults(func=cmd_summary_sample_page)
 
 
 def build_parser() -> argparse.ArgumentParser:

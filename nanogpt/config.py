@@ -179,13 +179,11 @@ class RunConfig:
 
     def non_defaults(self) -> dict:
         """Every setting that differs from its default, by section: resolve_run of it gives this RunConfig."""
-        d = self.to_dict()
-        out: dict = {"dataset": d["dataset"]}
-        if d["init_from"] != "scratch":
-            out["init_from"] = d["init_from"]
+        out: dict = {"dataset": self.dataset}
+        if self.init_from != "scratch":
+            out["init_from"] = self.init_from
         for section in ("model", "train", "launch"):
-            defaults = asdict(type(getattr(self, section))())
-            changed = {k: v for k, v in d[section].items() if not _same_value(v, defaults[k])}
+            changed = non_defaults(getattr(self, section))
             if changed:
                 out[section] = changed
         return out
@@ -238,6 +236,18 @@ class RunConfig:
             d[section] = {k: d[section][k] for k in legacy if k not in LEGACY_EXCLUDED}
         d.pop("launch")
         return _hash({"settings": d, "data": dataset_meta or {}, "init": init_identity})
+
+
+def non_defaults(settings: Any) -> dict:
+    """A settings dataclass's fields that differ from their defaults (a field without a default is always
+    in): the canonical form of what was chosen, which a setting added later with a neutral default leaves as it is."""
+    out = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default is dataclasses.MISSING or not _same_value(value, default):
+            out[f.name] = value
+    return out
 
 
 def _same_value(a: Any, b: Any) -> bool:
@@ -522,7 +532,7 @@ def resolve_sample(entry: dict, where: str = "sample") -> SampleSettings:
     """A `samples:` entry (or the CLI's flags as a dict) -> validated SampleSettings."""
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}={entry!r}: expected a mapping")
-    entry = _floats_from_strings(dict(entry))
+    entry = floats_from_strings(dict(entry))
     if "model" not in entry:
         raise ConfigError(f"{where}: missing required key 'model'")
     return _build(SampleSettings, entry, where).validate(where)
@@ -530,7 +540,7 @@ def resolve_sample(entry: dict, where: str = "sample") -> SampleSettings:
 
 def resolve_eval(entry: dict, where: str = "eval") -> EvalSettings:
     """The evaluation settings of an `evals:` entry (model, datasets and resources are the pipeline's)."""
-    entry = _floats_from_strings({k: v for k, v in entry.items() if k not in ("model", "datasets", "resources")})
+    entry = floats_from_strings({k: v for k, v in entry.items() if k not in ("model", "datasets", "resources")})
     if isinstance(entry.get("splits"), list):
         entry["splits"] = ",".join(map(str, entry["splits"]))
     return _build(EvalSettings, entry, where).validate(where)
@@ -650,7 +660,7 @@ def resolve_run(entry: dict, name: str = "run", overrides: dict | None = None) -
     """A run entry from config.yaml (plus flat `key=value` overrides) -> a complete, validated RunConfig."""
     if not isinstance(entry, dict):
         raise ConfigError(f"runs.{name}={entry!r}: expected a mapping")
-    entry = _floats_from_strings(json.loads(json.dumps(entry)))  # deep copy, plain types, '6e-4' -> 6e-4
+    entry = floats_from_strings(json.loads(json.dumps(entry)))  # deep copy, plain types, '6e-4' -> 6e-4
     top_keys = ["dataset", "init_from", "model", "train", "launch", "resources"]
     for key in entry:
         if key not in top_keys:
@@ -750,7 +760,7 @@ def parse_overrides(args: list[str]) -> dict:
         import yaml  # here, not at the top: the package imports with torch alone (a bare GPU box)
 
         value = yaml.safe_load(raw) if raw else ""
-        out[key.replace("-", "_")] = _floats_from_strings(value)
+        out[key.replace("-", "_")] = floats_from_strings(value)
     return out
 
 
@@ -773,15 +783,15 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"malformed YAML in {str(path)!r}{where}: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level, got {type(data).__name__}")
-    return _floats_from_strings(data)
+    return floats_from_strings(data)
 
 
-def _floats_from_strings(obj: Any) -> Any:
+def floats_from_strings(obj: Any) -> Any:
     """Turn YAML 1.1's string '6e-4' into 6e-4 everywhere (PyYAML needs a dot for float exponents)."""
     if isinstance(obj, dict):
-        return {k: _floats_from_strings(v) for k, v in obj.items()}
+        return {k: floats_from_strings(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_floats_from_strings(v) for v in obj]
+        return [floats_from_strings(v) for v in obj]
     if isinstance(obj, str):
         try:
             if any(c in obj for c in "eE") and obj.strip()[0] in "+-0123456789.":

@@ -12,11 +12,6 @@ from nanogpt import paths
 from nanogpt.pipeline import Pipeline
 
 
-def _option_args(entry: dict, keys: tuple[str, ...]) -> list[str]:
-    """`--some-key value` (shell-quoted) for each of `keys` that the config entry sets."""
-    return [f"--{k.replace('_', '-')} {shlex.quote(str(entry[k]))}" for k in keys if entry.get(k) is not None]
-
-
 class Untracked:
     """A rule parameter Snakemake passes to the shell command but does not compare between runs, so changing it
     never reruns a finished job: Snakemake records and compares only parameters of builtin types (its
@@ -141,42 +136,29 @@ class Jobs:
         return Untracked(self.torchrun_launcher(name))
 
     def mirror_arg(self) -> str:
+        """`--mirror DIR` where config.yaml names one: a tracked parameter of the data rules, an untracked part of
+        the others' arguments (every file taken from a mirror is checked against its sha256)."""
         mirror = self.p.config.get("mirror")
-        return f"--mirror {shlex.quote(str(mirror))}" if mirror else ""
+        return shlex.join(["--mirror", str(mirror)]) if mirror else ""
 
-    def model_source_args(self, model: str) -> str:
-        """`--checkpoint PATH` for our runs, `--init-from ID_OR_DIR` for pretrained GPT-2."""
-        ckpt = self.p.model_checkpoint(model)
-        if ckpt:
-            return f"--checkpoint {shlex.quote(ckpt)}"
-        source = (self.p.config.get("pretrained") or {}).get(model, model)
-        return f"--init-from {shlex.quote(str(source))}"
+    def _step_args(self, spec: str, *args: str) -> Untracked:
+        """One job's arguments, as every entry's step takes them: its resolved settings as `--spec` JSON, then
+        its own (name, folders), then the mirror; untracked (each rule tracks the settings that decide its output
+        apart)."""
+        return Untracked(" ".join(filter(None, [shlex.join(["--spec", spec, *args]), self.mirror_arg()])))
 
     def train_args(self, name: str) -> Untracked:
-        """`nanogpt train`'s arguments for the train rule, untracked (see run_trajectory)."""
+        """`nanogpt train`'s arguments for the train rule (its tracked parameter is run_trajectory)."""
         res = self.run_resources(name)
         gpus = res["gpus"] if res["gpus"] is not None else int(str(res["gres"] or "gpu:0").split(":")[-1])
-        args = ["--name", name, "--spec", self.p.run_spec(name),
-                "--data-dir", paths.DATA_DIR.format(dataset=self.p.run(name).dataset),
-                "--out-dir", paths.RUN_DIR.format(run=name), "--gpus", str(gpus), "--pipeline"]
-        return Untracked(shlex.join(args))
+        return self._step_args(self.p.run_spec(name), "--name", name,
+                               "--data-dir", paths.DATA_DIR.format(dataset=self.p.run(name).dataset),
+                               "--out-dir", paths.RUN_DIR.format(run=name), "--gpus", str(gpus), "--pipeline")
 
-    def sample_args(self, name: str) -> str:
-        entry = self.p.sample_entry(name)
-        args = [self.model_source_args(entry["model"])]
-        args += _option_args(entry, ("start", "num_samples", "max_new_tokens", "temperature", "top_k", "seed",
-                                     "device", "dtype"))
-        if self.mirror_arg():
-            args.append(self.mirror_arg())
-        return " ".join(args)
+    def sample_args(self, name: str) -> Untracked:
+        """`nanogpt sample`'s arguments for the sample rule (its tracked parameter is sample_identity)."""
+        return self._step_args(self.p.sample_spec(name), "--name", name)
 
-    def eval_args(self, model: str, dataset: str) -> str:
-        """`nanogpt eval` arguments: the model source, the data folder and the entry's settings."""
-        entry = self.p.eval_entry(model, dataset)
-        args = [self.model_source_args(model), f"--data-dir {shlex.quote(paths.DATA_DIR.format(dataset=dataset))}",
-                f"--model-name {shlex.quote(model)} --dataset-name {shlex.quote(dataset)}"]
-        args += _option_args(entry, ("batch_size", "eval_iters", "block_size", "seed", "device", "dtype", "compile"))
-        if entry.get("splits"):
-            splits = entry["splits"] if isinstance(entry["splits"], str) else ",".join(entry["splits"])
-            args.append(f"--splits {shlex.quote(splits)}")
-        return " ".join(args)
+    def eval_args(self, model: str, dataset: str) -> Untracked:
+        """`nanogpt eval`'s arguments for the evaluate rule (its tracked parameter is eval_identity)."""
+        return self._step_args(self.p.eval_spec(model, dataset), "--data-dir", paths.DATA_DIR.format(dataset=dataset))

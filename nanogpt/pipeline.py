@@ -12,18 +12,22 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import yaml
 
 from nanogpt import paths
 from nanogpt.config import (
     PRETRAINED_NAMES,
+    EvalSettings,
     RunConfig,
+    SampleSettings,
     check_dataset,
     check_name,
     dataset_kind,
+    floats_from_strings,
     inherit_runs,
+    non_defaults,
     resolve_eval,
     resolve_run,
     resolve_sample,
@@ -214,9 +218,31 @@ class Pipeline:
             raise ConfigError(f"unknown sample {name!r}: expected one of {sorted(self.samples())}")
         return self.samples()[name]
 
+    def sample_settings(self, name: str) -> SampleSettings:
+        return resolve_sample(self.sample_entry(name), f"samples.{name}")
+
     def sample_inputs(self, name: str) -> list[str]:
         ckpt = self.model_checkpoint(self.sample_entry(name)["model"])
         return [ckpt] if ckpt else []
+
+    def sample_spec(self, name: str) -> str:
+        """The resolved `samples:` entry as `nanogpt sample --spec` takes it: every setting, and where the model
+        comes from (`model_source`)."""
+        settings = self.sample_settings(name)
+        return json.dumps({**asdict(settings), **self.model_source(settings.model)}, sort_keys=True)
+
+    def sample_identity(self, name: str) -> str:
+        """What the sample rule's rerun depends on (its tracked parameter): the model's source and the settings
+        that differ from their defaults, so a setting added later with a neutral default reruns nothing."""
+        settings = self.sample_settings(name)
+        return json.dumps({"source": self.model_source(settings.model), "settings": non_defaults(settings)},
+                          sort_keys=True)
+
+    def model_source(self, model: str) -> dict[str, str]:
+        """Where a sample or eval job loads `model` from: {"checkpoint": a run's model.pt} or {"init_from": a GPT-2
+        size, hub id or local folder (a `pretrained:` name resolved)}."""
+        ckpt = self.model_checkpoint(model)
+        return {"checkpoint": ckpt} if ckpt else {"init_from": self._init_source(model)}
 
     # ---- validation and targets -----------------------------------------------------------------------
     def check(self) -> None:
@@ -260,6 +286,15 @@ class Pipeline:
                 if name not in self._section(section):
                     raise ConfigError(f"targets.{section}: {name!r} is not defined under `{section}`")
 
+    def typed_config(self) -> dict:
+        """config.yaml as the settings read it, for the JSON schema: YAML 1.1 reads an exponent without a dot
+        ('6e-4') as a string, which the runs', samples' and evals' settings take as the number it is."""
+        typed = dict(self.config)
+        for section in ("runs", "samples", "evals"):
+            if isinstance(typed.get(section), dict):
+                typed[section] = floats_from_strings(typed[section])
+        return typed
+
     def target_files(self) -> list[str]:
         """What `rule all` builds: the runs, samples and evals named under `targets`."""
         targets = self.config.get("targets") or {}
@@ -285,14 +320,30 @@ class Pipeline:
         return [paths.EVAL.format(model=entry["model"], dataset=ds) for ds in entry.get("datasets", [])]
 
     def eval_entry(self, model: str, dataset: str) -> dict:
-        """The `evals` settings for one (model, dataset) file; nanoGPT's defaults where no entry names it."""
-        found = [e for e in self.evals().values() if e["model"] == model and dataset in e.get("datasets", [])]
-        keys = ("batch_size", "eval_iters", "block_size", "splits", "seed", "device", "dtype")
-        settings = [{k: e[k] for k in keys if k in e} for e in found]
+        """The `evals` entry for one (model, dataset) file; one without settings where no entry names the pair."""
+        found = {n: e for n, e in self.evals().items() if e["model"] == model and dataset in e.get("datasets", [])}
+        settings = [non_defaults(resolve_eval(e, f"evals.{n}")) for n, e in found.items()]
         if any(s != settings[0] for s in settings[1:]):
             raise ConfigError(f"evals: several entries evaluate {model!r} on {dataset!r} with different settings "
                               f"{settings}: expected one entry per (model, dataset)")
-        return found[0] if found else {"model": model, "datasets": [dataset]}
+        return next(iter(found.values()), {"model": model, "datasets": [dataset]})
+
+    def eval_settings(self, model: str, dataset: str) -> EvalSettings:
+        """nanoGPT's eval_gpt2*.py defaults where the entry leaves a setting out."""
+        return resolve_eval(self.eval_entry(model, dataset), f"evals of {model} on {dataset}")
+
+    def eval_spec(self, model: str, dataset: str) -> str:
+        """The resolved evaluation as `nanogpt eval --spec` takes it: every setting, the names the result records
+        and where the model comes from (`model_source`)."""
+        settings = asdict(self.eval_settings(model, dataset))
+        return json.dumps({**settings, "model": model, "dataset": dataset, **self.model_source(model)},
+                          sort_keys=True)
+
+    def eval_identity(self, model: str, dataset: str) -> str:
+        """What the evaluate rule's rerun depends on (its tracked parameter): the model's source and the settings
+        that differ from their defaults (the dataset is in the output's path)."""
+        settings = non_defaults(self.eval_settings(model, dataset))
+        return json.dumps({"source": self.model_source(model), "settings": settings}, sort_keys=True)
 
     def eval_inputs(self, model: str, dataset: str) -> list[str]:
         self.dataset(dataset)

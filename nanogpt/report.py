@@ -6,18 +6,16 @@ The report embeds every page as base64, so an image inside a page is encoded twi
 pipeline with up to INLINE_PNG_MAX_RUNS targeted runs shows each run's full loss-curve PNG; a larger one draws
 each curve as a small inline SVG instead (a few KB), so the report grows by about 13 KB per run (benchmarks/report_scaling.py).
 
-Run by the report rules as `python -m nanogpt.report run-page|sample-page` (a light process: no torch).
+Run by the report rules as `nanogpt summary run-page|sample-page` (a light process: no torch).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
 import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -124,32 +122,3 @@ def write_sample_page(sample_path: str | os.PathLike, out: str | os.PathLike, ti
                            ["setting", "value"]))
     parts += [f"<h3>Sample {i}</h3><pre>{html.escape(t)}</pre>" for i, t in enumerate(texts, 1)]
     write_page(out, title, "\n".join(parts))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The report rules' entry point: a shell job, not a `run:` block (which Snakemake runs by re-reading the
-    whole workflow in a new process per job, a cost that grows with the number of runs)."""
-    p = argparse.ArgumentParser(prog="python -m nanogpt.report", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run-page", help="a run's final numbers, loss curve and resolved settings")
-    r.add_argument("--metrics", required=True)
-    r.add_argument("--out", required=True)
-    r.add_argument("--title", required=True)
-    r.add_argument("--curve-png", help="embed this PNG (small pipelines)")
-    r.add_argument("--run-dir", help="else draw an SVG thumbnail from this run folder's events")
-    s = sub.add_parser("sample-page", help="a sample file's texts under the settings that drew them")
-    s.add_argument("--sample", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--title", required=True)
-    s.add_argument("--settings", default="{}", help="the sample's config entry as JSON")
-    args = p.parse_args(argv)
-    if args.command == "run-page":
-        write_run_page(args.metrics, args.out, args.title, args.curve_png, args.run_dir)
-    else:
-        write_sample_page(args.sample, args.out, args.title, json.loads(args.settings))
-    print(f"wrote {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

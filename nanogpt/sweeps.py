@@ -21,9 +21,9 @@ from nanogpt.config import (
     ModelSettings,
     RunConfig,
     TrainSettings,
-    _floats_from_strings,
     apply_override,
     check_name,
+    floats_from_strings,
     resolve_run,
     suggest,
 )
@@ -171,7 +171,7 @@ def _check_scaling(scaling: Any, where: str) -> dict | None:
     if not isinstance(scaling, dict) or len(scaling) != 1 or next(iter(scaling)) not in SCALING_KEYS:
         raise ConfigError(f"{where}.scaling={scaling!r}: expected one of {{tokens_per_param: R}} (tokens = R x "
                           "params) or {flops: C} (tokens = C / (6 x params))")
-    key, value = next(iter(_floats_from_strings(scaling).items()))
+    key, value = next(iter(floats_from_strings(scaling).items()))
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise ConfigError(f"{where}.scaling.{key}={value!r}: expected a positive number")
     return {key: value}
@@ -279,11 +279,11 @@ def expand_sweep(name: str, spec: Any, runs: dict) -> Sweep:
     fixed = spec.get("fixed") or {}
     if not isinstance(fixed, dict):
         raise ConfigError(f"{where}.fixed={fixed!r}: expected a mapping setting -> value")
-    designs = _floats_from_strings(_grid_points(spec.get("grid"), where) + _listed_points(spec.get("points"), where))
+    designs = floats_from_strings(_grid_points(spec.get("grid"), where) + _listed_points(spec.get("points"), where))
     if not designs:
         raise ConfigError(f"{where}: no points: expected a non-empty `grid` and/or `points`")
     scaling = _check_scaling(spec.get("scaling"), where)
-    fixed = _floats_from_strings(fixed)
+    fixed = floats_from_strings(fixed)
     _check_keys(fixed, designs, scaling, where)
     keys = sorted({k for d in designs for k in d})
     points = [_build_point(name, d, runs[base], fixed, scaling, keys, where) for d in designs]

@@ -121,11 +121,12 @@ def init_identity(source: str) -> str:
     return source
 
 
-def _initial_model(run: RunConfig, meta: dict, log) -> GPT:
+def _initial_model(run: RunConfig, meta: dict, log, mirror: str | None = None) -> GPT:
     """init_from: scratch, gpt2*, a local HF folder or hub id, or a .pt file (resume is a resume point).
 
     A model from elsewhere must read this dataset's tokens: the same tokenizer, or a char vocabulary that covers
     the dataset's characters, whose embedding rows are then reordered to the dataset's ids (said in the log).
+    `mirror` (else $NANOGPT_MIRROR) is searched for GPT-2 weight folders first.
     """
     source, expected = run.init_from, run.gpt_config(meta["vocab_size"])
     if source == "scratch":
@@ -136,7 +137,7 @@ def _initial_model(run: RunConfig, meta: dict, log) -> GPT:
     if is_pretrained_source(source):
         from nanogpt.pretrained import load_pretrained
 
-        model, model_tok = load_pretrained(source, dropout=run.model.dropout), {"kind": "gpt2"}
+        model, model_tok = load_pretrained(source, dropout=run.model.dropout, mirror=mirror), {"kind": "gpt2"}
     elif source.endswith(".pt"):
         ckpt = ckpt_io.load(source)
         model = ckpt_io.model_from_checkpoint(ckpt, dropout=run.model.dropout)
@@ -247,10 +248,11 @@ def trim_history(path: Path, upto: int) -> None:
 
 
 def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, log=print,
-          needs_gpu: bool = False) -> dict:
+          needs_gpu: bool = False, mirror: str | None = None) -> dict:
     """Train one run; writes checkpoints/, TensorBoard events, history.jsonl, then model.pt and metrics.json.
 
     `needs_gpu`: the job was given GPUs (resources.gpus): device auto finding none is an error, not the CPU.
+    `mirror`: where GPT-2 weights for init_from are looked for first (config `mirror`, else $NANOGPT_MIRROR).
     """
     t_start = time.time()
     out_dir, data_dir = Path(out_dir), Path(data_dir)
@@ -264,7 +266,7 @@ def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLik
         with lock:
             if d.enabled:
                 dist.barrier()  # nobody reads the run folder before rank 0 owns it
-            trainer = Trainer(run, data_dir, out_dir, d, log if d.is_master else _silent, device)
+            trainer = Trainer(run, data_dir, out_dir, d, log if d.is_master else _silent, device, mirror)
             return trainer.fit(t_start)
     finally:
         if d.enabled:
@@ -285,8 +287,9 @@ class Trainer:
     """One run's training state: set up in __init__, advanced by fit(), written out by finish()."""
 
     def __init__(self, run: RunConfig, data_dir: Path, out_dir: Path, d: Dist, log,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, mirror: str | None = None) -> None:
         self.run, self.t, self.d, self.out_dir, self.log = run, run.train, d, out_dir, log
+        self.mirror = mirror
         self.ckpt_dir = out_dir / "checkpoints"
         self.t_start = time.time()  # fit() moves it back to the process's start
         self.placement = place(device or run_device(run, d.local_rank), self.t.dtype, run.model.n_embd)
@@ -326,7 +329,7 @@ class Trainer:
             shape = self.run.gpt_config(self.meta["vocab_size"]) if self.run.init_from == "scratch" else None
             model = ckpt_io.model_from_checkpoint(state, shape, dropout=self.run.model.dropout)
         else:
-            model = _initial_model(self.run, self.meta, self.log)
+            model = _initial_model(self.run, self.meta, self.log, self.mirror)
         self.raw_model = model.to(self.device)
         self.optimizer = build_optimizer(model, t, self.device.type, self.dtype)  # AdamW, or Muon + AdamW
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(self.dtype == torch.float16))

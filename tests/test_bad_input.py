@@ -73,6 +73,14 @@ def snakemake_dry_run_fails(tmp_path: Path, config: dict) -> str:
     return proc.stdout + proc.stderr
 
 
+def pipeline_error(config: dict) -> str:
+    """What `snakemake -n` would stop on before any job, found in-process: config.yaml's round trip through YAML,
+    then the pipeline's checks (the Snakefile's first step) must fail with one ConfigError."""
+    with pytest.raises(ConfigError) as e:
+        Pipeline(yaml.safe_load(yaml.safe_dump(config, sort_keys=False))).check()
+    return str(e.value)
+
+
 def spec(**sections) -> str:
     """A run entry as the JSON `--spec` the train rule passes."""
     entry = {"dataset": "tiny", "model": dict(TINY_MODEL),
@@ -145,13 +153,11 @@ def test_unknown_config_key_suggests_closest(tmp_path, capsys):
 
     config = tiny_config()
     config["runs"]["tiny"]["train"]["learnig_rate"] = 1e-3  # inside train: checked by resolve_run
-    out = snakemake_dry_run_fails(tmp_path / "a", config)
-    assert "runs.tiny.train.learnig_rate (did you mean 'learning_rate'?)" in out
+    assert "runs.tiny.train.learnig_rate (did you mean 'learning_rate'?)" in pipeline_error(config)
 
     config = tiny_config()
     config["runs"]["tiny"]["lanch"] = {"nproc_per_node": 1}  # a run's own key: resolve_run suggests the closest
-    out = snakemake_dry_run_fails(tmp_path / "b", config)
-    assert "runs.tiny.lanch (did you mean 'launch'?)" in out
+    assert "runs.tiny.lanch (did you mean 'launch'?)" in pipeline_error(config)
 
 
 def test_n_embd_not_divisible_by_n_head(tmp_path, data_dir, capsys):
@@ -232,10 +238,7 @@ def test_missing_run_referenced_by_a_sample_or_target(tmp_path):
 
     config = tiny_config()
     config["samples"]["tiny"]["model"] = "tinny"
-    with pytest.raises(ConfigError, match=r"unknown model 'tinny': expected a run name \['tiny'\]"):
-        Pipeline(copy.deepcopy(config)).check()
-    out = snakemake_dry_run_fails(tmp_path, config)
-    assert "unknown model 'tinny': expected a run name" in out
+    assert re.search(r"unknown model 'tinny': expected a run name \['tiny'\]", pipeline_error(config))
 
 
 # ---- data -----------------------------------------------------------------------------------------------
@@ -462,6 +465,33 @@ def test_eval_settings_on_the_command_line(tmp_path, data_dir, model_pt, capsys,
     assert not out.exists()
 
 
+def test_sample_and_eval_specs(tmp_path, data_dir, model_pt, capsys):
+    """The rules pass a resolved entry as --spec; its settings are checked like the flags', and flags beside it
+    are refused (one source of settings per job)."""
+    sample = {"checkpoint": str(model_pt), "model": "tiny", "temperature": -1.0}
+    line = cli_error(capsys, "sample", "--spec", json.dumps(sample), "--name", "s", "--out", str(tmp_path / "s.txt"))
+    assert "samples.s.temperature=-1.0: expected a positive finite number" in line
+    line = cli_error(capsys, "sample", "--spec", json.dumps({**sample, "temperature": 1.0}), "--num-samples", "2")
+    assert line.endswith("--num-samples given with --spec: expected the settings in --spec only, or flags only")
+    line = cli_error(capsys, "sample", "--spec", json.dumps({"model": "tiny"}))
+    assert line.endswith("--spec has neither checkpoint nor init_from: expected exactly one of them")
+    evaluation = {"checkpoint": str(model_pt), "model": "tiny", "dataset": "tiny", "eval_iters": 1, "splits": "val",
+                  "block_size": 8, "device": "cpu"}
+    line = cli_error(capsys, "eval", "--spec", json.dumps({**evaluation, "batch_size": 0}), "--data-dir", str(data_dir))
+    assert "eval.batch_size=0: expected a positive integer" in line
+    line = cli_error(capsys, "eval", "--spec", "[1]", "--data-dir", str(data_dir))
+    assert line.endswith("--spec is list JSON: expected a JSON object")
+    assert not (tmp_path / "s.txt").exists()
+
+    by_spec, by_flags = tmp_path / "spec.json", tmp_path / "flags.json"
+    assert main(["eval", "--spec", json.dumps(evaluation), "--data-dir", str(data_dir), "--out", str(by_spec)]) == 0
+    assert main(["eval", "--checkpoint", str(model_pt), "--model-name", "tiny", "--dataset-name", "tiny",
+                 "--eval-iters", "1", "--splits", "val", "--block-size", "8", "--device", "cpu",
+                 "--data-dir", str(data_dir), "--out", str(by_flags)]) == 0
+    results = [{k: v for k, v in json.loads(p.read_text()).items() if k != "wall_time_s"} for p in (by_spec, by_flags)]
+    assert results[0] == results[1] and results[0]["model"] == "tiny"
+
+
 @pytest.mark.parametrize("override,needle", [
     ("--learning_rate=.nan", "learning_rate=nan: expected a finite number"),
     ("--beta2=1.5", "beta2=1.5: expected a number in [0.0, 1.0)"),
@@ -491,11 +521,15 @@ def test_run_settings_on_the_command_line(tmp_path, data_dir, capsys, override, 
     ("evals", "e", "batch_size", 0, "evals.e.batch_size=0: expected a positive integer"),
 ])
 def test_settings_in_config_yaml_fail_before_any_job(tmp_path, section, entry, key, value, needle):
+    """Each entry kind's bad setting, found by the pipeline's checks; one of each kind also through `snakemake -n`
+    (samples: test_bad_sample_setting_keeps_the_previous_sample, runs: the n_embd and missing-dataset tests)."""
     config = tiny_config()
     config["evals"] = {"e": {"model": "tiny", "datasets": ["shakespeare_char"]}}
     config[section][entry][key] = value
-    out = snakemake_dry_run_fails(tmp_path, config)
-    assert needle in out, out[-3000:]
+    assert needle in pipeline_error(config)
+    if (section, key) in (("datasets", "val_fraction"), ("evals", "batch_size")):
+        out = snakemake_dry_run_fails(tmp_path, config)
+        assert needle in out, out[-3000:]
 
 
 def test_bad_sample_setting_keeps_the_previous_sample(tmp_path):

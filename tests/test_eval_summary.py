@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import pandas as pd
 import torch
@@ -95,10 +96,16 @@ def test_eval_finetune_sample_summary_pipeline(tmp_path, mirror_env):
 def test_eval_settings_and_published_numbers(tmp_path):
     cfg = pipeline_config("/nowhere")
     p = Pipeline(cfg)
-    args = Jobs(p).eval_args("tinyhf", "shakespeare")
-    assert "--init-from /nowhere" in args and "--block-size 32" in args and "--eval-iters 3" in args
-    assert Jobs(p).eval_args("tiny", "shakespeare_char").startswith("--checkpoint results/runs/tiny/model.pt")
-    assert "--batch-size" not in Jobs(p).eval_args("tinyhf", "shakespeare_char")  # no entry: nanoGPT's defaults
+    words = shlex.split(str(Jobs(p).eval_args("tinyhf", "shakespeare")))
+    assert words[0] == "--spec" and words[2:] == ["--data-dir", "results/data/shakespeare"]
+    spec = json.loads(words[1])
+    assert spec["init_from"] == "/nowhere" and spec["block_size"] == 32 and spec["eval_iters"] == 3
+    assert (spec["model"], spec["dataset"]) == ("tinyhf", "shakespeare")
+    assert json.loads(p.eval_spec("tiny", "shakespeare_char"))["checkpoint"] == "results/runs/tiny/model.pt"
+    assert json.loads(p.eval_spec("tinyhf", "shakespeare_char"))["batch_size"] == 8  # no entry: nanoGPT's defaults
+    # tracked: the source and the settings off their defaults only
+    assert json.loads(p.eval_identity("tinyhf", "shakespeare_char")) == {"source": {"init_from": "/nowhere"},
+                                                                          "settings": {}}
     cfg["evals"]["clash"] = {"model": "tinyhf", "datasets": ["shakespeare"], "batch_size": 4}
     try:
         Jobs(Pipeline(cfg)).eval_args("tinyhf", "shakespeare")

@@ -74,11 +74,22 @@ def test_neutral_and_cadence_changes_rerun_nothing(pipeline):
     config["runs"]["tiny"]["model"]["vocab_size"] = None  # the dataset's: its default
     config["runs"]["tiny"]["launch"]["backend"] = "gloo"
     config["runs"]["tiny"]["resources"]["mem_mb"] = 2000
+    config["samples"]["tiny"].update(temperature=0.8, top_k=200, device="auto")  # the sample's defaults, spelled out
     write_config(pipeline, config)
     proc = run_snakemake(pipeline, "-n")
     assert NOTHING in proc.stdout + proc.stderr, proc.stdout[-2000:]
     run_snakemake(pipeline)
     assert (model.stat().st_ino, model.stat().st_mtime_ns) == before
+
+
+def test_a_sample_setting_reruns_the_sample_only(pipeline):
+    """A sample's own settings are its tracked parameter (Pipeline.sample_identity): a new temperature redraws
+    the sample, and trains nothing."""
+    config = tiny_config()
+    config["samples"]["tiny"]["temperature"] = 0.5
+    write_config(pipeline, config)
+    proc = run_snakemake(pipeline, "-n")
+    assert "rule sample:" in proc.stdout and not trains(proc), proc.stdout[-2000:]
 
 
 def test_a_setting_added_with_a_neutral_default_keeps_every_fingerprint():

@@ -3,21 +3,30 @@ command-line defaults must agree with them, so a setting is typed, defaulted and
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
+import jsonschema
 import pytest
 import yaml
 
 from conftest import REPO
 from nanogpt.cli import build_parser
 from nanogpt.config import (
+    ARCHS,
     CORPUS_DEFAULTS,
+    DTYPES,
+    MUON_ADJUST_LR,
+    OPTIMIZERS,
     TEXT_DEFAULTS,
     DatasetSettings,
     EvalSettings,
     LaunchSettings,
+    ModelSettings,
     SampleSettings,
+    TrainSettings,
 )
+from nanogpt.pipeline import Pipeline
 
 JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "NoneType": "null"}
 
@@ -43,6 +52,8 @@ ENTRY = "additionalProperties"
     (SampleSettings, SCHEMA["samples"][ENTRY]["properties"], set()),
     (EvalSettings, SCHEMA["evals"][ENTRY]["properties"], {"model", "datasets", "resources"}),
     (LaunchSettings, SCHEMA["runs"][ENTRY]["properties"]["launch"]["properties"], set()),
+    (TrainSettings, SCHEMA["runs"][ENTRY]["properties"]["train"]["properties"], set()),
+    (ModelSettings, SCHEMA["runs"][ENTRY]["properties"]["model"]["properties"], set()),
 ])
 def test_schema_has_exactly_the_settings_with_their_types(cls, props, extra):
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -55,12 +66,17 @@ def test_schema_has_exactly_the_settings_with_their_types(cls, props, extra):
 
 
 @pytest.mark.parametrize("command,cls", [("sample", SampleSettings), ("eval", EvalSettings)])
-def test_command_line_defaults_are_the_settings_defaults(command, cls):
+def test_command_line_flags_are_the_settings(command, cls):
+    """Each setting is a flag whose help shows the settings' own default; a flag left out stays out, so the
+    settings fill in their default (one default per setting)."""
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
-    defaults = {a.dest: a.default for a in sub._actions}
+    flags = {a.dest: a for a in sub._actions}
     for field in dataclasses.fields(cls):
-        if field.default is not dataclasses.MISSING:
-            assert defaults[field.name] == field.default, field.name
+        if field.default is dataclasses.MISSING:
+            continue
+        assert flags[field.name].default is argparse.SUPPRESS, field.name
+        shown = "none" if field.default is None else field.default
+        assert flags[field.name].help.endswith((f"(default: {shown})", f"(default: {shown!r})")), field.name
 
 
 def test_dataset_schema_has_the_dataset_settings():
@@ -73,3 +89,33 @@ def test_dataset_schema_has_the_dataset_settings():
         assert schema_types(props[name]) == json_type(field.type), name
         assert "default" not in props[name], name
     assert set(TEXT_DEFAULTS) == set(CORPUS_DEFAULTS) <= set(fields)
+
+
+RUN = SCHEMA["runs"][ENTRY]["properties"]
+
+
+@pytest.mark.parametrize("prop,choices", [
+    (RUN["train"]["properties"]["dtype"], DTYPES),
+    (RUN["train"]["properties"]["optimizer"], OPTIMIZERS),
+    (RUN["train"]["properties"]["muon_adjust_lr"], MUON_ADJUST_LR),
+    (RUN["model"]["properties"]["arch"], ARCHS),
+    (SCHEMA["samples"][ENTRY]["properties"]["dtype"], DTYPES),
+    (SCHEMA["evals"][ENTRY]["properties"]["dtype"], DTYPES),
+])
+def test_schema_choices_are_the_settings_choices(prop, choices):
+    assert tuple(prop["enum"]) == choices
+
+
+def test_shipped_config_fits_the_schema_and_a_mistyped_setting_does_not():
+    """The schema types every run setting: config.yaml (with YAML's '6e-4' strings read as numbers) fits it, and a
+    setting of the wrong type fails it even where nothing else would look."""
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    jsonschema.validate(Pipeline(config).typed_config(), schema)
+    exponent = {**config, "runs": {"r": {"dataset": "shakespeare_char", "train": {"learning_rate": "6e-4"}}}}
+    jsonschema.validate(Pipeline(exponent).typed_config(), schema)  # YAML 1.1 reads 6e-4 as a string
+    for section, value in (("train", {"learning_rate": "fast"}), ("model", {"n_layer": 1.5}),
+                           ("train", {"learnig_rate": 1e-3})):
+        bad = {**config, "runs": {"r": {"dataset": "shakespeare_char", section: value}}}
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(Pipeline(bad).typed_config(), schema)

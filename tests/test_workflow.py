@@ -16,6 +16,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import BIN, REPO, run_snakemake
 from nanogpt.cli import main as cli_main
+from nanogpt.config import DatasetSettings
+from nanogpt.data import prepare_text
 from nanogpt.pipeline import coerce_config_overrides
 from nanogpt.sample import SEPARATOR
 
@@ -88,7 +90,7 @@ def test_version():
 def test_summary_help_lists_its_steps():
     proc = run(str(BIN / "nanogpt"), "summary", "--help")
     assert proc.returncode == 0, proc.stderr
-    assert "{table,curve,baselines,sweep}" in proc.stdout
+    assert "{table,curve,baselines,sweep,run-page,sample-page}" in proc.stdout
     table = run(str(BIN / "nanogpt"), "summary", "table", "--help").stdout
     assert "the results folder to read (default: results)" in " ".join(table.split())
 
@@ -123,6 +125,26 @@ def test_mirror_option_finds_gpt2_weights(tmp_path, monkeypatch):
     assert cli_main(args) == 2  # offline, no mirror: not found
     assert cli_main([*args, "--mirror", str(tmp_path / "mirror")]) == 0
     assert len(out.read_text().rstrip("\n").split(SEPARATOR)) == 2
+
+
+def test_mirror_option_reaches_a_finetune_of_gpt2(tmp_path, monkeypatch, shared_data):
+    """The train rule passes config `mirror:` as --mirror too: a run with init_from gpt2 finds the weights there."""
+    monkeypatch.delenv("NANOGPT_MIRROR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50257, n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "mirror" / "gpt2")  # a stand-in for the real weights
+    (tmp_path / "text.txt").write_text((shared_data / "tinyshakespeare" / "input.txt").read_text()[:4000])
+    prepare_text(tmp_path / "text.txt", tmp_path / "data", DatasetSettings.for_text(tokenizer="gpt2"))
+    spec = {"dataset": "d", "init_from": "gpt2",
+            "model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16, "vocab_size": 50257},
+            "train": {"max_iters": 1, "batch_size": 2, "eval_iters": 1, "eval_interval": 1, "device": "cpu",
+                      "dtype": "float32", "compile": False, "warmup_iters": 0, "lr_decay_iters": 1}}
+    args = ["train", "--spec", json.dumps(spec), "--name", "ft", "--data-dir", str(tmp_path / "data")]
+    assert cli_main([*args, "--out-dir", str(tmp_path / "no_mirror")]) == 2  # offline, no mirror: not found
+    assert cli_main([*args, "--out-dir", str(tmp_path / "run"), "--mirror", str(tmp_path / "mirror")]) == 0
+    assert (tmp_path / "run" / "model.pt").is_file()
 
 
 def test_every_flag_has_help():

@@ -22,10 +22,10 @@ rule evaluate:
     resources:
         **J.rule_resources("evaluate"),  # per (model, dataset), from its `evals:` entry
     params:
-        args=lambda w: J.eval_args(w.model, w.dataset),
-        mirror=J.mirror_arg(),
+        settings=lambda w: P.eval_identity(w.model, w.dataset),  # tracked: a change reruns the job
+        args=lambda w: J.eval_args(w.model, w.dataset),  # untracked: the resolved settings and the mirror
     shell:
-        "nanogpt eval {params.args} {params.mirror} --out {output:q} > {log:q} 2>&1"
+        "nanogpt eval {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 # nanoGPT README's baselines: the four OpenAI GPT-2 sizes on OpenWebText (a GPU job: 2 x 500 x 8 x 1024 tokens each).

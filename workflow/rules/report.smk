@@ -105,7 +105,7 @@ rule run_page:
         ),
         title=lambda w: f"run {w.run}",
     shell:
-        "python -m nanogpt.report run-page --metrics {input.metrics:q} {params.curve} "
+        "nanogpt summary run-page --metrics {input.metrics:q} {params.curve} "
         "--title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
@@ -130,5 +130,5 @@ rule sample_page:
         settings=lambda w: json.dumps(P.sample_entry(w.sample)),
         title=lambda w: f"sample {w.sample}",
     shell:
-        "python -m nanogpt.report sample-page --sample {input:q} --settings {params.settings:q} "
+        "nanogpt summary sample-page --sample {input:q} --spec {params.settings:q} "
         "--title {params.title:q} --out {output:q} > {log:q} 2>&1"

@@ -14,6 +14,7 @@ rule sample:
     conda:
         "../envs/nanogpt.yaml"
     params:
-        args=lambda w: J.sample_args(w.sample),
+        settings=lambda w: P.sample_identity(w.sample),  # tracked: a change reruns the job
+        args=lambda w: J.sample_args(w.sample),  # untracked: the resolved entry and the mirror
     shell:
         "nanogpt sample {params.args} --out {output:q} > {log:q} 2>&1"
