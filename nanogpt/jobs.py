@@ -159,6 +159,10 @@ class Jobs:
         """`nanogpt sample`'s arguments for the sample rule (its tracked parameter is sample_identity)."""
         return self._step_args(self.p.sample_spec(name), "--name", name)
 
+    def sample_page_args(self, name: str) -> Untracked:
+        """The sample's report page shows its resolved settings (its tracked parameter is sample_identity)."""
+        return Untracked(shlex.join(["--spec", self.p.sample_spec(name)]))
+
     def eval_args(self, model: str, dataset: str) -> Untracked:
         """`nanogpt eval`'s arguments for the evaluate rule (its tracked parameter is eval_identity)."""
         return self._step_args(self.p.eval_spec(model, dataset), "--data-dir", paths.DATA_DIR.format(dataset=dataset))

@@ -16,6 +16,7 @@ from conftest import BIN, REPO, make_pipeline, run_snakemake, tiny_config, write
 from nanogpt.config import inherit_runs, resolve_run, settings_warnings
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, GPTConfig
+from nanogpt.pipeline import Pipeline
 from nanogpt.tokenizer import CharTokenizer, vocab_remap
 
 SHAKESPEARE = REPO / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt"
@@ -92,12 +93,11 @@ def test_a_folder_of_documents_is_a_corpus(tmp_path):
     assert meta["tokenizer"]["kind"] == "gpt2" and meta["train_tokens"] > 0 and meta["val_tokens"] > 0
 
 
-def test_a_path_that_does_not_exist_fails_before_any_job(tmp_path):
-    config = own_text_config()
-    work = make_pipeline(tmp_path / "pipeline", config)  # my_text.txt not created
-    proc = run_snakemake(work, "-n", check=False)
-    assert proc.returncode != 0
-    assert "datasets.my_text.path='my_text.txt' matches no file" in proc.stdout + proc.stderr
+def test_a_path_that_does_not_exist_fails_before_any_job(tmp_path, monkeypatch):
+    """The pipeline's checks (the Snakefile's first step) find it; paths are relative to the working directory."""
+    monkeypatch.chdir(tmp_path)  # my_text.txt not created
+    with pytest.raises(ConfigError, match=r"datasets.my_text.path='my_text.txt' matches no file"):
+        Pipeline(own_text_config()).check()
 
 
 # ---- runs that inherit ---------------------------------------------------------------------------------------
@@ -151,13 +151,12 @@ def test_finetune_from_own_run_is_a_pipeline_edge(own_run, tmp_path):
     assert "results/runs/my_run/model.pt" in proc.stdout and "results/runs/my_ft/model.pt" in proc.stdout
 
 
-def test_init_from_a_run_that_starts_from_itself_is_refused(tmp_path):
+def test_init_from_a_run_that_starts_from_itself_is_refused():
     config = tiny_config()
     config["runs"]["a"] = {"base": "tiny", "init_from": "b"}
     config["runs"]["b"] = {"base": "tiny", "init_from": "a"}
-    work = make_pipeline(tmp_path / "pipeline", config)
-    proc = run_snakemake(work, "-n", check=False)
-    assert proc.returncode != 0 and "runs.a.init_from='b': a cycle (a -> b -> a)" in proc.stdout + proc.stderr
+    with pytest.raises(ConfigError, match=r"runs.a.init_from='b': a cycle \(a -> b -> a\)"):
+        Pipeline(config).check()
 
 
 def test_tokenizers_must_agree():

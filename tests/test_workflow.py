@@ -67,7 +67,7 @@ def test_nested_config_override_is_typed_like_config_yaml(pipeline_dir):
     """`--config 'runs={tiny: {train: {max_iters: 7}}}'` reaches the train rule as the integer 7."""
     proc = run_snakemake(pipeline_dir, "-n", "-p", "--config",
                          "runs={tiny: {train: {max_iters: 7, learning_rate: 2.0e-3, compile: false}}}")
-    spec = json.loads(re.search(r"train --name tiny --spec '([^']*)'", proc.stdout).group(1))
+    spec = json.loads(re.search(r"train --spec '([^']*)' --name tiny", proc.stdout).group(1))
     assert (spec["train"]["max_iters"], spec["train"]["learning_rate"], spec["train"]["compile"]) == (7, 2e-3, False)
     assert spec["train"]["batch_size"] == 4  # the rest of the run still comes from config.yaml
 

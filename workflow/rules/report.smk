@@ -9,7 +9,6 @@
 # re-reads the whole workflow per job), a run's items carry no caption (Snakemake renders every caption with a
 # link to every report file), the loss-curve PNG is not a report item of its own (its page shows it), and above
 # INLINE_PNG_MAX_RUNS targeted runs the pages draw an SVG thumbnail instead of embedding the PNG.
-import json
 import shlex
 
 from nanogpt.report import INLINE_PNG_MAX_RUNS
@@ -127,8 +126,9 @@ rule sample_page:
     conda:
         "../envs/nanogpt.yaml"
     params:
-        settings=lambda w: json.dumps(P.sample_entry(w.sample)),
+        settings=lambda w: P.sample_identity(w.sample),  # tracked, like the sample's own
+        args=lambda w: J.sample_page_args(w.sample),  # untracked: the resolved settings the page shows
         title=lambda w: f"sample {w.sample}",
     shell:
-        "nanogpt summary sample-page --sample {input:q} --spec {params.settings:q} "
+        "nanogpt summary sample-page --sample {input:q} {params.args} "
         "--title {params.title:q} --out {output:q} > {log:q} 2>&1"
