@@ -201,16 +201,11 @@ def _gpu_slot(device: str) -> contextlib.AbstractContextManager:
 
 
 def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> None:
+    from nanogpt.runtime import place
     from nanogpt.sample import generate_samples, load_model_and_tokenizer, write_samples
 
     model, tok = load_model_and_tokenizer(source, meta_path=args.meta, mirror=args.mirror)
-    from nanogpt.runtime import place
-
-    samples, tps = generate_samples(
-        model, tok, start=settings.start, num_samples=settings.num_samples, max_new_tokens=settings.max_new_tokens,
-        temperature=settings.temperature, top_k=settings.top_k, seed=settings.seed,
-        placement=place(settings.device, settings.dtype, model.config.n_embd),
-    )
+    samples, tps = generate_samples(model, tok, settings, place(settings.device, settings.dtype, model.config.n_embd))
     if args.out:
         write_samples(args.out, samples)
         from nanogpt.sample import add_samples_to_tensorboard
@@ -237,7 +232,7 @@ def _eval(args: argparse.Namespace, source: dict, names: dict, settings: EvalSet
     from nanogpt import checkpoint as ckpt_io
     from nanogpt import fileio
     from nanogpt.evaluate import evaluate
-    from nanogpt.runtime import place, resolve_compile
+    from nanogpt.runtime import place
 
     if "init_from" in source:
         from nanogpt.pretrained import load_pretrained
@@ -249,9 +244,7 @@ def _eval(args: argparse.Namespace, source: dict, names: dict, settings: EvalSet
     placement = place(settings.device, settings.dtype, model.config.n_embd)
     result = {"model": names["model"] or path, "dataset": names["dataset"] or Path(args.data_dir).name,
               "source": str(path), "params": model.get_num_params()}
-    result.update(evaluate(model, args.data_dir, settings.split_names, settings.batch_size, settings.block_size,
-                           settings.eval_iters, settings.seed, str(placement.device), placement.dtype,
-                           compile=resolve_compile(settings.compile, placement.device)))
+    result.update(evaluate(model, args.data_dir, settings, placement))
     result.update(device=str(placement.device), dtype=placement.dtype_name)
     if args.out:
         fileio.write_json(args.out, result)
@@ -557,21 +550,23 @@ def add_summary_command(sub: argparse._SubParsersAction) -> None:
 
 def add_page_commands(steps: argparse._SubParsersAction) -> None:
     """The report's run and sample pages (shell jobs, not `run:` blocks, which re-read the workflow per job)."""
-    r = steps.add_parser("run-page", help="a run's report page: final numbers, loss curve and resolved settings",
-                         formatter_class=_HelpFormatter)
-    r.add_argument("--metrics", required=True, help="the run's metrics.json")
-    r.add_argument("--out", required=True, help="the HTML page to write")
-    r.add_argument("--title", required=True, help="the page's title")
+    r = _page_parser(steps, "run-page", "a run's report page: final numbers, loss curve and resolved settings",
+                     "--metrics", "the run's metrics.json", cmd_summary_run_page)
     r.add_argument("--curve-png", help="embed this loss-curve PNG (small pipelines)")
     r.add_argument("--run-dir", help="else draw an SVG thumbnail from this run folder's events")
-    r.set_defaults(func=cmd_summary_run_page)
-    s = steps.add_parser("sample-page", help="a sample's report page: its texts under the settings that drew them",
-                         formatter_class=_HelpFormatter)
-    s.add_argument("--sample", required=True, help="the sample file")
-    s.add_argument("--out", required=True, help="the HTML page to write")
-    s.add_argument("--title", required=True, help="the page's title")
+    s = _page_parser(steps, "sample-page", "a sample's report page: its texts under the settings that drew them",
+                     "--sample", "the sample file", cmd_summary_sample_page)
     s.add_argument("--spec", help="the `samples:` entry as JSON (its settings are shown)")
-    s.set_defaults(func=cmd_summary_sample_page)
+
+
+def _page_parser(steps: argparse._SubParsersAction, name: str, help: str, source: str, source_help: str,
+                 func) -> argparse.ArgumentParser:
+    page = steps.add_parser(name, help=help, formatter_class=_HelpFormatter)
+    page.add_argument(source, required=True, help=source_help)
+    page.add_argument("--out", required=True, help="the HTML page to write")
+    page.add_argument("--title", required=True, help="the page's title")
+    page.set_defaults(func=func)
+    return page
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import re
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,56 @@ class RunConfig:
             raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the dataset's vocabulary of "
                               f"{vocab_size} tokens: expected >= {vocab_size} (or leave it unset)")
         return GPTConfig(**{**asdict(m), "vocab_size": m.vocab_size or vocab_size})
+
+    def validate(self, name: str) -> RunConfig:
+        """Every setting in range and consistent with the others (messages name runs.NAME); returns self."""
+        t, m, launch = self.train, self.model, self.launch
+        for key in ("batch_size", "max_iters", "gradient_accumulation_steps", "eval_iters", "log_interval",
+                    "eval_interval", "keep_checkpoints"):
+            if getattr(t, key) <= 0:
+                raise ConfigError(f"runs.{name}.train.{key}={getattr(t, key)}: expected a positive integer")
+        if t.learning_rate <= 0:
+            raise ConfigError(f"runs.{name}.train.learning_rate={t.learning_rate}: expected a positive number")
+        for key, low, high in (("weight_decay", 0.0, None), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0),
+                               ("grad_clip", 0.0, None)):
+            value = getattr(t, key)
+            if value < low or (high is not None and value >= high):
+                expected = f"a number in [{low}, {high})" if high is not None else f"a number >= {low}"
+                raise ConfigError(f"runs.{name}.train.{key}={value}: expected {expected}")
+        if t.lr_decay_iters < 0:
+            raise ConfigError(f"runs.{name}.train.lr_decay_iters={t.lr_decay_iters}: expected >= 0")
+        if not 0 <= t.seed < 2**63:
+            raise ConfigError(f"runs.{name}.train.seed={t.seed}: expected an integer in [0, 2**63)")
+        if t.peak_flops is not None and t.peak_flops <= 0:
+            raise ConfigError(f"runs.{name}.train.peak_flops={t.peak_flops}: expected a positive number of FLOP/s")
+        if t.min_lr < 0 or t.min_lr > t.learning_rate:
+            raise ConfigError(f"runs.{name}.train.min_lr={t.min_lr}: expected 0 <= min_lr <= learning_rate")
+        if t.warmup_iters < 0:
+            raise ConfigError(f"runs.{name}.train.warmup_iters={t.warmup_iters}: expected >= 0")
+        if t.checkpoint_interval is not None and t.checkpoint_interval <= 0:
+            raise ConfigError(f"runs.{name}.train.checkpoint_interval={t.checkpoint_interval}: "
+                              "expected a positive integer")
+        if t.compile not in (True, False, "auto"):
+            raise ConfigError(f"runs.{name}.train.compile={t.compile!r}: expected true, false or auto")
+        _validate_optimizer(t, name)
+        check_dtype(t.dtype, f"runs.{name}.train.dtype")
+        check_device(t.device, f"runs.{name}.train.device")
+        if launch.nproc_per_node <= 0 or launch.nnodes <= 0:
+            raise ConfigError(f"runs.{name}.launch: nproc_per_node and nnodes must be positive integers")
+        if launch.backend not in ("auto", "nccl", "gloo"):
+            raise ConfigError(f"runs.{name}.launch.backend={launch.backend!r}: expected auto, nccl or gloo")
+        world = launch.nproc_per_node * launch.nnodes
+        if t.gradient_accumulation_steps % world != 0:
+            raise ConfigError(
+                f"runs.{name}.train.gradient_accumulation_steps={t.gradient_accumulation_steps} is not divisible by "
+                f"the world size {world} (nproc_per_node x nnodes): expected a multiple of {world}"
+            )
+        # Building the GPTConfig checks n_embd % n_head and the positive sizes; the message gains the run's name.
+        try:
+            self.gpt_config(vocab_size=m.vocab_size or 1)
+        except ConfigError as e:
+            raise ConfigError(f"runs.{name}.{e}") from None
+        return self
 
     def non_defaults(self) -> dict:
         """Every setting that differs from its default, by section: resolve_run of it gives this RunConfig."""
@@ -552,28 +603,28 @@ def suggest(key: str, known: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_type(where: str, value: Any, annotation: str) -> Any:
-    """Coerce ints to floats where a float is expected; reject anything of the wrong kind."""
-    ann = annotation.replace(" ", "")
-    optional = ann.endswith("|None")
-    base = ann.removesuffix("|None")
+def _check_type(where: str, value: Any, expected: Any) -> Any:
+    """Coerce ints to floats where a float is expected; reject anything of the wrong kind. `expected` is a
+    field's type (int, float | None, ...); a choice of several types (bool | str) is left to the settings' checks."""
+    kinds = typing.get_args(expected) or (expected,)
+    optional, kinds = type(None) in kinds, [k for k in kinds if k is not type(None)]
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"{where}=null: expected a {base}")
-    if base == "bool":
+        raise ConfigError(f"{where}=null: expected a {' or '.join(k.__name__ for k in kinds)}")
+    if kinds == [bool]:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{where}={value!r}: expected true or false")
-    if base == "int":
+    if kinds == [int]:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"{where}={value!r}: expected an integer")
-    if base == "float":
+    if kinds == [float]:
         if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise ConfigError(f"{where}={value!r}: expected a finite number")
-    if base == "str":
+    if kinds == [str]:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}={value!r}: expected a string")
@@ -583,61 +634,12 @@ def _check_type(where: str, value: Any, annotation: str) -> Any:
 def _build(cls: type, values: dict, where: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{where}={values!r}: expected a mapping")
-    known = {f.name: f for f in fields(cls)}
+    known = typing.get_type_hints(cls)  # the fields' types (annotations are strings under __future__)
     for key in values:
         if key not in known:
             raise ConfigError(f"unknown key {where}.{key}{suggest(key, list(known))}")
-    kwargs = {k: _check_type(f"{where}.{k}", v, str(known[k].type)) for k, v in values.items()}
+    kwargs = {k: _check_type(f"{where}.{k}", v, known[k]) for k, v in values.items()}
     return cls(**kwargs)
-
-
-def _validate(run: RunConfig, name: str) -> None:
-    t, m, launch = run.train, run.model, run.launch
-    for key in ("batch_size", "max_iters", "gradient_accumulation_steps", "eval_iters", "log_interval",
-                "eval_interval", "keep_checkpoints"):
-        if getattr(t, key) <= 0:
-            raise ConfigError(f"runs.{name}.train.{key}={getattr(t, key)}: expected a positive integer")
-    for key in ("learning_rate",):
-        if getattr(t, key) <= 0:
-            raise ConfigError(f"runs.{name}.train.{key}={getattr(t, key)}: expected a positive number")
-    for key, low, high in (("weight_decay", 0.0, None), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0),
-                           ("grad_clip", 0.0, None)):
-        value = getattr(t, key)
-        if value < low or (high is not None and value >= high):
-            expected = f"a number in [{low}, {high})" if high is not None else f"a number >= {low}"
-            raise ConfigError(f"runs.{name}.train.{key}={value}: expected {expected}")
-    if t.lr_decay_iters < 0:
-        raise ConfigError(f"runs.{name}.train.lr_decay_iters={t.lr_decay_iters}: expected >= 0")
-    if not 0 <= t.seed < 2**63:
-        raise ConfigError(f"runs.{name}.train.seed={t.seed}: expected an integer in [0, 2**63)")
-    if t.peak_flops is not None and t.peak_flops <= 0:
-        raise ConfigError(f"runs.{name}.train.peak_flops={t.peak_flops}: expected a positive number of FLOP/s")
-    if t.min_lr < 0 or t.min_lr > t.learning_rate:
-        raise ConfigError(f"runs.{name}.train.min_lr={t.min_lr}: expected 0 <= min_lr <= learning_rate")
-    if t.warmup_iters < 0:
-        raise ConfigError(f"runs.{name}.train.warmup_iters={t.warmup_iters}: expected >= 0")
-    if t.checkpoint_interval is not None and t.checkpoint_interval <= 0:
-        raise ConfigError(f"runs.{name}.train.checkpoint_interval={t.checkpoint_interval}: expected a positive integer")
-    if t.compile not in (True, False, "auto"):
-        raise ConfigError(f"runs.{name}.train.compile={t.compile!r}: expected true, false or auto")
-    _validate_optimizer(t, name)
-    check_dtype(t.dtype, f"runs.{name}.train.dtype")
-    check_device(t.device, f"runs.{name}.train.device")
-    if launch.nproc_per_node <= 0 or launch.nnodes <= 0:
-        raise ConfigError(f"runs.{name}.launch: nproc_per_node and nnodes must be positive integers")
-    if launch.backend not in ("auto", "nccl", "gloo"):
-        raise ConfigError(f"runs.{name}.launch.backend={launch.backend!r}: expected auto, nccl or gloo")
-    world = launch.nproc_per_node * launch.nnodes
-    if t.gradient_accumulation_steps % world != 0:
-        raise ConfigError(
-            f"runs.{name}.train.gradient_accumulation_steps={t.gradient_accumulation_steps} is not divisible by "
-            f"the world size {world} (nproc_per_node x nnodes): expected a multiple of {world}"
-        )
-    # Building the GPTConfig checks n_embd % n_head and the positive sizes; the message gains the run's name.
-    try:
-        run.gpt_config(vocab_size=m.vocab_size or 1)
-    except ConfigError as e:
-        raise ConfigError(f"runs.{name}.{e}") from None
 
 
 def _validate_optimizer(t: TrainSettings, name: str) -> None:
@@ -671,13 +673,12 @@ def resolve_run(entry: dict, name: str = "run", overrides: dict | None = None) -
         apply_override(entry, key, value, name)
     run = RunConfig(
         dataset=check_name(entry["dataset"], f"runs.{name}.dataset: dataset"),
-        init_from=_check_type(f"runs.{name}.init_from", entry.get("init_from", "scratch"), "str"),
+        init_from=_check_type(f"runs.{name}.init_from", entry.get("init_from", "scratch"), str),
         model=_build(ModelSettings, entry.get("model", {}), f"runs.{name}.model"),
         train=_build(TrainSettings, entry.get("train", {}), f"runs.{name}.train"),
         launch=_build(LaunchSettings, entry.get("launch", {}), f"runs.{name}.launch"),
     )
-    _validate(run, name)
-    return run
+    return run.validate(name)
 
 
 def inherit_runs(entries: dict) -> dict:

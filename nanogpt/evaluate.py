@@ -7,26 +7,27 @@ import time
 
 import torch
 
+from nanogpt.config import EvalSettings
 from nanogpt.data import BatchSampler
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT
-from nanogpt.runtime import autocast_context
+from nanogpt.runtime import Placement, resolve_compile
 
 
 @torch.no_grad()
-def evaluate(model: GPT, data_dir: str, splits: tuple[str, ...] = ("train", "val"), batch_size: int = 8,
-             block_size: int | None = None, eval_iters: int = 500, seed: int = 1337, device: str = "cpu",
-             dtype: torch.dtype = torch.float32, compile: bool = False) -> dict:
-    """Mean cross-entropy over `eval_iters` random batches of each split (nanoGPT's estimate_loss).
+def evaluate(model: GPT, data_dir: str, settings: EvalSettings | None = None, placement: Placement | None = None
+             ) -> dict:
+    """Mean cross-entropy over `eval_iters` random batches of each split (nanoGPT's estimate_loss), with the
+    settings' defaults (nanoGPT's eval_gpt2*.py) where none are given, on the CPU in fp32 unless placed.
 
     The losses are summed on the device and read once per split: one host sync per split, not per batch.
     """
-    if eval_iters <= 0 or batch_size <= 0:
-        raise ConfigError(f"eval_iters={eval_iters}, batch_size={batch_size}: expected positive integers")
-    block_size = block_size or model.config.block_size
+    s = settings or EvalSettings()
+    placement = placement or Placement(torch.device("cpu"), torch.float32)
+    device, block_size = placement.device, s.block_size or model.config.block_size
     if block_size > model.config.block_size:
         raise ConfigError(f"block_size={block_size} exceeds the model's {model.config.block_size}: expected <= it")
-    sampler = BatchSampler(data_dir, block_size, batch_size, seed, device)
+    sampler = BatchSampler(data_dir, block_size, s.batch_size, s.seed, device)
     vocab = sampler.meta["vocab_size"]
     if vocab > model.config.vocab_size:
         raise ConfigError(
@@ -34,21 +35,20 @@ def evaluate(model: GPT, data_dir: str, splits: tuple[str, ...] = ("train", "val
             "expected a dataset tokenized for this model"
         )
     model.eval().to(device)
-    forward = torch.compile(model, fullgraph=True) if compile else model
-    ctx = autocast_context(torch.device(device), dtype)
-    acc_dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64  # MPS has no float64
+    forward = torch.compile(model, fullgraph=True) if resolve_compile(s.compile, device) else model
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     out = {}
     t0 = time.perf_counter()
-    for split in splits:
+    for split in s.split_names:
         total = torch.zeros((), device=device, dtype=acc_dtype)
-        for k in range(eval_iters):
+        for k in range(s.eval_iters):
             x, y = sampler.get_batch(split, 0, k, for_eval=True)
-            with ctx:
+            with placement.autocast():
                 _, loss = forward(x, y)
             total += loss.to(acc_dtype)
-        out[f"{split}_loss"] = total.item() / eval_iters
+        out[f"{split}_loss"] = total.item() / s.eval_iters
         out[f"{split}_perplexity"] = math.exp(out[f"{split}_loss"])
-    out.update(batch_size=batch_size, block_size=block_size, eval_iters=eval_iters, seed=seed,
-               tokens_per_split=eval_iters * batch_size * block_size, wall_time_s=time.perf_counter() - t0)
+    out.update(batch_size=s.batch_size, block_size=block_size, eval_iters=s.eval_iters, seed=s.seed,
+               tokens_per_split=s.eval_iters * s.batch_size * block_size, wall_time_s=time.perf_counter() - t0)
     return out
 

@@ -11,7 +11,7 @@ import torch
 
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
-from nanogpt.config import is_pretrained_source
+from nanogpt.config import SampleSettings, is_pretrained_source
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.model import GPT
 from nanogpt.runtime import Placement
@@ -98,40 +98,28 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def generate_samples(
-    model: GPT,
-    tok: Tokenizer,
-    start: str = "\n",
-    num_samples: int = 10,
-    max_new_tokens: int = 500,
-    temperature: float = 0.8,
-    top_k: int | None = 200,
-    seed: int = 1337,
-    placement: Placement | None = None,
-    use_cache: bool = True,
-) -> tuple[list[str], float]:
-    """Generate `num_samples` continuations of the prompt; returns them and the tokens/s achieved."""
-    if num_samples <= 0 or max_new_tokens <= 0:
-        raise ConfigError(f"num_samples={num_samples}, max_new_tokens={max_new_tokens}: expected positive integers")
-    if temperature <= 0:
-        raise ConfigError(f"temperature={temperature}: expected a positive number")
-    prompt = read_prompt(start)
+def generate_samples(model: GPT, tok: Tokenizer, settings: SampleSettings, placement: Placement | None = None,
+                     use_cache: bool = True) -> tuple[list[str], float]:
+    """Generate `num_samples` continuations of the prompt (on the CPU in fp32 unless placed); returns them and
+    the tokens/s achieved."""
+    s = settings
+    prompt = read_prompt(s.start)
     ids = tok.encode(prompt)
     if not ids:
         raise ConfigError("the prompt encodes to no tokens: expected a non-empty start string")
     placement = placement or Placement(torch.device("cpu"), torch.float32)
     device = placement.device
     model.eval().to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = torch.Generator(device=device).manual_seed(s.seed)
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]
     samples = []
     t0 = time.perf_counter()
-    for _ in range(num_samples):
+    for _ in range(s.num_samples):
         with placement.autocast():
-            y = model.generate(x, max_new_tokens, temperature, top_k, use_cache=use_cache, generator=generator)
+            y = model.generate(x, s.max_new_tokens, s.temperature, s.top_k, use_cache=use_cache, generator=generator)
         samples.append(tok.decode(y[0].tolist()))
     elapsed = time.perf_counter() - t0
-    return samples, num_samples * max_new_tokens / elapsed
+    return samples, s.num_samples * s.max_new_tokens / elapsed
 
 
 def write_samples(dest: str | os.PathLike, samples: list[str]) -> None:

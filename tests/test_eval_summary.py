@@ -13,6 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import SHAKESPEARE_SHA256, SHAKESPEARE_URL, make_pipeline, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
+from nanogpt.config import EvalSettings
 from nanogpt.evaluate import evaluate
 from nanogpt.jobs import Jobs
 from nanogpt.pipeline import Pipeline
@@ -56,8 +57,8 @@ def test_eval_finetune_sample_summary_pipeline(tmp_path, mirror_env):
 
     # the eval rule's number is what evaluate() gives in this process for the same model, data and settings
     ev = json.loads((res / "eval/tinyhf/shakespeare.json").read_text())
-    direct = evaluate(load_pretrained(str(hf_dir)), str(res / "data/shakespeare"), batch_size=2, block_size=32,
-                      eval_iters=3)
+    direct = evaluate(load_pretrained(str(hf_dir)), str(res / "data/shakespeare"),
+                      EvalSettings(batch_size=2, block_size=32, eval_iters=3))
     assert ev["model"] == "tinyhf" and ev["block_size"] == 32 and ev["eval_iters"] == 3
     assert abs(ev["val_loss"] - direct["val_loss"]) < 1e-5 and abs(ev["train_loss"] - direct["train_loss"]) < 1e-5
     assert abs(ev["val_loss"] - math.log(VOCAB)) < 0.5  # an untrained model is near uniform

@@ -15,7 +15,7 @@ import torch
 
 from conftest import BIN, REPO, tiny_config
 from nanogpt import launch, runtime
-from nanogpt.config import resolve_run
+from nanogpt.config import EvalSettings, resolve_run
 from nanogpt.data import prepare_text
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, GPTConfig
@@ -257,7 +257,7 @@ def test_eval_reads_the_loss_once_per_split(tmp_path, char_data, monkeypatch):
     reads = []
     real_item = torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or real_item(self))
-    result = evaluate_module.evaluate(model, str(char_data), ("train", "val"), batch_size=2, eval_iters=7)
+    result = evaluate_module.evaluate(model, str(char_data), EvalSettings(batch_size=2, eval_iters=7))
     assert len(reads) == 2
     monkeypatch.setattr(torch.Tensor, "item", real_item)
     sampler = evaluate_module.BatchSampler(str(char_data), 32, 2, 1337, "cpu")

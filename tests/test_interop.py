@@ -17,7 +17,7 @@ import torch
 
 from nanogpt import checkpoint as ckpt_io
 from nanogpt.cli import main as cli_main
-from nanogpt.config import resolve_run
+from nanogpt.config import SampleSettings, resolve_run
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import SEPARATOR, generate_samples, load_model_and_tokenizer
 from nanogpt.tokenizer import CharTokenizer, gpt2_tokenizer
@@ -236,8 +236,9 @@ def test_meta_pkl_from_nanogpt_prepare(char_run, tmp_path):
         pickle.dump({"vocab_size": tok.vocab_size, "itos": itos, "stoi": stoi}, f)
     m, t = load_model_and_tokenizer(str(ckpt), meta_path=pkl)
     assert isinstance(t, CharTokenizer) and t.chars == tok.chars
-    ours, _ = generate_samples(model, tok, "To be", num_samples=1, max_new_tokens=10, seed=3)
-    theirs, _ = generate_samples(m, t, "To be", num_samples=1, max_new_tokens=10, seed=3)
+    settings = SampleSettings(model="tiny", start="To be", num_samples=1, max_new_tokens=10, seed=3)
+    ours, _ = generate_samples(model, tok, settings)
+    theirs, _ = generate_samples(m, t, settings)
     assert ours == theirs
 
 
