@@ -11,7 +11,7 @@ from nanogpt.config import EvalSettings
 from nanogpt.data import BatchSampler
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT
-from nanogpt.runtime import Placement, resolve_compile
+from nanogpt.runtime import CPU_FP32, Placement, resolve_compile
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def evaluate(model: GPT, data_dir: str, settings: EvalSettings | None = None, pl
     The losses are summed on the device and read once per split: one host sync per split, not per batch.
     """
     s = settings or EvalSettings()
-    placement = placement or Placement(torch.device("cpu"), torch.float32)
+    placement = placement or CPU_FP32
     device, block_size = placement.device, s.block_size or model.config.block_size
     if block_size > model.config.block_size:
         raise ConfigError(f"block_size={block_size} exceeds the model's {model.config.block_size}: expected <= it")

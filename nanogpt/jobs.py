@@ -46,7 +46,7 @@ class Jobs:
         """
         res = dict(self.p.runs()[name].get("resources") or {})
         launch = self.p.run(name).launch
-        gpus = int(res.get("gpus", 0))  # per node
+        gpus = self._gpus_per_node(name)
         multi = launch.nnodes > 1
         out = {
             "cpus_per_task": int(res.get("cpus_per_task", max(2, launch.nproc_per_node))),  # per node
@@ -65,6 +65,10 @@ class Jobs:
         if res.get("slurm_extra"):
             out["slurm_extra"] = res["slurm_extra"]
         return out
+
+    def _gpus_per_node(self, name: str) -> int:
+        """The run's `resources.gpus`: GPUs per node (0: none asked for)."""
+        return int((self.p.runs()[name].get("resources") or {}).get("gpus", 0))
 
     def eval_resources(self, model: str, dataset: str) -> dict:
         res = self.p.eval_entry(model, dataset).get("resources") or {}
@@ -149,11 +153,10 @@ class Jobs:
 
     def train_args(self, name: str) -> Untracked:
         """`nanogpt train`'s arguments for the train rule (its tracked parameter is run_trajectory)."""
-        res = self.run_resources(name)
-        gpus = res["gpus"] if res["gpus"] is not None else int(str(res["gres"] or "gpu:0").split(":")[-1])
         return self._step_args(self.p.run_spec(name), "--name", name,
                                "--data-dir", paths.DATA_DIR.format(dataset=self.p.run(name).dataset),
-                               "--out-dir", paths.RUN_DIR.format(run=name), "--gpus", str(gpus), "--pipeline")
+                               "--out-dir", paths.RUN_DIR.format(run=name),
+                               "--gpus", str(self._gpus_per_node(name)), "--pipeline")
 
     def sample_args(self, name: str) -> Untracked:
         """`nanogpt sample`'s arguments for the sample rule (its tracked parameter is sample_identity)."""

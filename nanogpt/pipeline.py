@@ -232,11 +232,14 @@ class Pipeline:
         return json.dumps({**asdict(settings), **self.model_source(settings.model)}, sort_keys=True)
 
     def sample_identity(self, name: str) -> str:
-        """What the sample rule's rerun depends on (its tracked parameter): the model's source and the settings
-        that differ from their defaults, so a setting added later with a neutral default reruns nothing."""
+        """What the sample rule's rerun depends on (its tracked parameter): see `_identity`."""
         settings = self.sample_settings(name)
-        return json.dumps({"source": self.model_source(settings.model), "settings": non_defaults(settings)},
-                          sort_keys=True)
+        return self._identity(settings.model, settings)
+
+    def _identity(self, model: str, settings: SampleSettings | EvalSettings) -> str:
+        """A sample's or eval's tracked parameter: the model's source and the settings that differ from their
+        defaults, so a setting added later with a neutral default reruns nothing."""
+        return json.dumps({"source": self.model_source(model), "settings": non_defaults(settings)}, sort_keys=True)
 
     def model_source(self, model: str) -> dict[str, str]:
         """Where a sample or eval job loads `model` from: {"checkpoint": a run's model.pt} or {"init_from": a GPT-2
@@ -340,10 +343,9 @@ class Pipeline:
                           sort_keys=True)
 
     def eval_identity(self, model: str, dataset: str) -> str:
-        """What the evaluate rule's rerun depends on (its tracked parameter): the model's source and the settings
-        that differ from their defaults (the dataset is in the output's path)."""
-        settings = non_defaults(self.eval_settings(model, dataset))
-        return json.dumps({"source": self.model_source(model), "settings": settings}, sort_keys=True)
+        """What the evaluate rule's rerun depends on (its tracked parameter): see `_identity` (the dataset is in
+        the output's path)."""
+        return self._identity(model, self.eval_settings(model, dataset))
 
     def eval_inputs(self, model: str, dataset: str) -> list[str]:
         self.dataset(dataset)

@@ -227,6 +227,9 @@ class Placement:
         return str(self.dtype).removeprefix("torch.")
 
 
+CPU_FP32 = Placement(torch.device("cpu"), torch.float32)  # where a step runs when given no placement
+
+
 def place(device: str | torch.device, dtype: str, n_embd: int = 0) -> Placement:
     """The device (a setting such as "auto", or one already chosen, e.g. a rank's GPU), set up for use (its GPU
     selected, TF32 allowed), and the dtype for it (`pick_dtype`)."""

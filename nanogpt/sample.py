@@ -14,7 +14,7 @@ from nanogpt import fileio
 from nanogpt.config import SampleSettings, is_pretrained_source
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.model import GPT
-from nanogpt.runtime import Placement
+from nanogpt.runtime import CPU_FP32, Placement
 from nanogpt.tokenizer import CharTokenizer, Tokenizer, from_meta, gpt2_tokenizer
 
 SEPARATOR = "\n---------------\n"
@@ -107,7 +107,7 @@ def generate_samples(model: GPT, tok: Tokenizer, settings: SampleSettings, place
     ids = tok.encode(prompt)
     if not ids:
         raise ConfigError("the prompt encodes to no tokens: expected a non-empty start string")
-    placement = placement or Placement(torch.device("cpu"), torch.float32)
+    placement = placement or CPU_FP32
     device = placement.device
     model.eval().to(device)
     generator = torch.Generator(device=device).manual_seed(s.seed)
