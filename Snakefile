@@ -1,6 +1,6 @@
 # nanogpt-workflow: download -> prepare -> train (torchrun) -> evaluate / sample -> summary.
 # Every rule calls the `nanogpt` package; config.yaml holds the experiments. See README.md.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from nanogpt import paths
 from nanogpt.config import NAME_PATTERN
@@ -27,10 +27,10 @@ report: "workflow/report/workflow.rst"
 
 # Values given with --config get config.yaml's types: Snakemake leaves nested ones as strings.
 coerce_config_overrides(config, workflow.config_settings.config)
-# nanogpt's own checks first (one line naming the value and what was expected), then the schema's structure.
+# nanogpt's own checks, then config.yaml against the schema generated from the settings' declarations: each
+# failure is one line naming the value and what was expected.
 P = Pipeline(config)  # the entries: lookup, checks, targets, inputs
 P.check()
-validate(P.typed_config(), "workflow/schemas/config.schema.yaml")
 J = Jobs(P)  # how each job runs: resources, launcher, arguments
 
 

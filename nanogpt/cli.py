@@ -26,9 +26,7 @@ from nanogpt.config import TEXT_DEFAULTS, EvalSettings, SampleSettings, suggest
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.runlock import LOCK_NAME
 
-# The `sample` and `eval` flags are the settings' fields, with the settings' own defaults (nanogpt.config).
-SAMPLE = SampleSettings(model="")
-EVAL = EvalSettings()
+# The `sample` and `eval` flags are the settings' fields, with the settings' own defaults (nanogpt.settings).
 SAMPLE_KEYS = tuple(f.name for f in fields(SampleSettings) if f.name != "model")
 EVAL_KEYS = tuple(f.name for f in fields(EvalSettings))
 
@@ -425,11 +423,34 @@ def _step_spec_args(sp: argparse.ArgumentParser, what: str) -> None:
                                    "Snakemake rule passes): instead of the settings flags")
 
 
-def _setting(sp: argparse.ArgumentParser, flag: str, default: object, help: str, **kwargs) -> None:
-    """A settings flag: absent unless given (the settings fill in their own default, shown here)."""
-    shown = "none" if default is None else repr(default) if isinstance(default, str) and not default.isprintable() \
-        else default
-    sp.add_argument(flag, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kwargs)
+def _setting_flags(sp: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per declared setting of `cls` (nanogpt.settings), absent unless given: the settings fill in their
+    own default, which the help shows."""
+    from nanogpt.settings import declared, default_of, field_types, show_default
+
+    types = field_types(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        help = f"{declared(f).help} (default: {show_default(default_of(f))})"
+        sp.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS, help=help,
+                        type=_flag_type(types[f.name]))
+
+
+def _flag_type(kind: object):
+    """How a flag's text becomes the setting's type: int, float, int-or-none, true/false/auto, text."""
+    import typing
+
+    kinds = set(typing.get_args(kind) or (kind,))
+    if kinds == {int}:
+        return int
+    if kinds == {float}:
+        return float
+    if kinds == {int, type(None)}:
+        return _optional_int
+    if bool in kinds:
+        return _bool_or_auto
+    return str
 
 
 def add_sample_command(sub: argparse._SubParsersAction) -> None:
@@ -441,14 +462,7 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--name", help="the `samples:` entry's name (for its error messages)")
     sp.add_argument("--meta", help="the dataset's meta.json, or nanoGPT's meta.pkl (read as plain data: nothing in "
                                    "it runs) when the checkpoint lacks it")
-    _setting(sp, "--start", SAMPLE.start, "prompt text, or FILE:path")
-    _setting(sp, "--num-samples", SAMPLE.num_samples, "how many samples", type=int)
-    _setting(sp, "--max-new-tokens", SAMPLE.max_new_tokens, "tokens generated per sample", type=int)
-    _setting(sp, "--temperature", SAMPLE.temperature, "softmax temperature (lower: more likely tokens)", type=float)
-    _setting(sp, "--top-k", SAMPLE.top_k, "keep the k likeliest tokens ('none': all)", type=_optional_int)
-    _setting(sp, "--seed", SAMPLE.seed, "random seed", type=int)
-    _setting(sp, "--device", SAMPLE.device, "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
-    _setting(sp, "--dtype", SAMPLE.dtype, "float32, bfloat16, float16, or auto")
+    _setting_flags(sp, SampleSettings, skip=("model",))
     sp.add_argument("--out", help="write the samples here (default: stdout)")
     sp.set_defaults(func=cmd_sample)
 
@@ -462,15 +476,7 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
                     help="name recorded in the result (default: the checkpoint or init-from)")
     sp.add_argument("--dataset-name", dest="dataset", default=argparse.SUPPRESS,
                     help="name recorded in the result (default: the data folder's name)")
-    _setting(sp, "--batch-size", EVAL.batch_size, "sequences per batch", type=int)
-    _setting(sp, "--block-size", EVAL.block_size, "tokens per sequence (none: the model's)", type=_optional_int)
-    _setting(sp, "--eval-iters", EVAL.eval_iters, "batches per split", type=int)
-    _setting(sp, "--splits", EVAL.splits, "comma-separated splits to evaluate")
-    _setting(sp, "--seed", EVAL.seed, "random seed of the batch positions", type=int)
-    _setting(sp, "--device", EVAL.device, "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
-    _setting(sp, "--dtype", EVAL.dtype, "float32, bfloat16, float16, or auto")
-    _setting(sp, "--compile", EVAL.compile, "torch.compile the model: true, false, or auto (on for CUDA)",
-             type=_bool_or_auto)
+    _setting_flags(sp, EvalSettings)
 
 
 def cmd_restart(args: argparse.Namespace) -> None:
@@ -569,6 +575,28 @@ def _page_parser(steps: argparse._SubParsersAction, name: str, help: str, source
     return page
 
 
+def cmd_schema(args: argparse.Namespace) -> None:
+    from nanogpt import fileio
+    from nanogpt.schema import schema_yaml, settings_markdown
+
+    for path, text in ((args.out, schema_yaml()), (args.docs, settings_markdown())):
+        if path:
+            fileio.write_text(path, text)
+            print(f"wrote {path}")
+    if not (args.out or args.docs):
+        print(schema_yaml(), end="")
+
+
+def add_schema_command(sub: argparse._SubParsersAction) -> None:
+    from nanogpt.schema import DOCS_PATH, SCHEMA_PATH
+
+    sp = sub.add_parser("schema", help="config.yaml's JSON schema and the settings reference, from the settings' "
+                                       "declarations", formatter_class=_HelpFormatter)
+    sp.add_argument("--out", help=f"write the schema here (the repository's copy: {SCHEMA_PATH}; default: stdout)")
+    sp.add_argument("--docs", help=f"write the settings reference here (the repository's: {DOCS_PATH})")
+    sp.set_defaults(func=cmd_schema)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """`nanogpt` and its subcommands; each subcommand's `func` runs it."""
     p = _Parser(prog="nanogpt", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter)
@@ -588,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(sp)
     sp.set_defaults(func=cmd_bench, overrides_allowed=True)
     add_summary_command(sub)
+    add_schema_command(sub)
     return p
 
 

@@ -73,7 +73,8 @@ class Jobs:
     def eval_resources(self, model: str, dataset: str) -> dict:
         res = self.p.eval_entry(model, dataset).get("resources") or {}
         return {"gpu": int(res.get("gpus", 0)), "mem_mb": int(res.get("mem_mb", 16000)),
-                "runtime": int(res.get("runtime", 60)), "cpus_per_task": int(res.get("cpus_per_task", 2))}
+                "runtime": int(res.get("runtime", 60)), "cpus_per_task": int(res.get("cpus_per_task", 2)),
+                "slurm_partition": res.get("slurm_partition"), "slurm_extra": res.get("slurm_extra")}
 
     def rule_resources(self, rule: str) -> dict[str, Callable | int]:
         """A GPU-capable rule's whole `resources:` (`resources: **J.rule_resources("train")`): one function of the
@@ -97,7 +98,8 @@ class Jobs:
             def lookup(w) -> dict:
                 return self.eval_resources(w.model, w.dataset)
 
-            keys, fixed = {k: k for k in ("gpu", "mem_mb", "runtime", "cpus_per_task")}, {}
+            keys = {k: k for k in ("gpu", "mem_mb", "runtime", "cpus_per_task", "slurm_partition", "slurm_extra")}
+            fixed = {}
         else:
             raise ValueError(f"no resources for rule {rule!r}: expected train or evaluate")
 

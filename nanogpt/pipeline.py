@@ -29,12 +29,14 @@ from nanogpt.config import (
     inherit_runs,
     non_defaults,
     resolve_eval,
+    resolve_resources,
     resolve_run,
     resolve_sample,
     settings_warnings,
     suggest,
 )
 from nanogpt.errors import ConfigError
+from nanogpt.schema import check_against_schema
 from nanogpt.sweeps import Sweep, expand_sweeps, sweep_files
 from nanogpt.tracking import check_wandb
 
@@ -263,6 +265,7 @@ class Pipeline:
                 hint = suggest(run.dataset, list(self.datasets()))
                 raise ConfigError(f"runs.{name}.dataset={run.dataset!r}: no such dataset{hint}, expected one of "
                                   f"{sorted(self.datasets())}")
+            resolve_resources(self.runs()[name], f"runs.{name}")
             check_wandb(run.train, f"runs.{name}.train")  # before any job, not inside the train job
             self._check_init_chain(name)
             for warning in settings_warnings(run, name):
@@ -273,6 +276,7 @@ class Pipeline:
             if not isinstance(entry, dict) or "model" not in entry:
                 raise ConfigError(f"evals.{name}={entry!r}: expected a mapping with 'model' and 'datasets'")
             resolve_eval(entry, f"evals.{name}")
+            resolve_resources(entry, f"evals.{name}")
             self.model_checkpoint(entry["model"])
             if not isinstance(entry.get("datasets"), list) or not entry["datasets"]:
                 raise ConfigError(f"evals.{name}.datasets={entry.get('datasets')!r}: expected a list of dataset names")
@@ -288,6 +292,7 @@ class Pipeline:
             for name in names:
                 if name not in self._section(section):
                     raise ConfigError(f"targets.{section}: {name!r} is not defined under `{section}`")
+        check_against_schema(self.typed_config())  # the structure the checks above leave to the schema
 
     def typed_config(self) -> dict:
         """config.yaml as the settings read it, for the JSON schema: YAML 1.1 reads an exponent without a dot

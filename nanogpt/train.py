@@ -307,7 +307,7 @@ class Trainer:
         else:
             identity = init_identity(run.init_from)
             self.fingerprint = run.fingerprint(self.meta, identity)
-            accepted = [self.fingerprint, run.legacy_fingerprint(self.meta, identity)]  # an upgrade resumes
+            accepted = [self.fingerprint]
         self.accepted_fingerprints = [f for f in accepted if f]
         self._build_state()
         self.peak = self.t.peak_flops or peak_flops_for(self.device, self.dtype)
