@@ -1,4 +1,4 @@
-"""Every relative link in the README, docs/ and benchmarks/README.md reaches a file, and a heading when it names one.
+"""Every relative link in the README, docs/ and benchmarks/ reaches a file, and a heading when it names one.
 
 Markdown only (no torch, no package import): the README is a map into docs/, so a page renamed or a heading
 reworded must fail here, not leave a reader at a dead link.
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = sorted([ROOT / "README.md", ROOT / "benchmarks" / "README.md", *(ROOT / "docs").glob("*.md")])
+PAGES = sorted([ROOT / "README.md", *(ROOT / "benchmarks").glob("*.md"), *(ROOT / "docs").glob("*.md")])
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -86,3 +86,23 @@ def test_no_numbered_issue_references(page: Path) -> None:
     text = prose(page.read_text(encoding="utf-8"))
     found = re.findall(r"(?i)\bissues? #?\d+|(?<![\w/&])#\d+\b", text)
     assert not found, f"{page.relative_to(ROOT)} points to numbered issues a reader cannot see: {found}"
+
+
+def readme_block(section: str) -> list[str]:
+    """The command lines of the first ```bash block under the README's `## section` heading."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    block = body.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_ci_runs_the_readme_install_and_test_commands() -> None:
+    """CI installs and tests exactly as the README tells a new user to: the two must not drift apart."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    install = readme_block("Set up")[0]
+    assert install == "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt"
+    for command in install.split(" && "):
+        assert command.replace("pip install", "pip install -q") in ci or command in ci, command
+    tests = readme_block("Tests")
+    assert tests == [".venv/bin/python -m pytest -q -n 2 --dist loadfile"]
+    assert tests[0] in ci.splitlines()
