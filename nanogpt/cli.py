@@ -60,14 +60,15 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
     return args.name, entry
 
 
-def _spec_json(text: str) -> dict:
-    """--spec: one entry's settings as a JSON object (how every rule passes its entry to its step)."""
+def _spec_json(text: str, flag: str = "--spec") -> dict:
+    """--spec: one entry as config.yaml writes it, every setting resolved (how every rule passes its entry to its
+    step: a dataset with its source, a run, a sample or an evaluation with where its model comes from)."""
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"--spec is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
+        raise ConfigError(f"{flag} is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
     if not isinstance(spec, dict):
-        raise ConfigError(f"--spec is {type(spec).__name__} JSON: expected a JSON object")
+        raise ConfigError(f"{flag} is {type(spec).__name__} JSON: expected a JSON object")
     return spec
 
 
@@ -295,7 +296,7 @@ def cmd_summary_curve(args: argparse.Namespace) -> None:
 def cmd_summary_sweep(args: argparse.Namespace) -> None:
     from nanogpt.sweep_summary import summarize
 
-    done = summarize(json.loads(args.spec), args.runs_dir, args.out_dir)
+    done = summarize(_spec_json(args.sweep, "--sweep"), args.runs_dir, args.out_dir)
     fit = done["fit"]
     print(f"{len(done['rows'])} points -> {args.out_dir}" + (f"; alpha={fit['alpha']:.4f} E={fit['E']:.4f}"
                                                              if fit else ""))
@@ -547,7 +548,7 @@ def add_summary_command(sub: argparse._SubParsersAction) -> None:
     b.set_defaults(func=cmd_summary_baselines)
     w = steps.add_parser("sweep", help="a sweep's summary.csv/.md, plots, hparams events (and fit.json)",
                          formatter_class=_HelpFormatter)
-    w.add_argument("--spec", required=True, help="the sweep as JSON (the sweep rules' Pipeline.sweep_spec)")
+    w.add_argument("--sweep", required=True, help="the sweep's points as JSON (the sweep rules' Pipeline.sweep_spec)")
     w.add_argument("--runs-dir", default=paths.RUNS, help="where the points' run folders are")
     w.add_argument("--out-dir", required=True, help="the sweep's folder to write")
     w.set_defaults(func=cmd_summary_sweep)

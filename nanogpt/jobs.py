@@ -153,6 +153,11 @@ class Jobs:
         apart)."""
         return Untracked(" ".join(filter(None, [shlex.join(["--spec", spec, *args]), self.mirror_arg()])))
 
+    def dataset_args(self, name: str) -> Untracked:
+        """`nanogpt download/prepare`'s arguments for the data rules (their tracked parameters are the entry as
+        written and the mirror)."""
+        return self._step_args(self.p.dataset_spec(name), "--name", name)
+
     def train_args(self, name: str) -> Untracked:
         """`nanogpt train`'s arguments for the train rule (its tracked parameter is run_trajectory)."""
         return self._step_args(self.p.run_spec(name), "--name", name,

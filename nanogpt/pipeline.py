@@ -134,8 +134,16 @@ class Pipeline:
             raise ConfigError(f"datasets.{name}.path={spec['path']!r} matches no file: expected a text file, a "
                               "folder or a glob of .jsonl/.parquet/.txt files (relative to the working directory)")
 
-    def spec(self, section: str, name: str) -> str:
-        return json.dumps(self.config[section][name], sort_keys=True)
+    def dataset_identity(self, name: str) -> str:
+        """What the data rules' rerun depends on (their tracked parameter, with the mirror): the entry as written."""
+        return json.dumps(self.dataset(name), sort_keys=True)
+
+    def dataset_spec(self, name: str) -> str:
+        """The dataset as `nanogpt download/prepare --spec` take it: its source as written and every setting
+        resolved (the kind's defaults filled in)."""
+        settings = asdict(check_dataset(self.dataset(name), name))
+        resolved = {k: v for k, v in settings.items() if k not in ("name", "kind")}
+        return json.dumps({**self.dataset(name), **resolved}, sort_keys=True)
 
     # ---- runs -----------------------------------------------------------------------------------------
     def runs(self) -> dict:
@@ -158,11 +166,10 @@ class Pipeline:
         return self._runs[name]
 
     def run_spec(self, name: str) -> str:
-        """The run's resolved settings as `nanogpt train --spec` takes them: those that differ from their
-        defaults (the trainer fills in the rest), so the printed shell line stays short."""
-        d = self.run(name).non_defaults()
-        if "init_from" in d:
-            d["init_from"] = self._init_source(d["init_from"])
+        """The run as `nanogpt train --spec` takes it: every setting resolved, and where its initial weights come
+        from (`init_from` resolved to a file, folder or hub id)."""
+        d = self.run(name).to_dict()
+        d["init_from"] = self._init_source(d["init_from"])
         return json.dumps(d, sort_keys=True)
 
     def run_trajectory(self, name: str) -> str:

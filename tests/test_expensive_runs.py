@@ -18,6 +18,7 @@ from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_confi
 from nanogpt import checkpoint as ckpt_io
 from nanogpt.config import RunConfig, TrainSettings, resolve_run
 from nanogpt.errors import DataError
+from nanogpt.jobs import Untracked
 from nanogpt.settings import ARCHS, OPTIMIZERS, ModelSettings, declared, default_of, field_types, same_value
 from nanogpt.sweep_summary import check_point_result
 
@@ -289,3 +290,17 @@ def test_wall_time_counts_every_attempt(tmp_path):
     own = time.time() - t0  # the second attempt alone
     assert second["iters"] == 8 and abs(second["wall_time_s"] - (first["wall_time_s"] + own)) < 0.5
     assert ckpt_io.load(tmp_path / "r" / "model.pt")["wall_time_s"] >= first["wall_time_s"]
+
+
+def test_snakemake_records_no_untracked_parameter():
+    """The train, sample, eval and data rules pass their resolved settings as `Untracked` parameters, which
+    Snakemake's persistence leaves out of its params record (only builtin types are recorded); the tracked
+    parameters are plain strings. If a Snakemake upgrade starts recording other objects, every cadence change
+    would retrain every run: this fails first, naming the cause."""
+    from snakemake.persistence import UNREPRESENTABLE, PersistenceBase
+
+    probe = type("Probe", (), {name: getattr(PersistenceBase, name)
+                               for name in ("_serialize_param_builtin", "_serialize_param_pandas")})()
+    record = probe._serialize_param_pandas  # what Persistence._params applies to each parameter
+    assert record(Untracked("--spec {}")) is UNREPRESENTABLE, "Snakemake now records Untracked params: see nanogpt.jobs"
+    assert record('{"dataset": "d"}') == repr('{"dataset": "d"}')

@@ -22,11 +22,11 @@ rule download:
     conda:
         "../envs/nanogpt.yaml"
     params:
-        spec=lambda w: P.spec("datasets", w.dataset),
+        identity=lambda w: P.dataset_identity(w.dataset),  # tracked, with the mirror: a change downloads again
         mirror=J.mirror_arg(),
+        args=lambda w: J.dataset_args(w.dataset),  # untracked: the resolved entry and the mirror
     shell:
-        "nanogpt download --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
-        "--out {output:q} > {log:q} 2>&1"
+        "nanogpt download {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 use rule download as download_hf with:
@@ -55,9 +55,10 @@ rule prepare:
         "../envs/nanogpt.yaml"
     threads: 2  # --num-proc: tokenizer worker processes
     params:
-        spec=lambda w: P.spec("datasets", w.dataset),
+        identity=lambda w: P.dataset_identity(w.dataset),  # tracked, with the mirror: a change re-prepares
         mirror=J.mirror_arg(),
+        args=lambda w: J.dataset_args(w.dataset),  # untracked: the resolved entry and the mirror
         out_dir=lambda w: paths.DATA_DIR.format(dataset=w.dataset),
     shell:
-        "nanogpt prepare --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
-        "--source {input:q} --out-dir {params.out_dir:q} --num-proc {threads} > {log:q} 2>&1"
+        "nanogpt prepare {params.args} --source {input:q} --out-dir {params.out_dir:q} --num-proc {threads} "
+        "> {log:q} 2>&1"
