@@ -481,7 +481,8 @@ class EvalSettings:
         return tuple(self.splits.split(","))
 
 
-DATASET_KEYS = ("source", "hf", "files", "path", "tokenizer", "val_fraction", "seed", "dtype", "text_column")
+DATASET_KEYS = ("source", "hf", "files", "path", "tokenizer", "val_fraction", "seed", "dtype", "text_column", "raw_text",
+                "vocab_from")
 # A `path:` file with one of these endings is a corpus of documents (read like `files:`); any other file is one
 # text, split by characters like a `source:` text.
 CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
@@ -524,6 +525,8 @@ class DatasetSettings:
     seed: int
     dtype: str | None = None
     text_column: str = "text"
+    raw_text: bool = False  # a text's bytes as they are: CRLF, lone CR and a BOM stay characters
+    vocab_from: tuple[str, ...] = ()  # char datasets whose characters this one's vocabulary also holds
 
     def __post_init__(self) -> None:
         where = f"datasets.{self.name}"
@@ -539,6 +542,13 @@ class DatasetSettings:
             raise ConfigError(f"{where}.dtype={self.dtype!r}: expected uint16, uint32 or null")
         if not isinstance(self.text_column, str):
             raise ConfigError(f"{where}.text_column={self.text_column!r}: expected a column name")
+        if not isinstance(self.raw_text, bool) or (self.raw_text and not self.is_text):
+            raise ConfigError(f"{where}.raw_text={self.raw_text!r}: expected true or false, on a text dataset")
+        names = self.vocab_from
+        if not isinstance(names, tuple) or not all(isinstance(n, str) and n != self.name for n in names) or (
+                names and self.tokenizer != "char"):
+            raise ConfigError(f"{where}.vocab_from={list(names) if isinstance(names, tuple) else names!r}: expected "
+                              "a list of other char datasets' names, on a char dataset (tokenizer: char)")
 
     @property
     def is_text(self) -> bool:
@@ -575,7 +585,11 @@ def check_dataset(spec: dict, name: str) -> DatasetSettings:
         raise ConfigError(f"{where}.{kinds[0]}={spec[kinds[0]]!r}: expected a mapping")
     kind = dataset_kind(spec)
     defaults = TEXT_DEFAULTS if kind in ("source", "text") else CORPUS_DEFAULTS
-    settings = {k: spec[k] for k in ("tokenizer", "val_fraction", "seed", "dtype", "text_column") if k in spec}
+    settings = {k: spec[k] for k in ("tokenizer", "val_fraction", "seed", "dtype", "text_column", "raw_text")
+                if k in spec}
+    if "vocab_from" in spec:
+        names = spec["vocab_from"]
+        settings["vocab_from"] = tuple(names) if isinstance(names, list) else names
     return DatasetSettings(name=name, kind=kind, **defaults | settings)
 
 

@@ -147,7 +147,7 @@ def _initial_model(run: RunConfig, meta: dict, log, mirror: str | None = None) -
             f"init_from={source!r}: expected scratch, resume, one of {', '.join(PRETRAINED_NAMES)}, "
             "a local Hugging Face GPT-2 directory, or a .pt checkpoint"
         )
-    rows = vocab_remap(model_tok, meta["tokenizer"], f"init_from={source!r}")
+    rows = vocab_remap(model_tok, meta["tokenizer"], f"init_from={source!r}", dataset=meta.get("dataset"))
     if rows is not None:
         log(f"the dataset's {len(rows)} characters are all in the model's vocabulary of {model.config.vocab_size}: "
             "its embedding rows are reordered to the dataset's ids")

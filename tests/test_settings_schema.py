@@ -28,7 +28,8 @@ from nanogpt.config import (
 )
 from nanogpt.pipeline import Pipeline
 
-JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "NoneType": "null"}
+JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "NoneType": "null",
+              "tuple[str, ...]": "array"}
 
 
 def json_type(annotation: str) -> set[str]:
