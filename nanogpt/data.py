@@ -198,11 +198,10 @@ def split_warnings(meta: dict) -> list[str]:
     warnings = []
     name, val = meta.get("dataset"), meta["val_tokens"]
     if val < batch_size * block_size:
-        blocks = f"{val / block_size:.2g} of the default block_size {block_size}"
         warnings.append(f"datasets.{name}: the validation split has {val:,} tokens, fewer than one evaluation batch "
-                        f"(batch_size x block_size = {batch_size} x {block_size} = {batch_size * block_size:,} tokens "
-                        f"by default; {blocks}): its loss is noisy and runs with a block_size of {val} or more cannot "
-                        "evaluate; expected a larger val_fraction or more text")
+                        f"of the default batch_size x block_size ({batch_size} x {block_size} = "
+                        f"{batch_size * block_size:,}): its loss is noisy, and a run with block_size {val} or more "
+                        "cannot evaluate on it; expected a larger val_fraction or more text")
     if meta.get("val_documents") == 1:
         warnings.append(f"datasets.{name}: the validation split is a single document (of {1 + meta['train_documents']:,}): "
                         "its loss measures that one text; expected a larger val_fraction or more documents")

@@ -12,7 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BIN, REPO, SHAKESPEARE_SHA256, SHAKESPEARE_URL, make_pipeline, run_snakemake, tiny_config
+from conftest import (
+    BIN,
+    REPO,
+    SHAKESPEARE_SHA256,
+    SHAKESPEARE_URL,
+    make_pipeline,
+    run_snakemake,
+    tiny_config,
+    write_config,
+)
 from nanogpt.data import normalize_text, split_warnings
 from nanogpt.errors import ConfigError
 from nanogpt.pipeline import Pipeline
@@ -197,16 +206,18 @@ def test_vocab_from_is_checked_before_any_job(tmp_path, monkeypatch):
 
 def test_the_refusal_names_the_shared_vocabulary_remedy():
     model = {"kind": "char", "chars": list("abc")}
-    with pytest.raises(ConfigError, match=r"give the model's training dataset `vocab_from: \[greek\]` and train it"):
-        vocab_remap(model, {"kind": "char", "chars": list("aλ")}, "init_from='base'", dataset="greek")
+    with pytest.raises(ConfigError, match=r"or give datasets.english `vocab_from: \[greek\]` and train the model again"):
+        vocab_remap(model, {"kind": "char", "chars": list("aλ")}, "init_from='base'", dataset="greek",
+                    model_dataset="english")
 
 
 def test_a_char_model_finetunes_on_new_characters_with_a_shared_vocabulary(tmp_path):
-    """The base text has no Greek; its dataset takes the finetune text's characters (vocab_from), so the base
-    model's vocabulary holds them and the finetune on the Greek text trains, through snakemake."""
+    """The base text has no Greek: the finetune on a Greek text is refused with the remedy, and taken: the base
+    dataset takes the Greek text's characters (vocab_from), so the base model's vocabulary holds them and the
+    finetune trains, through snakemake."""
     work = tmp_path / "pipeline"
     config = tiny_config()
-    config["datasets"] = {"english": {"path": "english.txt", "vocab_from": ["greek"]}, "greek": {"path": "greek.txt"}}
+    config["datasets"] = {"english": {"path": "english.txt"}, "greek": {"path": "greek.txt"}}
     config["runs"] = {"base": {**tiny_config()["runs"]["tiny"], "dataset": "english"},
                       "ft": {**tiny_config()["runs"]["tiny"], "dataset": "greek", "init_from": "base"}}
     config["runs"]["ft"]["train"] = {**config["runs"]["ft"]["train"], "max_iters": 4, "lr_decay_iters": 4,
@@ -216,6 +227,11 @@ def test_a_char_model_finetunes_on_new_characters_with_a_shared_vocabulary(tmp_p
     make_pipeline(work, config)
     (work / "english.txt").write_text(SHAKESPEARE.read_text()[:4000])
     (work / "greek.txt").write_text("\n".join(LINES[2:3] * 60) + "\n", encoding="utf-8")
+    refused = run_snakemake(work, check=False)
+    assert refused.returncode != 0
+    assert "or give datasets.english `vocab_from: [greek]` and train the model again" in refused.stderr
+    config["datasets"]["english"]["vocab_from"] = ["greek"]
+    write_config(work, config)
     run_snakemake(work)
     english, greek = (json.loads((work / f"results/data/{n}/meta.json").read_text()) for n in ("english", "greek"))
     assert set(greek["tokenizer"]["chars"]) - set(SHAKESPEARE.read_text()[:4000])  # new characters ...
