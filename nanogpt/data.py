@@ -7,6 +7,10 @@ A dataset entry in config.yaml::
       tokenizer: char          # char | gpt2
       val_fraction: 0.1        # the last 10% of the text is the validation split, as in nanoGPT
 
+A text is read as nanoGPT reads it (Python's text mode): CRLF and lone CR line ends become \\n and a leading UTF-8
+BOM is dropped, unless `raw_text: true`; `vocab_from: [other, ...]` makes a char vocabulary hold the characters of
+other char datasets too, so that a model trained on this one can be finetuned on them.
+
 The .bin files are flat arrays of token ids (uint16, or uint32 when a vocabulary needs it, recorded in
 meta.json) that training reads through memmaps.
 """
