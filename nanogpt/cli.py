@@ -22,7 +22,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from nanogpt import paths
-from nanogpt.config import TEXT_DEFAULTS, EvalSettings, SampleSettings, suggest
+from nanogpt.config import CORPUS_DEFAULTS, TEXT_DEFAULTS, EvalSettings, SampleSettings, suggest
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.runlock import LOCK_NAME
 
@@ -127,18 +127,28 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     # Preparing data needs no torch, but `datasets` imports it when installed (+185 MB, +1 s per process):
     # its documented switch keeps it out of this process and the tokenizer workers forked from it.
     os.environ.setdefault("USE_TORCH", "0")
-    from nanogpt.data import prepare
+    from nanogpt.config import check_dataset
+    from nanogpt.data import describe_normalization, prepare, prepare_path, split_warnings
 
     if args.text:  # no config: the file itself, as a `path:` dataset named after its folder
         given = {"tokenizer": args.tokenizer, "val_fraction": args.val_fraction}
         name, spec = Path(args.out_dir).name, {"path": args.text, **{k: v for k, v in given.items() if v is not None}}
-        args.source = args.text
+        meta = prepare_path(spec, args.out_dir, num_proc=args.num_proc, mirror=args.mirror, name=name,
+                            vocab_metas=args.vocab_meta)
     else:
         name, spec = _entry(args, "datasets")
-    if not args.source:
-        raise ConfigError("give --source (the downloaded source of a config entry) or --text FILE")
-    meta = prepare(spec, args.source, args.out_dir, num_proc=args.num_proc, mirror=args.mirror, name=name)
+        if not args.source:
+            raise ConfigError("give --source (the downloaded source of a config entry) or --text FILE")
+        meta = prepare(spec, args.source, args.out_dir, num_proc=args.num_proc, mirror=args.mirror, name=name,
+                       vocab_metas=args.vocab_meta)
     print(f"{name}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, vocab {meta['vocab_size']}")
+    note = describe_normalization(meta, check_dataset(spec, name))
+    if note:
+        print(f"{name}: {note}")
+    if meta.get("vocab_from"):
+        print(f"{name}: the vocabulary also holds the characters of {', '.join(meta['vocab_from'])}")
+    for warning in split_warnings(meta):
+        print(f"nanogpt prepare: warning: {warning}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -391,11 +401,17 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
                         formatter_class=_HelpFormatter)
     _entry_args(sp)
     sp.add_argument("--source", help="the downloaded source (file or folder)")
-    sp.add_argument("--text", help="your own text file instead of a config entry (split by --val-fraction)")
+    sp.add_argument("--text", help="your own data instead of a config entry, as a `path:` entry takes it: a text "
+                    "file, or a .jsonl/.parquet/.csv file, a folder or a glob of documents")
     sp.add_argument("--tokenizer", choices=("char", "gpt2"),
-                    help=f"with --text: the tokenizer (default: {TEXT_DEFAULTS['tokenizer']})")
+                    help=f"with --text: the tokenizer (default: {TEXT_DEFAULTS['tokenizer']} for a text, "
+                    f"{CORPUS_DEFAULTS['tokenizer']} for documents)")
     sp.add_argument("--val-fraction", type=float,
-                    help=f"with --text: the share kept for validation (default: {TEXT_DEFAULTS['val_fraction']})")
+                    help=f"with --text: the share kept for validation (default: {TEXT_DEFAULTS['val_fraction']} of a "
+                    f"text, {CORPUS_DEFAULTS['val_fraction']} of the documents)")
+    sp.add_argument("--vocab-meta", nargs="*", metavar="META",
+                    help="the meta.json of each of the entry's vocab_from datasets, in order (default: "
+                    f"{paths.META.format(dataset='NAME')} of each)")
     sp.add_argument("--out-dir", required=True, help="folder for train.bin, val.bin and meta.json")
     sp.add_argument("--num-proc", type=int, default=1, help="tokenizer worker processes")
     sp.set_defaults(func=cmd_prepare)

@@ -27,12 +27,15 @@ from typing import Any
 from nanogpt.errors import ConfigError
 from nanogpt.settings import (  # noqa: F401  (re-exported: the settings are part of a run's configuration)
     ARCHS,
+    CORPUS_DEFAULTS,
     DTYPES,
     MAX_NEW_TOKENS_LIMIT,
     MAX_NUM_SAMPLES,
     MUON_ADJUST_LR,
     OPTIMIZERS,
     RUN_SECTIONS,
+    TEXT_DEFAULTS,
+    DatasetSettings,
     EvalSettings,
     GPTConfig,
     LaunchSettings,
@@ -180,7 +183,7 @@ def _hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-DATASET_KEYS = ("source", "hf", "files", "path", "tokenizer", "val_fraction", "seed", "dtype", "text_column")
+DATASET_KEYS = ("source", "hf", "files", "path", *(f.name for f in fields(DatasetSettings) if f.name not in ("name", "kind")))
 # A `path:` file with one of these endings is a corpus of documents (read like `files:`); any other file is one
 # text, split by characters like a `source:` text.
 CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
@@ -203,51 +206,6 @@ def as_files_spec(spec: dict) -> dict:
         found = [str(spec["path"])]
     return {**{k: v for k, v in spec.items() if k != "path"}, "files": {"paths": found}}
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-
-
-# A dataset's settings, one default each, by what it holds: nanoGPT's prepare scripts split one text 90/10 by
-# characters (shakespeare_char), and hold out 0.05% of a corpus's documents, drawn with seed 2357 (openwebtext).
-TEXT_DEFAULTS = {"tokenizer": "char", "val_fraction": 0.1, "seed": 0}
-CORPUS_DEFAULTS = {"tokenizer": "gpt2", "val_fraction": 0.0005, "seed": 2357}
-
-
-@dataclass(frozen=True)
-class DatasetSettings:
-    """How a dataset is tokenized and split, checked when made (its source stays in the entry: source, hf,
-    files or path). `kind`: source | text (one text, split by characters) | hf | files | corpus (documents)."""
-
-    name: str
-    kind: str
-    tokenizer: str
-    val_fraction: float
-    seed: int
-    dtype: str | None = None
-    text_column: str = "text"
-
-    def __post_init__(self) -> None:
-        where = f"datasets.{self.name}"
-        tokenizers = ("char", "gpt2") if self.is_text else ("gpt2",)
-        if self.tokenizer not in tokenizers:
-            raise ConfigError(f"{where}.tokenizer={self.tokenizer!r}: expected one of {', '.join(tokenizers)}")
-        fraction = self.val_fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
-            raise ConfigError(f"{where}.val_fraction={fraction!r}: expected a number between 0 and 1")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"{where}.seed={self.seed!r}: expected an integer in [0, 2**32)")
-        if self.dtype not in (None, "uint16", "uint32"):
-            raise ConfigError(f"{where}.dtype={self.dtype!r}: expected uint16, uint32 or null")
-        if not isinstance(self.text_column, str):
-            raise ConfigError(f"{where}.text_column={self.text_column!r}: expected a column name")
-
-    @property
-    def is_text(self) -> bool:
-        """One text split by characters (a downloaded `source:` or a local text file), not documents."""
-        return self.kind in ("source", "text")
-
-    @classmethod
-    def for_text(cls, name: str = "dataset", **settings: Any) -> DatasetSettings:
-        """A text dataset's settings: TEXT_DEFAULTS where `settings` leave them out (None counts as left out)."""
-        return cls(name=name, kind="text", **TEXT_DEFAULTS | {k: v for k, v in settings.items() if v is not None})
 
 
 def check_dataset(spec: dict, name: str) -> DatasetSettings:
@@ -274,7 +232,10 @@ def check_dataset(spec: dict, name: str) -> DatasetSettings:
         raise ConfigError(f"{where}.{kinds[0]}={spec[kinds[0]]!r}: expected a mapping")
     kind = dataset_kind(spec)
     defaults = TEXT_DEFAULTS if kind in ("source", "text") else CORPUS_DEFAULTS
-    settings = {k: spec[k] for k in ("tokenizer", "val_fraction", "seed", "dtype", "text_column") if k in spec}
+    settings = {k: spec[k] for k in DATASET_KEYS[4:] if k in spec}
+    if "vocab_from" in spec:
+        names = spec["vocab_from"]
+        settings["vocab_from"] = tuple(names) if isinstance(names, list) else names
     return DatasetSettings(name=name, kind=kind, **defaults | settings)
 
 

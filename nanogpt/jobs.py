@@ -147,6 +147,12 @@ class Jobs:
         mirror = self.p.config.get("mirror")
         return shlex.join(["--mirror", str(mirror)]) if mirror else ""
 
+    @staticmethod
+    def vocab_meta_arg(metas: list[str]) -> Untracked:
+        """`--vocab-meta META...` for a dataset with `vocab_from`, else nothing: untracked, as those files are the
+        prepare step's tracked inputs (and a dataset without them keeps the parameters it was prepared with)."""
+        return Untracked(shlex.join(["--vocab-meta", *metas]) if metas else "")
+
     def _step_args(self, spec: str, *args: str) -> Untracked:
         """One job's arguments, as every entry's step takes them: its resolved settings as `--spec` JSON, then
         its own (name, folders), then the mirror; untracked (each rule tracks the settings that decide its output

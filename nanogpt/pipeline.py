@@ -114,6 +114,31 @@ class Pipeline:
             return str(self.dataset(name)["path"])
         return (paths.SOURCE_TXT if kind == "source" else paths.SOURCE_JSON).format(dataset=name)
 
+    def vocab_metas(self, name: str) -> list[str]:
+        """The meta.json of each dataset whose characters this one's vocabulary holds (`vocab_from`): inputs of its
+        prepare step, so they are prepared first and preparing one again prepares this one again."""
+        names = self.dataset(name).get("vocab_from") or []
+        return [paths.META.format(dataset=other) for other in names]
+
+    def _check_vocab_from(self, name: str) -> None:
+        """`vocab_from` names other char datasets, and no chain of them leads back to this one."""
+        seen, todo = [name], list(self.datasets()[name].get("vocab_from") or [])
+        while todo:
+            other = todo.pop(0)
+            if other not in self.datasets():
+                raise ConfigError(f"datasets.{seen[-1]}.vocab_from: {other!r} is not a dataset, expected one of "
+                                  f"{sorted(self.datasets())}")
+            if other == name:
+                raise ConfigError(f"datasets.{name}.vocab_from: a cycle ({' -> '.join([*seen, other])}): expected "
+                                  "datasets that do not take their characters from this one")
+            spec = self.datasets()[other]
+            if check_dataset(spec, other).tokenizer != "char":
+                raise ConfigError(f"datasets.{seen[-1]}.vocab_from: {other!r} is not a char dataset: expected "
+                                  "datasets with tokenizer: char")
+            if other not in seen:
+                seen.append(other)
+                todo += spec.get("vocab_from") or []
+
     def data_files(self, name: str) -> dict[str, str]:
         return {"train": paths.TRAIN_BIN.format(dataset=name), "val": paths.VAL_BIN.format(dataset=name),
                 "meta": paths.META.format(dataset=name)}
@@ -265,6 +290,8 @@ class Pipeline:
         for name, spec in self.datasets().items():
             check_dataset(spec, name)
             self._check_local_path(name, spec)
+        for name in self.datasets():
+            self._check_vocab_from(name)
         self.check_sweeps()
         for name in self.runs():
             run = self.run(name)

@@ -15,6 +15,9 @@ from dataclasses import fields
 from typing import Any
 
 from nanogpt.settings import (
+    CORPUS_DEFAULTS,
+    TEXT_DEFAULTS,
+    DatasetSettings,
     EvalSettings,
     LaunchSettings,
     ModelSettings,
@@ -46,6 +49,8 @@ def setting_schema(f: Any, kind: Any) -> dict:
     out: dict = {}
     if d.choices is not None:
         out["enum"] = [*d.choices, *([None] if type(None) in kinds else [])]
+    elif typing.get_origin(kind) is tuple:
+        out.update(type="array", items={"type": JSON_TYPES[kinds[0]]})
     else:
         names = [JSON_TYPES[k] for k in kinds]
         out["type"] = names[0] if len(names) == 1 else names
@@ -85,11 +90,7 @@ DATASET = {
             "paths": {"type": "array", "minItems": 1, "items": {"type": "string"},
                       "description": "files or globs, relative to the workdir"},
         }},
-        "text_column": {"type": "string"},
-        "tokenizer": {"enum": ["char", "gpt2"]},
-        "val_fraction": {"type": "number"},
-        "seed": {"type": "integer"},
-        "dtype": {"enum": ["uint16", "uint32", None]},
+        **settings_block(DatasetSettings, skip=("name", "kind"))["properties"],
     },
 }
 
@@ -204,6 +205,8 @@ def check_against_schema(config: dict) -> None:
 
 
 SECTIONS_DOC = (
+    ("datasets.NAME", DatasetSettings, "how a dataset is tokenized and split (besides its source: `source`, `hf`, "
+                                       "`files` or `path`)"),
     ("runs.NAME.model", ModelSettings, "the model's shape"),
     ("runs.NAME.train", TrainSettings, "training: nanoGPT's train.py options"),
     ("runs.NAME.launch", LaunchSettings, "how torchrun starts the run"),
@@ -224,9 +227,14 @@ def settings_markdown() -> str:
                   "| setting | default | allowed | weights | meaning |", "| --- | --- | --- | --- | --- |"]
         types = field_types(cls)
         for f in fields(cls):
+            if f.name in ("name", "kind"):
+                continue
             d = declared(f)
             default = default_of(f)
-            shown = "required" if default is dataclasses.MISSING else f"`{show_default(default)}`"
+            if cls is DatasetSettings and default is dataclasses.MISSING:
+                shown = f"text: `{TEXT_DEFAULTS[f.name]}`, corpus: `{CORPUS_DEFAULTS[f.name]}`"
+            else:
+                shown = "required" if default is dataclasses.MISSING else f"`{show_default(default)}`"
             if cls in (ModelSettings, TrainSettings):
                 weights = "yes" if d.trajectory and d.used_with is None else \
                     f"with {d.used_with[0]}: {d.used_with[1]}" if d.trajectory else "no"

@@ -100,8 +100,12 @@ def expected(d: Declared, kind: Any) -> str:
         return f"one of {', '.join(_show(c) for c in d.choices)}{orn}"
     if typing.get_args(kind) == () and kind is bool:
         return "true or false"
+    if typing.get_origin(kind) is tuple:
+        return "a list of names"
     if d.pattern is not None:
         return f"{d.shape or 'a string matching ' + d.pattern}{orn}"
+    if str in (typing.get_args(kind) or (kind,)):
+        return f"text{orn}"
     integer = int in (typing.get_args(kind) or (kind,))
     noun = "an integer" if integer else "a number"
     low, high = d.ge if d.ge is not None else d.gt, d.le if d.le is not None else d.lt
@@ -329,6 +333,70 @@ class EvalSettings:
         return tuple(self.splits.split(","))
 
 
+def _per_kind(help: str, **declared: Any) -> dict:
+    """A dataset setting whose default depends on what the dataset holds (TEXT_DEFAULTS, CORPUS_DEFAULTS)."""
+    return {"declared": Declared(help, **declared)}
+
+
+# A dataset's settings, one default each, by what it holds: nanoGPT's prepare scripts split one text 90/10 by
+# characters (shakespeare_char), and hold out 0.05% of a corpus's documents, drawn with seed 2357 (openwebtext).
+TEXT_DEFAULTS = {"tokenizer": "char", "val_fraction": 0.1, "seed": 0}
+CORPUS_DEFAULTS = {"tokenizer": "gpt2", "val_fraction": 0.0005, "seed": 2357}
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    """How a dataset is tokenized and split, checked when made (its source stays in the entry: source, hf,
+    files or path). `kind`: source | text (one text, split by characters) | hf | files | corpus (documents)."""
+
+    name: str
+    kind: str
+    tokenizer: str = field(metadata=_per_kind("char (one character per token) or gpt2 (GPT-2 BPE)",
+                                              choices=("char", "gpt2")))
+    val_fraction: float = field(metadata=_per_kind("the share held out for validation (a text: its last "
+                                                   "characters; a corpus: whole documents)", gt=0, lt=1))
+    seed: int = field(metadata=_per_kind("seed of the documents drawn for validation", ge=0, lt=2**32))
+    dtype: str | None = setting(None, "token dtype of train.bin/val.bin (null: uint16 when the vocabulary fits)",
+                                choices=("uint16", "uint32"))
+    text_column: str = setting("text", "a corpus's column (or JSON key) holding the text")
+    raw_text: bool = setting(False, "a text's bytes as they are (false: CRLF and lone CR line ends become \\n, a "
+                                    "UTF-8 BOM is dropped)")
+    vocab_from: tuple[str, ...] = setting((), "char datasets whose characters this dataset's vocabulary also holds "
+                                              "(to finetune its model on them)")
+
+    def __post_init__(self) -> None:
+        where = f"datasets.{self.name}"
+        tokenizers = ("char", "gpt2") if self.is_text else ("gpt2",)
+        if self.tokenizer not in tokenizers:
+            raise ConfigError(f"{where}.tokenizer={self.tokenizer!r}: expected one of {', '.join(tokenizers)}")
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, int | float):
+            raise ConfigError(f"{where}.val_fraction={self.val_fraction!r}: expected a number in (0, 1)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"{where}.seed={self.seed!r}: expected an integer")
+        check_fields(self, where)
+        if not isinstance(self.text_column, str):
+            raise ConfigError(f"{where}.text_column={self.text_column!r}: expected a column name")
+        if not isinstance(self.raw_text, bool) or (self.raw_text and not self.is_text):
+            raise ConfigError(f"{where}.raw_text={self.raw_text!r}: expected true or false, on a text dataset")
+        names = self.vocab_from
+        if not isinstance(names, tuple) or not all(isinstance(n, str) and n != self.name for n in names) or (
+                names and self.tokenizer != "char"):
+            raise ConfigError(f"{where}.vocab_from={list(names) if isinstance(names, tuple) else names!r}: expected "
+                              "a list of other char datasets' names, on a char dataset (tokenizer: char)")
+
+    @property
+    def is_text(self) -> bool:
+        """One text split by characters (a downloaded `source:` or a local text file), not documents."""
+        return self.kind in ("source", "text")
+
+    @classmethod
+    def for_text(cls, name: str = "dataset", **settings: Any) -> DatasetSettings:
+        """A text dataset's settings: TEXT_DEFAULTS where `settings` leave them out (None counts as left out)."""
+        return cls(name=name, kind="text", **TEXT_DEFAULTS | {k: v for k, v in settings.items() if v is not None})
+
+
+
+
 # A run entry's settings sections, in the order `nanogpt train --help` lists them.
 RUN_SECTIONS: dict[str, type] = {"model": ModelSettings, "train": TrainSettings, "launch": LaunchSettings}
 
@@ -353,4 +421,6 @@ def show_default(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, str) and not value.isprintable():
         return repr(value)
+    if isinstance(value, tuple):
+        return str(list(value))
     return str(value)

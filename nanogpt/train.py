@@ -138,16 +138,19 @@ def _initial_model(run: RunConfig, meta: dict, log, mirror: str | None = None) -
         from nanogpt.pretrained import load_pretrained
 
         model, model_tok = load_pretrained(source, dropout=run.model.dropout, mirror=mirror), {"kind": "gpt2"}
+        model_dataset = None
     elif source.endswith(".pt"):
         ckpt = ckpt_io.load(source)
         model = ckpt_io.model_from_checkpoint(ckpt, dropout=run.model.dropout)
         model_tok = (ckpt.get("dataset_meta") or {}).get("tokenizer")
+        model_dataset = (ckpt.get("dataset_meta") or {}).get("dataset")
     else:
         raise ConfigError(
             f"init_from={source!r}: expected scratch, resume, one of {', '.join(PRETRAINED_NAMES)}, "
             "a local Hugging Face GPT-2 directory, or a .pt checkpoint"
         )
-    rows = vocab_remap(model_tok, meta["tokenizer"], f"init_from={source!r}")
+    rows = vocab_remap(model_tok, meta["tokenizer"], f"init_from={source!r}", dataset=meta.get("dataset"),
+                       model_dataset=model_dataset if isinstance(model_dataset, str) else None)
     if rows is not None:
         log(f"the dataset's {len(rows)} characters are all in the model's vocabulary of {model.config.vocab_size}: "
             "its embedding rows are reordered to the dataset's ids")

@@ -37,7 +37,8 @@ from nanogpt.settings import (
     show_default,
 )
 
-JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "NoneType": "null"}
+JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "NoneType": "null",
+              "tuple[str, ...]": "array"}
 
 
 def json_type(annotation: str) -> set[str]:
