@@ -265,6 +265,35 @@ def _interactive(model, tok, settings: SampleSettings, placement) -> None:
     interactive(model, tok, settings, placement, prompts(), _terminal, report)
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from nanogpt.config import resolve_sample
+    from nanogpt.runtime import place
+    from nanogpt.sample import load_model_and_tokenizer
+    from nanogpt.serve import REQUEST_TOKENS_MAX, make_server
+
+    args.spec = None
+    source, given = _model_and_settings(args, SAMPLE_KEYS)
+    given.setdefault("num_samples", 1)
+    path = next(iter(source.values()))
+    settings = resolve_sample({"model": path, **given}, "serve")
+    if settings.num_samples * settings.max_new_tokens > REQUEST_TOKENS_MAX:
+        raise ConfigError(f"--num-samples {settings.num_samples} x --max-new-tokens {settings.max_new_tokens}: "
+                          f"expected at most {REQUEST_TOKENS_MAX} tokens per request")
+    with _gpu_slot(settings.device):
+        model, tok = load_model_and_tokenizer(path, meta_path=args.meta, mirror=args.mirror)
+        server = make_server(model, tok, settings, place(settings.device, settings.dtype, model.config.n_embd),
+                             args.host, args.port)
+        host, port = server.server_address[:2]
+        print(f"nanogpt serve: {path} on http://{host}:{port} (POST /generate {{\"prompt\": ...}}; Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from nanogpt.config import resolve_eval
 
@@ -506,6 +535,24 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=cmd_sample)
 
 
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("serve", help="answer POST /generate over HTTP (a minimal endpoint; stdlib only)",
+                        formatter_class=_HelpFormatter)
+    _model_source_args(sp, "model.pt of a run, a nanoGPT ckpt.pt, or a run folder")
+    sp.add_argument("--meta", help="the dataset's meta.json, or nanoGPT's meta.pkl, when the checkpoint lacks it")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (another than 127.0.0.1 lets other "
+                                                        "machines in: there is no authentication)")
+    sp.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed)")
+    _setting(sp, "--max-new-tokens", SAMPLE.max_new_tokens, "a request's default tokens per sample", type=int)
+    _setting(sp, "--num-samples", 1, "a request's default number of samples", type=int)
+    _setting(sp, "--temperature", SAMPLE.temperature, "a request's default temperature", type=float)
+    _setting(sp, "--top-k", SAMPLE.top_k, "a request's default top-k ('none': all)", type=_optional_int)
+    _setting(sp, "--seed", SAMPLE.seed, "a request's default seed", type=int)
+    _setting(sp, "--device", SAMPLE.device, "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
+    _setting(sp, "--dtype", SAMPLE.dtype, "float32, bfloat16, float16, or auto")
+    sp.set_defaults(func=cmd_serve)
+
+
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
     _model_source_args(sp, "model.pt of a run, or a nanoGPT ckpt.pt")
     _step_spec_args(sp, "evaluation")
@@ -630,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_train_command(sub)
     add_sample_command(sub)
+    add_serve_command(sub)
     sp = sub.add_parser("eval", help="loss of a run or a pretrained GPT-2 on a prepared dataset",
                         formatter_class=_HelpFormatter)
     add_eval_arguments(sp)

@@ -115,7 +115,7 @@ def generate_samples(model: GPT, tok: Tokenizer, settings: SampleSettings, place
         if write is not None and i:
             write(SEPARATOR)
         stream = TextStream(tok, write, ids, echo=True) if write is not None else None
-        samples.append(tok.decode(_continue(model, ids, s, placement, generator, stream, use_cache)))
+        samples.append(tok.decode(draw_continuation(model, ids, s, placement, generator, stream, use_cache)))
     elapsed = time.perf_counter() - t0
     return samples, s.num_samples * s.max_new_tokens / elapsed
 
@@ -127,7 +127,7 @@ def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
     return ids
 
 
-def _continue(model: GPT, ids: list[int], s: SampleSettings, placement: Placement, generator: torch.Generator,
+def draw_continuation(model: GPT, ids: list[int], s: SampleSettings, placement: Placement, generator: torch.Generator,
               stream: TextStream | None, use_cache: bool = True) -> list[int]:
     """The prompt's ids and `max_new_tokens` drawn after them (each written to `stream` as it comes)."""
     x = torch.tensor(ids, dtype=torch.long, device=placement.device)[None, :]
@@ -194,7 +194,7 @@ def interactive(model: GPT, tok: Tokenizer, settings: SampleSettings, placement:
             continue
         for _ in range(settings.num_samples):
             try:
-                _continue(model, ids, settings, placement, generator, TextStream(tok, write, ids, echo=False))
+                draw_continuation(model, ids, settings, placement, generator, TextStream(tok, write, ids, echo=False))
             except KeyboardInterrupt:
                 write("\n")
                 break

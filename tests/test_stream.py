@@ -90,6 +90,28 @@ def test_bpe_stream_equals_plain_samples_with_the_model(bpe_model, mirror_env):
     assert "".join(pieces) == SEPARATOR.join(plain)
 
 
+def test_stream_from_an_export_a_local_gpt2_folder_and_gpt2(char_model, tmp_path, capsys, mirror_env, monkeypatch):
+    """Every model source streams the plain samples: an HF export (char tokenizer), a local HF GPT-2 folder and
+    `gpt2` from the mirror (tiny random stand-ins, GPT-2 BPE: their 512-token vocabulary is mostly single bytes,
+    so most characters arrive in pieces)."""
+    from test_pretrained import tiny_hf
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt, _, _ = char_model
+    export = tmp_path / "hf"
+    assert cli_main(["export", "--checkpoint", str(ckpt), "--out", str(export)]) == 0
+    tiny_hf(mirror_env / "gpt2")
+    sources = {"export": (["--checkpoint", str(export)], "ROMEO:"),
+               "hf_dir": (["--init-from", str(mirror_env / "gpt2")], "a"),
+               "gpt2": (["--init-from", "gpt2"], "a")}
+    for name, (source, start) in sources.items():
+        base = [*source, "--start", start, "--num-samples", "2", "--max-new-tokens", "30", "--device", "cpu",
+                "--dtype", "float32", "--temperature", "2.0", "--top-k", "none"]
+        plain, _ = sample_cli(capsys, *base)
+        streamed, _ = sample_cli(capsys, *base, "--stream")
+        assert streamed == plain and plain.count(SEPARATOR) == 1 and plain.startswith(start), name
+
+
 def test_stream_is_seen_before_generation_ends(char_model):
     """The first text arrives through a pipe while the process is still generating: not at its end."""
     ckpt, _, _ = char_model
