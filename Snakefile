@@ -6,6 +6,7 @@ from nanogpt import paths
 from nanogpt.config import NAME_PATTERN
 from nanogpt.fileio import check_config_files
 from nanogpt.jobs import Jobs
+from nanogpt.outputs import print_outputs
 from nanogpt.pipeline import Pipeline, coerce_config_overrides, setup_rule_environment
 
 min_version("9.0")
@@ -55,3 +56,7 @@ rule all:
     """What config.yaml's `targets` name: runs, samples, evals, and the summary."""
     input:
         P.target_files(),
+
+
+onsuccess:
+    print_outputs(workflow)  # the model, sample, curve and summary files of what was built

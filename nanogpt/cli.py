@@ -197,7 +197,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     source, given = _model_and_settings(args, SAMPLE_KEYS)
     path = next(iter(source.values()))
+    if args.interactive and "num_samples" not in given:
+        given["num_samples"] = 1  # one continuation per prompt unless asked
     settings = resolve_sample({"model": path, **given}, f"samples.{args.name}" if args.name else "sample")
+    if args.out and (args.stream or args.interactive):
+        raise ConfigError(f"--out {args.out!r} with --{'interactive' if args.interactive else 'stream'}: expected "
+                          "one of them (--stream and --interactive write to the terminal)")
     with _gpu_slot(settings.device):
         _sample(args, path, settings)
 
@@ -214,8 +219,14 @@ def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> 
     from nanogpt.sample import generate_samples, load_model_and_tokenizer, write_samples
 
     model, tok = load_model_and_tokenizer(source, meta_path=args.meta, mirror=args.mirror)
-    samples, tps = generate_samples(model, tok, settings, place(settings.device, settings.dtype, model.config.n_embd))
-    if args.out:
+    placement = place(settings.device, settings.dtype, model.config.n_embd)
+    if args.interactive:
+        _interactive(model, tok, settings, placement)
+        return
+    samples, tps = generate_samples(model, tok, settings, placement, write=_terminal if args.stream else None)
+    if args.stream:
+        _terminal("\n")
+    elif args.out:
         write_samples(args.out, samples)
         from nanogpt.sample import add_samples_to_tensorboard
 
@@ -224,7 +235,72 @@ def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> 
         from nanogpt.sample import SEPARATOR
 
         print(SEPARATOR.join(samples))
-    print(f"{settings.num_samples} samples, {tps:.1f} tokens/s", file=sys.stderr)
+    print(f"{settings.num_samples} samples, {tps:.1f} tokens/s (seed {settings.seed}: the same settings draw the "
+          "same samples; another seed draws others)", file=sys.stderr)
+
+
+def _terminal(text: str) -> None:
+    """Streamed text, shown as it comes even through a pipe."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _interactive(model, tok, settings: SampleSettings, placement) -> None:
+    """Prompts read from stdin one line at a time, each answered as it is generated, until EOF (Ctrl-D)."""
+    from nanogpt.sample import interactive
+
+    tty = sys.stdin.isatty()
+    if tty:
+        print("type a prompt and Enter (FILE:path reads one from a file); Ctrl-C stops a continuation, Ctrl-D quits",
+              file=sys.stderr)
+
+    def prompts() -> Iterator[str]:
+        while True:
+            if tty:
+                try:
+                    line = input("> ")
+                except (EOFError, KeyboardInterrupt):
+                    print(file=sys.stderr)
+                    return
+            else:
+                line = sys.stdin.readline()
+                if not line:  # EOF
+                    return
+            yield line.rstrip("\r\n")
+
+    def report(message: str) -> None:
+        print(f"nanogpt sample: error: {' '.join(message.split())}", file=sys.stderr)
+
+    interactive(model, tok, settings, placement, prompts(), _terminal, report)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from nanogpt.config import resolve_sample
+    from nanogpt.runtime import place
+    from nanogpt.sample import load_model_and_tokenizer
+    from nanogpt.serve import REQUEST_TOKENS_MAX, make_server
+
+    args.spec = None
+    source, given = _model_and_settings(args, SAMPLE_KEYS)
+    given.setdefault("num_samples", 1)
+    path = next(iter(source.values()))
+    settings = resolve_sample({"model": path, **given}, "serve")
+    if settings.num_samples * settings.max_new_tokens > REQUEST_TOKENS_MAX:
+        raise ConfigError(f"--num-samples {settings.num_samples} x --max-new-tokens {settings.max_new_tokens}: "
+                          f"expected at most {REQUEST_TOKENS_MAX} tokens per request")
+    with _gpu_slot(settings.device):
+        model, tok = load_model_and_tokenizer(path, meta_path=args.meta, mirror=args.mirror)
+        server = make_server(model, tok, settings, place(settings.device, settings.dtype, model.config.n_embd),
+                             args.host, args.port)
+        host, port = server.server_address[:2]
+        print(f"nanogpt serve: {path} on http://{host}:{port} (POST /generate {{\"prompt\": ...}}; Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -280,7 +356,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     with forcing(args.force):
         out = export_hf(args.checkpoint, args.out, meta=meta, mirror=args.mirror)
     tok = "+ tokenizer: AutoTokenizer" if (out / "tokenizer.json").is_file() else "no tokenizer: pass --meta"
-    print(f"wrote {out} (Hugging Face GPT-2: AutoModelForCausalLM.from_pretrained; {tok})")
+    context = json.loads((out / "config.json").read_text())["n_positions"]
+    print(f"wrote {out} (Hugging Face GPT-2: AutoModelForCausalLM.from_pretrained; {tok}); context {context} "
+          f"tokens: generation stops at max_length={context}, prompt included (generation_config.json)")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -481,7 +559,29 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
                                    "it runs) when the checkpoint lacks it")
     _setting_flags(sp, SampleSettings, skip=("model",))
     sp.add_argument("--out", help="write the samples here (default: stdout)")
+    sp.add_argument("--stream", action="store_true", help="print each sample as it is generated (same text)")
+    sp.add_argument("--interactive", action="store_true",
+                    help="read prompts from stdin, one a line, and stream num_samples continuations of each "
+                         "(default 1) until EOF (Ctrl-D)")
     sp.set_defaults(func=cmd_sample)
+
+
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("serve", help="answer POST /generate over HTTP (a minimal endpoint; stdlib only)",
+                        formatter_class=_HelpFormatter)
+    _model_source_args(sp, "model.pt of a run, a nanoGPT ckpt.pt, or a run folder")
+    sp.add_argument("--meta", help="the dataset's meta.json, or nanoGPT's meta.pkl, when the checkpoint lacks it")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (another than 127.0.0.1 lets other "
+                                                        "machines in: there is no authentication)")
+    sp.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed)")
+    _setting(sp, "--max-new-tokens", SAMPLE.max_new_tokens, "a request's default tokens per sample", type=int)
+    _setting(sp, "--num-samples", 1, "a request's default number of samples", type=int)
+    _setting(sp, "--temperature", SAMPLE.temperature, "a request's default temperature", type=float)
+    _setting(sp, "--top-k", SAMPLE.top_k, "a request's default top-k ('none': all)", type=_optional_int)
+    _setting(sp, "--seed", SAMPLE.seed, "a request's default seed", type=int)
+    _setting(sp, "--device", SAMPLE.device, "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
+    _setting(sp, "--dtype", SAMPLE.dtype, "float32, bfloat16, float16, or auto")
+    sp.set_defaults(func=cmd_serve)
 
 
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
@@ -622,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_train_command(sub)
     add_sample_command(sub)
+    add_serve_command(sub)
     sp = sub.add_parser("eval", help="loss of a run or a pretrained GPT-2 on a prepared dataset",
                         formatter_class=_HelpFormatter)
     add_eval_arguments(sp)

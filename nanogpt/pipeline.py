@@ -89,6 +89,7 @@ class Pipeline:
     _runs: dict[str, RunConfig] = field(default_factory=dict, repr=False)  # resolved once per name
     _sweeps: dict[str, Sweep] | None = field(default=None, repr=False)  # expanded once
     _inherited: dict | None = field(default=None, repr=False)  # runs with base: applied, once
+    _warned: set[str] = field(default_factory=set, repr=False)  # runs whose settings warnings were printed
 
     def _section(self, name: str) -> dict:
         """A top-level mapping of config.yaml (targets, datasets, runs, samples, evals), or {} when absent."""
@@ -216,10 +217,24 @@ class Pipeline:
         """The train rule's inputs: the prepared data, and the model.pt of a run it is initialised from (so that
         run trains first, and retraining it retrains this one)."""
         run = self.run(name)
+        self.warn_about_settings(name)  # the run is in the DAG: Snakemake asks for its inputs
         inputs = list(self.data_files(run.dataset).values())
         if run.init_from in self.runs():
             inputs.append(paths.MODEL.format(run=run.init_from))
         return inputs
+
+    def warn_about_settings(self, name: str) -> None:
+        """The run's settings that disagree (config.settings_warnings), printed once per snakemake process.
+
+        Called from the train rule's inputs, that is while Snakemake builds the DAG of what was asked for (before
+        any job starts, `-n` included): a run nobody asked to build, such as the points of an untargeted sweep or
+        an entry kept for later, is not warned about, and neither is anything under `--lint`.
+        """
+        if name in self._warned:
+            return
+        self._warned.add(name)
+        for warning in settings_warnings(self.run(name), name):
+            print(f"nanogpt: warning: {warning}", file=sys.stderr)
 
     def _check_init_chain(self, name: str) -> None:
         """init_from a run: never the run itself, directly or through others (Snakemake would see a cycle)."""
@@ -302,8 +317,6 @@ class Pipeline:
             resolve_resources(self.runs()[name], f"runs.{name}")
             check_wandb(run.train, f"runs.{name}.train")  # before any job, not inside the train job
             self._check_init_chain(name)
-            for warning in settings_warnings(run, name):
-                print(f"nanogpt: warning: {warning}", file=sys.stderr)
         for name, entry in self.samples().items():
             self.model_checkpoint(resolve_sample(entry, f"samples.{name}").model)
         for name, entry in self.evals().items():

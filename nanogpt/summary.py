@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import numbers
 import os
 import sys
 from pathlib import Path
@@ -130,11 +131,26 @@ def write_table(results: str | os.PathLike, csv: str | os.PathLike, md: str | os
     with fileio.atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     shown = [c for c in df.columns if c != "file"]
-    body = to_markdown(df, shown) if len(df) else "_no runs or evaluations yet_\n"
+    body = to_markdown(for_display(df), shown) if len(df) else "_no runs or evaluations yet_\n"
     fileio.write_text(md, "# nanogpt-workflow summary\n\nLosses are mean cross-entropy (nats/token). "
                       "`published_*`: nanoGPT README's GPT-2 baselines on OpenWebText.\n\n" + body)
-    write_html(df, Path(md).with_suffix(".html"), results)  # what `snakemake --report` shows inline
+    write_html(for_display(df), Path(md).with_suffix(".html"), results)  # what `snakemake --report` shows inline
     return len(df)
+
+
+def for_display(df):
+    """The table as people read it (summary.csv keeps the numbers): `mfu` as a percentage, as nanoGPT logs it,
+    and `wall_time_s` with one decimal whatever its size."""
+    shown = df.copy()
+    formats = {"mfu": lambda v: f"{v * 100:.2f}%", "wall_time_s": lambda v: f"{v:,.1f}"}
+    for column, fmt in formats.items():
+        if column in shown.columns:
+            shown[column] = shown[column].map(lambda v, fmt=fmt: fmt(v) if _is_number(v) else None).astype(object)
+    return shown
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 RUN_COLUMNS = ["model", "dataset", "train_loss", "val_loss", "val_perplexity", "iters", "batch_size", "block_size",

@@ -519,7 +519,7 @@ class Trainer:
                 self.running_mfu = avg
         mfu = mfu_or_none(self.running_mfu) if self.running_mfu else None
         self.log(f"iter {self.iter_num}: loss {self.last_loss:.4f}, time {dt * 1000:.2f}ms, "
-                 f"mfu {f'{mfu:.3f}' if mfu else 'n/a'}")
+                 f"mfu {f'{mfu * 100:.2f}%' if mfu else 'n/a'}")  # nanoGPT's percentage
         if (line := self.progress.update(self.iter_num, self.last_loss, dt)) is not None:
             self.log(line)  # the console's throttled view (nanogpt.progress)
         if self.tracker:

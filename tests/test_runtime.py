@@ -87,7 +87,8 @@ def test_mfu_counts_only_this_ranks_micro_batches(char_data, tmp_path):
     run = resolve_run(spec, "tiny")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        trainer = Trainer(run, char_data, tmp_path / "run", Dist(rank=0, world_size=2), lambda *a: None)
+        lines: list[str] = []
+        trainer = Trainer(run, char_data, tmp_path / "run", Dist(rank=0, world_size=2), lines.append)
         assert trainer.accum == 2
         metrics = trainer.fit(time.time())
     finally:
@@ -99,6 +100,8 @@ def test_mfu_counts_only_this_ranks_micro_batches(char_data, tmp_path):
             mfu = trainer.raw_model.estimate_mfu(run.train.batch_size * 2, row["dt"], 1e12)
             expected = mfu if expected is None else 0.9 * expected + 0.1 * mfu
     assert metrics["mfu"] == pytest.approx(expected, rel=1e-9) and 0 < expected < 1
+    last = next(line for line in reversed(lines) if line.startswith("iter 12:"))
+    assert last.endswith(f"mfu {expected * 100:.2f}%")  # a percentage in train.log, as nanoGPT prints it
 
 
 # ---- row 4: RNG state -----------------------------------------------------------------------------------------
