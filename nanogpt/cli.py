@@ -518,16 +518,18 @@ def _step_spec_args(sp: argparse.ArgumentParser, what: str) -> None:
                                    "Snakemake rule passes): instead of the settings flags")
 
 
-def _setting_flags(sp: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+def _setting_flags(sp: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                   defaults: dict | None = None) -> None:
     """One flag per declared setting of `cls` (nanogpt.settings), absent unless given: the settings fill in their
-    own default, which the help shows."""
+    own default (or the command's, `defaults`), which the help shows."""
     from nanogpt.settings import declared, default_of, field_types, show_default
 
     types = field_types(cls)
     for f in fields(cls):
         if f.name in skip:
             continue
-        help = f"{declared(f).help} (default: {show_default(default_of(f))})"
+        default = (defaults or {}).get(f.name, default_of(f))
+        help = f"{declared(f).help} (default: {show_default(default)})"
         sp.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS, help=help,
                         type=_flag_type(types[f.name]))
 
@@ -574,13 +576,7 @@ def add_serve_command(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (another than 127.0.0.1 lets other "
                                                         "machines in: there is no authentication)")
     sp.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed)")
-    _setting(sp, "--max-new-tokens", SAMPLE.max_new_tokens, "a request's default tokens per sample", type=int)
-    _setting(sp, "--num-samples", 1, "a request's default number of samples", type=int)
-    _setting(sp, "--temperature", SAMPLE.temperature, "a request's default temperature", type=float)
-    _setting(sp, "--top-k", SAMPLE.top_k, "a request's default top-k ('none': all)", type=_optional_int)
-    _setting(sp, "--seed", SAMPLE.seed, "a request's default seed", type=int)
-    _setting(sp, "--device", SAMPLE.device, "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
-    _setting(sp, "--dtype", SAMPLE.dtype, "float32, bfloat16, float16, or auto")
+    _setting_flags(sp, SampleSettings, skip=("model", "start"), defaults={"num_samples": 1})  # a request's defaults
     sp.set_defaults(func=cmd_serve)
 
 
