@@ -74,8 +74,8 @@ def eval_row(path: Path) -> dict | None:
 
 
 def hellaswag_results(root: Path) -> dict[str, dict]:
-    """model -> its HellaSwag result under results/evals/: a full one before a `limit`ed one, the newest file
-    of each kind winning ties."""
+    """model -> its HellaSwag result under results/evals/: a full one before a `limit`ed one, else the last
+    by file name."""
     found: dict[str, dict] = {}
     for path in sorted(root.glob("evals/*.json")):
         e = _read_json(path)
@@ -83,7 +83,7 @@ def hellaswag_results(root: Path) -> dict[str, dict]:
             continue
         e["file"] = str(path)
         old = found.get(e["model"])
-        if old is None or (old.get("limit") and not e.get("limit")) or bool(old.get("limit")) == bool(e.get("limit")):
+        if old is None or not e.get("limit") or old.get("limit"):
             found[e["model"]] = e
     return found
 

@@ -26,6 +26,7 @@ from nanogpt.config import (
     SampleSettings,
     TrainSettings,
 )
+from nanogpt.hellaswag import HellaSwagSettings
 from nanogpt.pipeline import Pipeline
 
 JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "NoneType": "null"}
@@ -50,7 +51,11 @@ ENTRY = "additionalProperties"
 
 @pytest.mark.parametrize("cls,props,extra", [
     (SampleSettings, SCHEMA["samples"][ENTRY]["properties"], set()),
-    (EvalSettings, SCHEMA["evals"][ENTRY]["properties"], {"model", "datasets", "resources"}),
+    # `evals:` entries hold either the loss settings or, with `task: hellaswag`, HellaSwag's
+    (EvalSettings, SCHEMA["evals"][ENTRY]["properties"], {"model", "datasets", "resources", "task", "source", "limit"}),
+    (HellaSwagSettings, SCHEMA["evals"][ENTRY]["properties"],
+     {"model", "datasets", "resources", "task", "source", "batch_size", "eval_iters", "block_size", "splits", "seed",
+      "compile"}),
     (LaunchSettings, SCHEMA["runs"][ENTRY]["properties"]["launch"]["properties"], set()),
     (TrainSettings, SCHEMA["runs"][ENTRY]["properties"]["train"]["properties"], set()),
     (ModelSettings, SCHEMA["runs"][ENTRY]["properties"]["model"]["properties"], set()),
