@@ -156,6 +156,23 @@ def test_char_run_refused_before_any_job(tmp_path, monkeypatch):
     Pipeline(char_eval_config()).check()
 
 
+def test_snakemake_refuses_a_char_run_in_one_line(tmp_path):
+    work = make_pipeline(tmp_path / "pipeline", {**char_eval_config(), "targets": {"evals": ["hs"]}})
+    proc = run_snakemake(work, "-n", check=False, timeout=120)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "character-level" in ln]
+    assert proc.returncode != 0 and len(lines) == 1 and "evals.hs: run 'tiny'" in lines[0]
+    assert not (work / "results").exists()
+
+
+def test_a_run_is_scored_in_its_own_dtype():
+    cfg = char_eval_config()
+    cfg["runs"]["tiny"]["train"]["dtype"] = "bfloat16"
+    spec = json.loads(Pipeline(cfg).hellaswag_spec("hs"))
+    assert (spec["dtype"], spec["checkpoint"], spec["model"]) == ("bfloat16", "results/runs/tiny/model.pt", "tiny")
+    cfg["evals"]["hs"]["dtype"] = "float32"  # unless the entry says otherwise
+    assert json.loads(Pipeline(cfg).hellaswag_spec("hs"))["dtype"] == "float32"
+
+
 def test_task_entry_checks():
     cfg = tiny_config()
     for entry, message in [
