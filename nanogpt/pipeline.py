@@ -435,7 +435,8 @@ class Pipeline:
         where = f"evals.{name}: run {run!r} is character-level (datasets.{dataset}.tokenizer=char)"
         if not (os.path.isfile(meta_path) and os.path.isfile(items)):
             raise ConfigError(f"{where} and its vocabulary cannot be checked against the items yet: expected a "
-                              f"GPT-2-tokenized run or a gpt2* model (or build {meta_path} and {items} first)")
+                              f"GPT-2-tokenized run or a gpt2* model (or, with this entry left out, build {meta_path} "
+                              f"and {items} first)")
         from nanogpt.fileio import METADATA_MAX_BYTES, load_json_capped
         from nanogpt.hellaswag import describe_missing
 
