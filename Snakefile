@@ -41,6 +41,8 @@ wildcard_constraints:
     run=NAME_PATTERN,
     sample=NAME_PATTERN,
     model=NAME_PATTERN,
+    eval=NAME_PATTERN,
+    file=NAME_PATTERN,
 
 
 include: "workflow/rules/common.smk"

@@ -337,6 +337,49 @@ def _eval(args: argparse.Namespace, source: dict, names: dict, settings: EvalSet
         print(json.dumps(result, indent=2))
 
 
+def cmd_hellaswag_fetch(args: argparse.Namespace) -> None:
+    from nanogpt.hellaswag import fetch_items
+
+    fetch_items(_spec_json(args.source), args.out, mirror=args.mirror)
+
+
+def cmd_hellaswag_score(args: argparse.Namespace) -> None:
+    from nanogpt.hellaswag import resolve_settings
+    from nanogpt.settings import HellaSwagSettings
+
+    keys = tuple(f.name for f in fields(HellaSwagSettings)) + ("model",)
+    source, given = _model_and_settings(args, keys)
+    model_name = given.pop("model", None)
+    settings = resolve_settings({"task": "hellaswag", **given}, f"evals.{args.name}" if args.name else "hellaswag")
+    with _gpu_slot(settings.device):
+        _hellaswag(args, source, model_name, settings)
+
+
+def _hellaswag(args: argparse.Namespace, source: dict, model_name: str | None, settings) -> None:
+    from nanogpt import fileio
+    from nanogpt.hellaswag import check_encodable, read_items, score
+    from nanogpt.runtime import place
+    from nanogpt.sample import load_model_and_tokenizer
+
+    items, total = read_items(args.items, settings.limit)  # every item checked before the model loads
+    path = next(iter(source.values()))
+    model, tok = load_model_and_tokenizer(path, mirror=args.mirror)
+    check_encodable(items, tok, f"evals.{args.name}" if args.name else str(path))
+    placement = place(settings.device, settings.dtype, model.config.n_embd)
+    result = {"task": "hellaswag", "name": args.name, "model": model_name or path, "source": str(path),
+              "params": model.get_num_params(), "limit": settings.limit, "items_in_file": total,
+              "items_file": str(args.items)}
+    result.update(score(model, tok, items, placement))
+    result.update(device=str(placement.device), dtype=placement.dtype_name)
+    limit = f" (limit: first {settings.limit} of {total} items)" if settings.limit else ""
+    print(f"HellaSwag {result['model']}: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} on "
+          f"{result['items']} items{limit}", file=sys.stderr)
+    if args.out:
+        fileio.write_json(args.out, result)
+    else:
+        print(json.dumps(result, indent=2))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     meta = None
     if args.meta:
@@ -407,7 +450,7 @@ def cmd_summary_sample_page(args: argparse.Namespace) -> None:
 def cmd_summary_baselines(args: argparse.Namespace) -> None:
     from nanogpt.summary import baselines
 
-    baselines(args.files, args.out)
+    baselines(args.files, args.out, args.hellaswag)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -592,6 +635,31 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
     _setting_flags(sp, EvalSettings)
 
 
+def add_hellaswag_command(sub: argparse._SubParsersAction) -> None:
+    from nanogpt.settings import HellaSwagSettings
+
+    sp = sub.add_parser("hellaswag", help="HellaSwag accuracy of a run or a GPT-2 (llm.c's completion-style scoring)",
+                        formatter_class=_HelpFormatter)
+    steps = sp.add_subparsers(dest="hellaswag_command", required=True)
+    f = steps.add_parser("fetch", help="download the items file, checksum-verified (or take it from the mirror)",
+                         formatter_class=_HelpFormatter)
+    f.add_argument("--source", required=True, help='{"url": ..., "sha256" or "git_blob_sha1": ...} as JSON')
+    f.add_argument("--mirror", help="local mirror directory (default: $NANOGPT_MIRROR)")
+    f.add_argument("--out", required=True, help="where the verified file goes")
+    f.set_defaults(func=cmd_hellaswag_fetch)
+    s = steps.add_parser("score", help="acc and acc_norm of a model on a HellaSwag jsonl file",
+                         formatter_class=_HelpFormatter)
+    _model_source_args(s, "model.pt of a run, or a nanoGPT ckpt.pt")
+    _step_spec_args(s, "HellaSwag `evals:` entry")
+    s.add_argument("--name", help="the `evals:` entry's name (recorded, and in error messages)")
+    s.add_argument("--items", required=True, help="HellaSwag's jsonl (results/hellaswag/hellaswag_val.jsonl)")
+    s.add_argument("--out", help="write the result JSON here (default: stdout)")
+    s.add_argument("--model-name", dest="model", default=argparse.SUPPRESS,
+                   help="name recorded in the result (default: the checkpoint or init-from)")
+    _setting_flags(s, HellaSwagSettings)
+    s.set_defaults(func=cmd_hellaswag_score)
+
+
 def cmd_restart(args: argparse.Namespace) -> None:
     from nanogpt import checkpoint as ckpt_io
     from nanogpt.runlock import run_folder_lock
@@ -656,6 +724,7 @@ def add_summary_command(sub: argparse._SubParsersAction) -> None:
     b = steps.add_parser("baselines", help="GPT-2 eval JSONs beside nanoGPT's published losses",
                          formatter_class=_HelpFormatter)
     b.add_argument("files", nargs="+", help="eval JSONs of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    b.add_argument("--hellaswag", nargs="*", default=[], help="HellaSwag result JSONs of the same sizes")
     b.add_argument("--out", required=True, help="the Markdown table to write")
     b.set_defaults(func=cmd_summary_baselines)
     w = steps.add_parser("sweep", help="a sweep's summary.csv/.md, plots, hparams events (and fit.json)",
@@ -723,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=_HelpFormatter)
     add_eval_arguments(sp)
     sp.set_defaults(func=cmd_eval)
+    add_hellaswag_command(sub)
     add_export_command(sub)
     add_restart_command(sub)
     sp = sub.add_parser("bench", help="time training iterations of a model shape (nanoGPT's bench.py); extra "

@@ -51,16 +51,22 @@ DOWNLOAD_TIMEOUT_S = 60
 SOURCE_TEXT_MAX_BYTES = 2**30
 
 
-def fetch(url: str, sha256: str, dest: str | os.PathLike, mirror: str | os.PathLike | None = None) -> Path:
-    """Put the file at `url` on `dest`, verified against `sha256`.
+def fetch(url: str, sha256: str | None, dest: str | os.PathLike, mirror: str | os.PathLike | None = None,
+          git_blob_sha1: str | None = None) -> Path:
+    """Put the file at `url` on `dest`, verified against `sha256` (or, where only that is published, the git
+    blob id `git_blob_sha1`: fileio.git_blob_sha1_file).
 
     A local copy is used instead of the network (`tokenizer.find_local`): a mirror directory's (argument,
     config `mirror` or $NANOGPT_MIRROR) file of the same name, else the package's bundled file of that name
     and sha256. Nothing is left at `dest` unless the checksum matched.
     """
+    if (sha256 is None) == (git_blob_sha1 is None):
+        raise ConfigError(f"source {url}: expected exactly one of sha256 and git_blob_sha1")
+    kind, expected, digest = ("sha256", sha256, fileio.sha256_file) if sha256 else \
+        ("git blob sha1", git_blob_sha1, fileio.git_blob_sha1_file)
     dest = Path(dest)
     filename = url.rstrip("/").rsplit("/", 1)[-1]
-    local = find_local(filename, sha256, mirror)
+    local = find_local(filename, sha256 or "", mirror)
     with fileio.atomic_path(dest) as tmp:
         if local is not None:
             shutil.copyfile(local, tmp)
@@ -76,9 +82,9 @@ def fetch(url: str, sha256: str, dest: str | os.PathLike, mirror: str | os.PathL
                     "(config key `mirror` or env NANOGPT_MIRROR) to work offline"
                 ) from None
             origin = url
-        actual = fileio.sha256_file(tmp)
-        if actual != sha256:
-            raise ChecksumError(f"sha256 of {filename} from {origin} is {actual}: expected {sha256}")
+        actual = digest(tmp)
+        if actual != expected:
+            raise ChecksumError(f"{kind} of {filename} from {origin} is {actual}: expected {expected}")
     return dest
 
 

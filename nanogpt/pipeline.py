@@ -36,6 +36,15 @@ from nanogpt.config import (
     suggest,
 )
 from nanogpt.errors import ConfigError
+from nanogpt.hellaswag import (
+    DEFAULT_SOURCE,
+    HellaSwagSettings,
+    is_task_entry,
+    items_file_name,
+    missing_characters,
+    read_items,
+    resolve_settings,
+)
 from nanogpt.schema import check_against_schema
 from nanogpt.sweeps import Sweep, expand_sweeps, sweep_files
 from nanogpt.tracking import check_wandb
@@ -322,6 +331,9 @@ class Pipeline:
         for name, entry in self.evals().items():
             if not isinstance(entry, dict) or "model" not in entry:
                 raise ConfigError(f"evals.{name}={entry!r}: expected a mapping with 'model' and 'datasets'")
+            if is_task_entry(entry):
+                self._check_task_eval(name)
+                continue
             resolve_eval(entry, f"evals.{name}")
             resolve_resources(entry, f"evals.{name}")
             self.model_checkpoint(entry["model"])
@@ -372,6 +384,8 @@ class Pipeline:
 
     def eval_files(self, name: str) -> list[str]:
         entry = self.evals()[name]
+        if is_task_entry(entry):
+            return [paths.TASK_EVAL.format(eval=name)]
         return [paths.EVAL.format(model=entry["model"], dataset=ds) for ds in entry.get("datasets", [])]
 
     def eval_entry(self, model: str, dataset: str) -> dict:
@@ -403,6 +417,92 @@ class Pipeline:
         self.dataset(dataset)
         ckpt = self.model_checkpoint(model)
         return [*self.data_files(dataset).values(), *([ckpt] if ckpt else [])]
+
+    # ---- task evals (HellaSwag) -----------------------------------------------------------------------
+    def task_eval(self, name: str) -> dict:
+        entry = self.evals().get(name)
+        if not is_task_entry(entry):
+            tasks = sorted(n for n, e in self.evals().items() if is_task_entry(e))
+            raise ConfigError(f"unknown task eval {name!r}: expected one of {tasks} (entries with `task:`)")
+        return entry
+
+    def hellaswag_settings(self, name: str) -> HellaSwagSettings:
+        """The entry's settings; dtype auto means the run's own train dtype (a gpt2* model: the device's)."""
+        entry = self.task_eval(name)
+        settings = resolve_settings(entry, f"evals.{name}")
+        if settings.dtype == "auto" and entry["model"] in self.runs():
+            settings.dtype = self.run(entry["model"]).train.dtype
+        return settings
+
+    def items_source(self, name: str) -> dict:
+        """Where the entry's items come from: its `source:`, else HellaSwag's validation file."""
+        return self.task_eval(name).get("source") or DEFAULT_SOURCE
+
+    def items_file(self, name: str) -> str:
+        return paths.HELLASWAG_ITEMS.format(file=items_file_name(self.items_source(name)))
+
+    def source_of_items_file(self, file: str) -> dict:
+        """The source that the download_hellaswag rule fetches to results/hellaswag/{file}."""
+        sources = [self.items_source(n) for n, e in self.evals().items() if is_task_entry(e)]
+        return next((s for s in sources if items_file_name(s) == file), DEFAULT_SOURCE)
+
+    def hellaswag_inputs(self, name: str) -> list[str]:
+        ckpt = self.model_checkpoint(self.task_eval(name)["model"])
+        return [self.items_file(name), *([ckpt] if ckpt else [])]
+
+    def hellaswag_spec(self, name: str) -> str:
+        """The resolved entry as `nanogpt hellaswag score --spec` takes it: its settings, the model's name and
+        where it comes from (`model_source`)."""
+        model = self.task_eval(name)["model"]
+        return json.dumps({**asdict(self.hellaswag_settings(name)), "model": model, **self.model_source(model)},
+                          sort_keys=True)
+
+    def hellaswag_identity(self, name: str) -> str:
+        """The hellaswag rule's tracked parameter: the model's source, the settings off their defaults and the
+        items' checksum."""
+        model, source = self.task_eval(name)["model"], self.items_source(name)
+        return json.dumps({"source": self.model_source(model), "settings": non_defaults(self.hellaswag_settings(name)),
+                           "items": {k: v for k, v in source.items() if k != "url"}}, sort_keys=True)
+
+    def _check_task_eval(self, name: str) -> None:
+        """A task entry's settings, model and items source; one items file name per checksum; a character-level
+        run whose vocabulary cannot spell the items is refused here, before any job."""
+        entry = self.task_eval(name)
+        self.hellaswag_settings(name)
+        self.model_checkpoint(entry["model"])
+        source, file = self.items_source(name), items_file_name(self.items_source(name))
+        if self.source_of_items_file(file) != source:
+            raise ConfigError(f"evals.{name}.source: file name {file!r} is another entry's source with another "
+                              "checksum: expected one source per file name")
+        if entry["model"] in self.runs():
+            self._check_char_run(name, entry["model"], self.items_file(name))
+
+    def _check_char_run(self, name: str, run: str, items: str) -> None:
+        """A run on a character dataset scores HellaSwag only if its characters spell every item: checked once
+        its dataset is prepared (meta.json) and the items downloaded, refused until then."""
+        dataset = self.run(run).dataset
+        if check_dataset(self.dataset(dataset), dataset).tokenizer != "char":
+            return
+        meta_path = paths.META.format(dataset=dataset)
+        where = f"evals.{name}: run {run!r} is character-level (datasets.{dataset}.tokenizer=char)"
+        if not (os.path.isfile(meta_path) and os.path.isfile(items)):
+            raise ConfigError(f"{where} and its vocabulary cannot be checked against the items yet: expected a "
+                              f"GPT-2-tokenized run or a gpt2* model (or, with this entry left out, build {meta_path} "
+                              f"and {items} first)")
+        from nanogpt.fileio import METADATA_MAX_BYTES, load_json_capped
+        from nanogpt.hellaswag import describe_missing
+
+        meta = load_json_capped(meta_path, METADATA_MAX_BYTES, "dataset metadata", ConfigError)
+        chars = set((meta.get("tokenizer") or {}).get("chars") or []) if isinstance(meta, dict) else set()
+        missing = missing_characters(read_items(items)[0], chars)
+        if missing:
+            raise ConfigError(f"{where} and its vocabulary lacks {describe_missing(missing)} that the items use: "
+                              "expected a GPT-2-tokenized run or a gpt2* model")
+
+    def gpt2_hellaswag_files(self) -> list[str]:
+        """The GPT-2 sizes' full HellaSwag results (entries without `limit`), for the baselines table."""
+        return [paths.TASK_EVAL.format(eval=n) for n, e in self.evals().items()
+                if is_task_entry(e) and e["model"] in PRETRAINED_NAMES and not e.get("limit")]
 
     # ---- summary --------------------------------------------------------------------------------------
     def summary_inputs(self) -> dict[str, list[str]]:

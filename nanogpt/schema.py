@@ -19,6 +19,7 @@ from nanogpt.settings import (
     TEXT_DEFAULTS,
     DatasetSettings,
     EvalSettings,
+    HellaSwagSettings,
     LaunchSettings,
     ModelSettings,
     Resources,
@@ -115,11 +116,20 @@ def run_entry() -> dict:
 
 
 def eval_entry() -> dict:
+    """An `evals:` entry: the loss on `datasets` (EvalSettings), or a task (`task: hellaswag`: HellaSwagSettings)."""
     block = settings_block(EvalSettings)
-    block["required"] = ["model", "datasets"]
+    block["required"] = ["model"]
     block["properties"] = {
         "model": MODEL_NAME,
-        "datasets": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+        "datasets": {"type": "array", "minItems": 1, "items": {"type": "string"},
+                     "description": "datasets to measure the loss on (not with task)"},
+        "task": {"enum": ["hellaswag"], "description": "a benchmark instead of the loss (docs/evaluation.md)"},
+        "source": {"type": "object", "additionalProperties": False, "required": ["url"],
+                   "description": "the task's items: url and sha256 or git_blob_sha1 (default: HellaSwag's pinned)",
+                   "properties": {"url": {"type": "string"},
+                                  "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                  "git_blob_sha1": {"type": "string", "pattern": "^[0-9a-f]{40}$"}}},
+        **settings_block(HellaSwagSettings)["properties"],
         **block["properties"],
         "splits": {"type": "array", "items": {"enum": ["train", "val"]},
                    "description": block["properties"]["splits"]["description"]},
@@ -213,6 +223,7 @@ SECTIONS_DOC = (
     ("runs.NAME.resources / evals.NAME.resources", Resources, "scheduler resources (SLURM)"),
     ("samples.NAME", SampleSettings, "text generation: nanoGPT's sample.py options"),
     ("evals.NAME", EvalSettings, "loss of a model on datasets"),
+    ("evals.NAME with task: hellaswag", HellaSwagSettings, "HellaSwag accuracy of a model (docs/evaluation.md)"),
 )
 
 

@@ -333,6 +333,22 @@ class EvalSettings:
         return tuple(self.splits.split(","))
 
 
+@dataclass
+class HellaSwagSettings:
+    """How a HellaSwag `evals:` entry (`task: hellaswag`) is scored. dtype auto: the run's own train dtype (the
+    pipeline passes it), else the device's default (bf16 on a GPU that has it)."""
+
+    limit: int | None = setting(None, "score the first N items only (null: all); stated in every output",
+                                ge=1, le=10**6)
+    device: str = setting("auto", "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)", pattern=DEVICE_PATTERN,
+                          shape="auto, cpu, cuda, cuda:N or mps")
+    dtype: str = setting("auto", "float32, bfloat16, float16, or auto (the run's own)", choices=DTYPES)
+
+    def validate(self, where: str) -> HellaSwagSettings:
+        check_fields(self, where)
+        return self
+
+
 def _per_kind(help: str, **declared: Any) -> dict:
     """A dataset setting whose default depends on what the dataset holds (TEXT_DEFAULTS, CORPUS_DEFAULTS)."""
     return {"declared": Declared(help, **declared)}

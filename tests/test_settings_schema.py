@@ -27,6 +27,7 @@ from nanogpt.settings import (
     MUON_ADJUST_LR,
     OPTIMIZERS,
     EvalSettings,
+    HellaSwagSettings,
     LaunchSettings,
     ModelSettings,
     Resources,
@@ -60,7 +61,11 @@ ENTRY = "additionalProperties"
 
 @pytest.mark.parametrize("cls,props,extra", [
     (SampleSettings, SCHEMA["samples"][ENTRY]["properties"], set()),
-    (EvalSettings, SCHEMA["evals"][ENTRY]["properties"], {"model", "datasets", "resources"}),
+    # `evals:` entries hold either the loss settings or, with `task: hellaswag`, HellaSwag's
+    (EvalSettings, SCHEMA["evals"][ENTRY]["properties"], {"model", "datasets", "resources", "task", "source", "limit"}),
+    (HellaSwagSettings, SCHEMA["evals"][ENTRY]["properties"],
+     {"model", "datasets", "resources", "task", "source", "batch_size", "eval_iters", "block_size", "splits", "seed",
+      "compile"}),
     (LaunchSettings, SCHEMA["runs"][ENTRY]["properties"]["launch"]["properties"], set()),
     (TrainSettings, SCHEMA["runs"][ENTRY]["properties"]["train"]["properties"], set()),
     (ModelSettings, SCHEMA["runs"][ENTRY]["properties"]["model"]["properties"], set()),
@@ -84,9 +89,12 @@ def test_committed_schema_and_settings_reference_are_generated_from_the_declarat
 
 
 def test_every_setting_is_declared_with_help_and_every_number_with_bounds():
-    for cls in (ModelSettings, TrainSettings, LaunchSettings, Resources, SampleSettings, EvalSettings):
+    for cls in (ModelSettings, TrainSettings, LaunchSettings, Resources, SampleSettings, EvalSettings,
+                HellaSwagSettings, DatasetSettings):
         types = field_types(cls)
         for f in dataclasses.fields(cls):
+            if cls is DatasetSettings and f.name in ("name", "kind"):
+                continue  # the entry's name, and what its source is: not settings
             d = declared(f)
             assert d.help, f"{cls.__name__}.{f.name} has no help"
             kinds = set(typing.get_args(types[f.name]) or (types[f.name],)) - {type(None)}
