@@ -215,7 +215,7 @@ cmd_up() {
     return 0
   fi
   if [ -n "$changed" ]; then
-    say "wrote $CONF ($(nproc) CPUs, $(awk -F= '/^NodeName/{for(i=1;i<=NF;i++) if($i ~ /RealMemory/) print $(i+1)}' "$CONF" | awk '{print $1}') MB, $FAKE_GPUS fake GPUs)"
+    say "wrote $CONF and $GRES_CONF ($(nproc) CPUs, $(awk -F= '/^NodeName/{for(i=1;i<=NF;i++) if($i ~ /RealMemory/) print $(i+1)}' "$CONF" | awk '{print $1}') MB, $FAKE_GPUS fake GPUs)"
     # a new config (CPU count, memory, host) needs fresh daemons
     stop_pidfile /run/slurmd.pid
     stop_pidfile /run/slurmctld.pid
