@@ -26,6 +26,7 @@ import torch
 from test_slurm import SLURM_PROFILE, _slurm_up, executed_rules, scontrol_job, start_snakemake, train_job_ids
 
 from conftest import BIN, make_pipeline, tiny_config
+from nanogpt import paths
 
 GPUS = 2
 ITERS = 200  # checkpoints every 20: the requeue lands after the first one, well before the end
@@ -152,10 +153,14 @@ def test_requeued_job_resumes_and_ends_bit_identical(requeued_run, reference):
     info = scontrol_job(job_id)
     assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), info
     assert "Error in rule train" not in out, out[-5000:]
-    # the first start was stopped after a checkpoint, the second resumed from one (its log replaced the first's)
+    # the first start saved a checkpoint on SLURM's SIGTERM (its full log is kept as FILE.1), the second resumed
+    # from it (its log replaced the first's)
+    first = (workdir / (paths.TRAIN_LOG.format(run="gpu") + ".1")).read_text()
+    saved = re.search(r"^SIGTERM: checkpoint saved at iter (\d+)", first, re.M)
+    assert saved and 0 < int(saved.group(1)) < ITERS, first[-3000:]
     log = (workdir / "logs/train/gpu.log").read_text()
-    resumed = re.search(r"resuming from \S+ckpt_(\d+)\.pt \(iter (\d+)\)", log)
-    assert resumed and 0 < int(resumed.group(2)) < ITERS, log[-3000:]
+    iteration = int(saved.group(1))
+    assert re.search(rf"^resuming from \S+/ckpt_{iteration:08d}\.pt \(iter {iteration}\)$", log, re.M), log[-3000:]
     assert log.count("done: val loss") == 1, log[-3000:]
     on_slurm, uninterrupted = weights(workdir / "results/runs/gpu/model.pt"), weights(reference)
     assert on_slurm.keys() == uninterrupted.keys()
