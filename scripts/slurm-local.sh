@@ -18,8 +18,8 @@
 # The node offers all CPUs (nproc) and 80% of MemTotal, in one partition `debug` (Default=YES), and two fake
 # GPUs (gres gpu:2) so that GPU requests schedule as on a GPU node: SLURM gives a `--gpus=2` job
 # CUDA_VISIBLE_DEVICES=0,1, while torch still sees no CUDA (runs with `device: cpu` train on the CPU with gloo).
-# Their device files /dev/nanogpt-fakegpu0 and 1 are character devices with /dev/null's numbers (1,3), made by
-# `up`; gres.conf names them with AutoDetect=off (no NVML here).
+# Their device files /run/nanogpt-fakegpu0 and 1 are symbolic links to /dev/null (slurmd wants a character
+# device; a link needs no mknod), made by `up`; gres.conf names them with AutoDetect=off (no NVML here).
 # Files: /etc/slurm/{slurm,gres}.conf, state in /var/lib/slurm, logs in /var/log/slurm, pid files in /run.
 #
 # Two nodes (up2), for the multi-node train job (tests/test_multinode.py): its own slurmctld (port 6827) and
@@ -38,7 +38,7 @@ set -euo pipefail
 PARTITION=debug
 CONF=/etc/slurm/slurm.conf
 GRES_CONF=/etc/slurm/gres.conf
-FAKE_GPUS=2   # the single node's fake GPUs: /dev/nanogpt-fakegpu0 .. 1
+FAKE_GPUS=2   # the single node's fake GPUs: /run/nanogpt-fakegpu0 .. 1
 LOGDIR=/var/log/slurm
 PIDS=(/run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid)
 CONF2=/etc/slurm-2node/slurm.conf
@@ -144,9 +144,9 @@ EOF
   install_if_changed "$tmp" "$CONF"
   tmp=$(mktemp)
   cat > "$tmp" <<EOF
-# Written by scripts/slurm-local.sh: fake GPUs (character devices with /dev/null's numbers), no autodetection.
+# Written by scripts/slurm-local.sh: fake GPUs (links to /dev/null), no autodetection.
 AutoDetect=off
-NodeName=${host} Name=gpu File=/dev/nanogpt-fakegpu[0-$(( FAKE_GPUS - 1 ))]
+NodeName=${host} Name=gpu File=/run/nanogpt-fakegpu[0-$(( FAKE_GPUS - 1 ))]
 EOF
   install_if_changed "$tmp" "$GRES_CONF"
 }
@@ -160,11 +160,11 @@ install_if_changed() {  # install_if_changed TMP DEST: move TMP to DEST (mode 06
   fi
 }
 
-make_fake_gpus() {  # the fake GPUs' device files (/dev does not survive a reboot): /dev/null's numbers, harmless
+make_fake_gpus() {  # the fake GPUs' device files (/run does not survive a reboot): links to /dev/null, harmless
   local i dev
   for i in $(seq 0 $(( FAKE_GPUS - 1 ))); do
-    dev=/dev/nanogpt-fakegpu$i
-    [ -c "$dev" ] || { rm -f "$dev"; mknod -m 0666 "$dev" c 1 3 || die "could not create $dev (mknod c 1 3)"; }
+    dev=/run/nanogpt-fakegpu$i
+    [ -c "$dev" ] || ln -sfn /dev/null "$dev" || die "could not create $dev (a link to /dev/null)"
   done
 }
 
