@@ -41,6 +41,7 @@ from nanogpt.runtime import (
     peak_flops_for,
     pick_device,
     place,
+    rank_placement,
     resolve_compile,
     seed_device_rng,
     setup_distributed,
@@ -264,6 +265,8 @@ def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLik
         die_with_parent()  # torchrun puts its workers in their own session: a killed pipeline must take them along
     device = run_device(run, int(os.environ.get("LOCAL_RANK", "0")), needs_gpu)
     d = setup_distributed(run.launch.backend, device)  # after the rank's GPU is chosen: NCCL uses that one
+    if d.enabled:
+        log(rank_placement(d, device))  # every rank's own line (the others are silent from here on)
     try:
         lock = run_folder_lock(out_dir, log) if d.is_master else contextlib.nullcontext()
         with lock:

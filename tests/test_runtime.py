@@ -199,6 +199,22 @@ def test_tf32_getters_work_after_setup(monkeypatch, precision_restored):
     assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # the newer view agrees
 
 
+@pytest.mark.parametrize("visible, local_rank, gpu", [
+    ("0,1", 1, "GPU 1 of CUDA_VISIBLE_DEVICES=0,1"),  # SLURM's --gpus=2: each rank owns the entry at its local rank
+    ("3,5", 0, "GPU 3 of CUDA_VISIBLE_DEVICES=3,5"),
+    ("2", 1, "GPU none of CUDA_VISIBLE_DEVICES=2"),  # more ranks than entries: this one owns none
+    (None, 0, "CUDA_VISIBLE_DEVICES unset"),
+])
+def test_each_rank_names_the_gpu_at_its_local_rank(visible, local_rank, gpu, monkeypatch):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    d = runtime.Dist(rank=local_rank + 2, local_rank=local_rank, world_size=4)
+    assert runtime.rank_placement(d, torch.device("cpu")) == (
+        f"rank {local_rank + 2} of 4 (local rank {local_rank}): device cpu, {gpu}")
+
+
 def test_mfu_above_one_is_not_reported():
     assert mfu_or_none(0.42) == 0.42
     assert mfu_or_none(1.3) is None and mfu_or_none(0.0) is None
