@@ -1,4 +1,4 @@
-"""Comparing runs (issue #23, items 7 and 8), through the pipeline: the summary shows the settings that differ
+"""Comparing runs, through the pipeline: the summary shows the settings that differ
 between the runs, TensorBoard's HParams experiment lists those settings first, sweeps on disk reach the summary
 page, and the report of any target (the default one, a sweep) renders without a docutils error."""
 

@@ -1,4 +1,4 @@
-"""The report stays small and cheap with many runs (issue #27): 30 synthetic finished runs, more than
+"""The report stays small and cheap with many runs: 30 synthetic finished runs, more than
 INLINE_PNG_MAX_RUNS, go through the real run_page and summary jobs and `snakemake --report`; each run page carries an
 SVG thumbnail of its curve instead of a PNG, and the report grows by a bounded amount per run."""
 

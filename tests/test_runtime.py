@@ -1,5 +1,5 @@
 """GPU-readiness checks that run on the CPU: batches, RNG state across device counts, MFU under DDP, dtype and
-peak-FLOP/s tables, TF32 setup, the launcher's GPU slots, and the gpt2_124m runs of config.yaml (issue #13)."""
+peak-FLOP/s tables, TF32 setup, the launcher's GPU slots, and the gpt2_124m runs of config.yaml."""
 
 from __future__ import annotations
 
