@@ -4,6 +4,7 @@ from snakemake.utils import min_version, validate
 
 from nanogpt import paths
 from nanogpt.config import NAME_PATTERN
+from nanogpt.configcheck import check_schema, check_top_level_keys
 from nanogpt.fileio import check_config_files
 from nanogpt.jobs import Jobs
 from nanogpt.pipeline import Pipeline, coerce_config_overrides, setup_rule_environment
@@ -27,9 +28,12 @@ report: "workflow/report/workflow.rst"
 
 # Values given with --config get config.yaml's types: Snakemake leaves nested ones as strings.
 coerce_config_overrides(config, workflow.config_settings.config)
-# nanogpt's own checks first (one line naming the value and what was expected), then the schema's structure.
+# nanogpt's own checks first (one line naming the value and what was expected), then the schema's structure, in
+# one line too (Snakemake's validate would print the whole schema): its validate only confirms.
+check_top_level_keys(config, "workflow/schemas/config.schema.yaml")
 P = Pipeline(config)  # the entries: lookup, checks, targets, inputs
 P.check()
+check_schema(P.typed_config(), "workflow/schemas/config.schema.yaml")
 validate(P.typed_config(), "workflow/schemas/config.schema.yaml")
 J = Jobs(P)  # how each job runs: resources, launcher, arguments
 

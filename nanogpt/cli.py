@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-from nanogpt import paths
+from nanogpt import fileio, paths
 from nanogpt.config import TEXT_DEFAULTS, EvalSettings, SampleSettings, suggest
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.runlock import LOCK_NAME
@@ -36,6 +36,9 @@ EVAL_KEYS = tuple(f.name for f in fields(EvalSettings))
 def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
     """The named entry of a config.yaml section, or the JSON given with --spec."""
     if args.spec:
+        if args.config:  # one source of settings: the other would be ignored without a word
+            raise ConfigError(f"--config {args.config!r} given with --spec: expected one of them (--spec is the "
+                              "whole entry; --config FILE --name NAME reads it from a config file)")
         spec = _spec_json(args.spec)
         from nanogpt.config import check_name
 
@@ -63,11 +66,9 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
 
 
 def _spec_json(text: str) -> dict:
-    """--spec: one entry's settings as a JSON object (how every rule passes its entry to its step)."""
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--spec is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
+    """--spec: one entry's settings as a JSON object (how every rule passes its entry to its step), nested no
+    deeper than fileio.JSON_MAX_DEPTH."""
+    spec = fileio.parse_json(text, "--spec", ConfigError)
     if not isinstance(spec, dict):
         raise ConfigError(f"--spec is {type(spec).__name__} JSON: expected a JSON object")
     return spec
@@ -147,6 +148,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     from nanogpt.train import train
 
     name, spec = _entry(args, "runs")
+    if args.spec and "model" not in spec and spec.get("init_from", "scratch") == "scratch":
+        raise ConfigError('--spec has no "model" section: expected the model to train from scratch, e.g. '
+                          '"model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64}, or "model": {} '
+                          "for the default GPT-2 size (124M parameters)")
     run = resolve_run(spec, name, parse_overrides(args.overrides))
     if not args.pipeline:  # the pipeline said so before any job
         for warning in settings_warnings(run, name):

@@ -44,6 +44,8 @@ def check_name(name: object, where: str) -> str:
     return name
 
 
+# 16x nanoGPT's 600,000-iteration GPT-2 run: a real run can still ask for it, a typo of several extra digits cannot.
+MAX_ITERS = 10_000_000
 ARCHS = ("gpt2", "modern")
 OPTIMIZERS = ("adamw", "muon")
 MUON_ADJUST_LR = ("original", "match_rms_adamw")  # torch.optim.Muon's adjust_lr_fn
@@ -185,6 +187,8 @@ class RunConfig:
                     "eval_interval", "keep_checkpoints"):
             if getattr(t, key) <= 0:
                 raise ConfigError(f"runs.{name}.train.{key}={getattr(t, key)}: expected a positive integer")
+        if t.max_iters > MAX_ITERS:
+            raise ConfigError(f"runs.{name}.train.max_iters={t.max_iters}: expected an integer in [1, {MAX_ITERS:,}]")
         if t.learning_rate <= 0:
             raise ConfigError(f"runs.{name}.train.learning_rate={t.learning_rate}: expected a positive number")
         for key, low, high in (("weight_decay", 0.0, None), ("beta1", 0.0, 1.0), ("beta2", 0.0, 1.0),
@@ -411,6 +415,7 @@ def check_device(value: str, where: str) -> str:
 # Generation beyond this many tokens per sample is a typo, not a plan (the output is held in memory).
 MAX_NEW_TOKENS_LIMIT = 1_000_000
 MAX_NUM_SAMPLES = 100_000
+MAX_SAMPLE_TOKENS = 10_000_000  # num_samples x max_new_tokens: hours of generation for a GPT-2 on a GPU
 
 
 @dataclass
@@ -433,6 +438,10 @@ class SampleSettings:
         if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
             raise ConfigError(f"{where}.max_new_tokens={self.max_new_tokens}: expected an integer in "
                               f"[1, {MAX_NEW_TOKENS_LIMIT:,}]")
+        if self.num_samples * self.max_new_tokens > MAX_SAMPLE_TOKENS:
+            raise ConfigError(f"{where}: num_samples={self.num_samples} x max_new_tokens={self.max_new_tokens} = "
+                              f"{self.num_samples * self.max_new_tokens:,} tokens: expected at most "
+                              f"{MAX_SAMPLE_TOKENS:,} tokens in all")
         if self.temperature <= 0:
             raise ConfigError(f"{where}.temperature={self.temperature}: expected a positive finite number")
         if self.top_k is not None and self.top_k < 1:
@@ -769,11 +778,11 @@ def load_yaml(path: str | Path) -> dict:
     """Read a YAML file with a one-line error for a missing or malformed file."""
     import yaml
 
-    from nanogpt.fileio import check_config_files
+    from nanogpt.fileio import check_config_files, not_a_file
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist: expected a YAML file")
+        raise ConfigError(f"config file {str(path)!r} {not_a_file(path)}: expected a YAML file")
     check_config_files([path])  # size, nesting, alias bombs, YTE: refused before PyYAML builds anything
     try:
         data = yaml.safe_load(path.read_text())

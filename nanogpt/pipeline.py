@@ -119,8 +119,8 @@ class Pipeline:
     def dataset_names_pattern(self, *kinds: str) -> str:
         """A wildcard regex matching the datasets of these kinds (config.dataset_kind: source, hf, files, corpus):
         it picks the rule that downloads each one, download or download_hf (a `path:` text needs neither)."""
-        names = [n for n, spec in self.datasets().items() if dataset_kind(spec) in kinds]
-        return "|".join(names) if names else "(?!)"  # (?!) matches nothing
+        names = [re.escape(n) for n, spec in self.datasets().items() if dataset_kind(spec) in kinds]
+        return "|".join(names) if names else "(?!)"  # (?!) matches nothing; escaped: "a.b" must not match "axb"
 
     @staticmethod
     def _check_local_path(name: str, spec: dict) -> None:
@@ -159,6 +159,7 @@ class Pipeline:
         """The run's resolved settings as `nanogpt train --spec` takes them: those that differ from their
         defaults (the trainer fills in the rest), so the printed shell line stays short."""
         d = self.run(name).non_defaults()
+        d.setdefault("model", {})  # said even where every model setting is its default: `train --spec` asks
         if "init_from" in d:
             d["init_from"] = self._init_source(d["init_from"])
         return json.dumps(d, sort_keys=True)
