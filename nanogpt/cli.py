@@ -144,15 +144,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from nanogpt.config import parse_overrides, resolve_run, settings_warnings
+    from nanogpt.config import non_defaults, parse_overrides, resolve_run, settings_warnings
     from nanogpt.train import train
 
     name, spec = _entry(args, "runs")
-    if args.spec and "model" not in spec and spec.get("init_from", "scratch") == "scratch":
+    run = resolve_run(spec, name, parse_overrides(args.overrides))
+    if args.spec and "model" not in spec and run.init_from == "scratch" and not non_defaults(run.model):
         raise ConfigError('--spec has no "model" section: expected the model to train from scratch, e.g. '
                           '"model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64}, or "model": {} '
                           "for the default GPT-2 size (124M parameters)")
-    run = resolve_run(spec, name, parse_overrides(args.overrides))
     if not args.pipeline:  # the pipeline said so before any job
         for warning in settings_warnings(run, name):
             print(f"nanogpt train: warning: {warning}", file=sys.stderr)
