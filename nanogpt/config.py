@@ -36,6 +36,9 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 def check_name(name: object, where: str) -> str:
     """`name` if it follows NAME_PATTERN, else a ConfigError naming it."""
+    if isinstance(name, bool | int | float) or name is None:  # YAML read the key as a number, boolean or null
+        raise ConfigError(f"{where} name {name!r} is a {type(name).__name__} in YAML, not text: expected a name, "
+                          f"quoted if it looks like a number (\"{name}\")")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ConfigError(
             f"{where} name {name!r} is not allowed: expected 1-100 letters, digits, '.', '_' or '-', "
@@ -769,7 +772,14 @@ def parse_overrides(args: list[str]) -> dict:
         key, raw = text.split("=", 1)
         import yaml  # here, not at the top: the package imports with torch alone (a bare GPU box)
 
-        value = yaml.safe_load(raw) if raw else ""
+        if raw.count("[") + raw.count("{") > 64:  # fileio.JSON_MAX_DEPTH: PyYAML would recurse, slowly, to its limit
+            raise ConfigError(f"override {arg[:80]!r}: over 64 brackets: expected a number, true/false, null or text")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except (yaml.YAMLError, RecursionError) as e:  # `--x=[1`, `--x=a: b: c`, a thousand nested brackets
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(f"override {arg[:80]!r}: the value is not valid YAML ({problem}): expected a "
+                              "number, true/false, null or text") from None
         out[key.replace("-", "_")] = floats_from_strings(value)
     return out
 

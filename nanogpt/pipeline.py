@@ -253,7 +253,7 @@ class Pipeline:
         """Every entry, before any job starts: names, settings and cross-references the JSON schema cannot express."""
         for section in ("datasets", "runs", "samples", "evals", "pretrained"):
             for name in self._section(section):
-                check_name(name, f"{section}.{name}: {section.removesuffix('s')}")
+                check_name(name, f"{section}: {section.removesuffix('s')}")  # the raw name only as its repr
         for name, spec in self.datasets().items():
             check_dataset(spec, name)
             self._check_local_path(name, spec)

@@ -232,3 +232,30 @@ def test_export_force_refuses_the_pipelines_run_folder(checkpoint, tmp_path, cap
                     str(elsewhere / "x"), "--force")
     assert f"run folder {str(elsewhere)!r}" in line
     assert sorted(p.name for p in run.iterdir()) == ["metrics.json"] and not (elsewhere / "x").exists()
+
+
+# ---- CLI flags and names ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flag,needle", [
+    ("--learning_rate=[1", "the value is not valid YAML (expected ',' or ']'"),
+    ("--device=a: b: c", "the value is not valid YAML (mapping values are not allowed here)"),
+    ("--dtype=" + "[" * 3000, "over 64 brackets"),
+])
+def test_override_values_that_are_not_yaml_are_one_line(tmp_path, capsys, flag, needle):
+    line = one_line(capsys, "train", "--spec", json.dumps({"dataset": "d", "model": TINY_MODEL}), flag,
+                    "--out-dir", str(tmp_path / "out"))
+    assert needle in line and flag[:20] in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key,needle", [
+    (1.5, "run name 1.5 is a float in YAML, not text: expected a name, quoted"),
+    (True, "run name True is a bool in YAML"),
+    ("a\nb", "runs: run name 'a\\nb' is not allowed"),  # one line even for a name holding a line break
+])
+def test_entry_names_are_refused_in_one_line(key, needle):
+    config = tiny_config()
+    config["runs"][key] = config["runs"]["tiny"]
+    with pytest.raises(ConfigError) as e:
+        Pipeline(config).check()
+    assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
