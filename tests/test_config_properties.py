@@ -33,9 +33,11 @@ SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.
 
 
 def examples(n: int) -> settings:
-    """n generated examples in the suite (n x NANOGPT_FUZZ_SCALE in the benchmark); n=0: the explicit ones only."""
-    phases = tuple(Phase) if n * SCALE else (Phase.explicit,)
-    return settings(max_examples=max(1, n * SCALE), deadline=None, derandomize=SCALE == 1, database=None,
+    """n generated examples in the suite, n x NANOGPT_FUZZ_SCALE in the benchmark; n=0: the explicit examples only
+    in the suite, NANOGPT_FUZZ_SCALE generated ones in the benchmark."""
+    count = n * SCALE if n else (SCALE if SCALE > 1 else 0)
+    phases = tuple(Phase) if count else (Phase.explicit,)
+    return settings(max_examples=max(1, count), deadline=None, derandomize=SCALE == 1, database=None,
                     phases=phases, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 

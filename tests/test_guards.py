@@ -157,15 +157,21 @@ def test_spec_without_a_model_does_not_train_gpt2_size(tmp_path, capsys):
 
 # ---- data files -------------------------------------------------------------------------------------------------
 
-def test_parquet_that_is_not_parquet_names_the_file(tmp_path):
-    fake = tmp_path / "corpus.parquet"
-    fake.write_text('{"text": "this is JSON, not parquet"}\n')
+@pytest.mark.parametrize("name,data,needle", [
+    ("corpus.parquet", b'{"text": "this is JSON, not parquet"}\n', "cannot be read as parquet (Parquet magic bytes"),
+    ("cut.parquet", b"PAR1" + b"\0" * 10, "cannot be read as parquet"),
+    ("corpus.csv", b'text,x\n"unclosed,1\n2,3,4,5\n', "cannot be read as csv (Error tokenizing data"),
+    ("corpus.jsonl", bytes(range(256)) * 4, "cannot be read as json"),
+])
+def test_data_file_that_is_not_its_format_names_the_file(tmp_path, name, data, needle):
+    fake = tmp_path / name
+    fake.write_bytes(data)
     spec = {"files": {"paths": [str(fake)]}, "val_fraction": 0.5}
     download_hf(spec, tmp_path / "source.json", name="c")
     with pytest.raises(CorpusError) as e:
         prepare_hf(check_dataset(spec, "c"), tmp_path / "source.json", tmp_path / "out")
-    assert str(e.value).startswith(f"data file {str(fake)!r} cannot be read as parquet"), str(e.value)
-    assert "expected a parquet file" in str(e.value)
+    assert str(e.value).startswith(f"data file {str(fake)!r} {needle}"), str(e.value)
+    assert "expected" in str(e.value)
     assert not (tmp_path / "out" / "meta.json").exists()
 
 
