@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename and error.strerror:
         return f"{error.strerror}: {str(error.filename)!r}"
-    return " ".join(str(error).split())
+    return " ".join(str(error).splitlines())  # line breaks only: the spaces inside a quoted value stay
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ class UserError(ValueError):
     def __str__(self) -> str:
         # One line wherever it is shown (the CLI, Snakemake's report of a Snakefile error), even when a value
         # quoted in it holds a line break: a key or name read from a file can.
-        return " ".join(super().__str__().split())
+        # Only line breaks go: the spaces of a quoted value ('  ') stay as they are.
+        return " ".join(super().__str__().splitlines())
 
 
 class ConfigError(UserError):

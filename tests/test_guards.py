@@ -33,12 +33,13 @@ TINY_MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "dropout
 
 
 def one_line(capsys, *argv: str) -> str:
-    """`nanogpt ARGV` in-process: exit 2 and exactly one `nanogpt CMD: error: ...` line on stderr."""
+    """`nanogpt ARGV` in-process: exit 2 and exactly one `nanogpt CMD: error: ...` line on stderr, saying what
+    was expected (or suggesting the closest name)."""
     capsys.readouterr()
     assert main(list(argv)) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and ": warning: " not in ln]
     assert len(lines) == 1 and lines[0].startswith(f"nanogpt {argv[0]}: error: "), lines
-    assert "expected" in lines[0], lines[0]
+    assert "expected" in lines[0] or "did you mean" in lines[0], lines[0]
     return lines[0]
 
 
@@ -258,6 +259,7 @@ def test_override_values_that_are_not_yaml_are_one_line(tmp_path, capsys, flag, 
     (1.5, "run name 1.5 is a float in YAML, not text: expected a name, quoted"),
     (True, "run name True is a bool in YAML"),
     ("a\nb", "runs: run name 'a\\nb' is not allowed"),  # one line even for a name holding a line break
+    ("  ", "runs: run name '  ' is not allowed"),  # its spaces as they are
 ])
 def test_entry_names_are_refused_in_one_line(key, needle):
     config = tiny_config()
@@ -265,3 +267,8 @@ def test_entry_names_are_refused_in_one_line(key, needle):
     with pytest.raises(ConfigError) as e:
         Pipeline(config).check()
     assert needle in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_key_with_a_line_break_is_still_one_line(capsys):
+    line = one_line(capsys, "train", "--spec", json.dumps({"dataset": "d", "model": TINY_MODEL, "trian\nx": {}}))
+    assert "unknown key runs.run.trian x" in line, line
