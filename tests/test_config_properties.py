@@ -194,7 +194,8 @@ def test_cli_flags_are_accepted_or_refused_in_one_line(flags):
     try:
         resolve_run({"dataset": "d", "model": {"n_layer": 1}}, "r", parse_overrides(argv))
     except ConfigError as e:
-        one_line_refusal(e, *[k.replace("-", "_") for k, _ in flags], *argv)
+        keys = [k for k, _ in flags] + [k.replace("-", "_") for k, _ in flags]  # as given, and as a setting name
+        one_line_refusal(e, *keys, *[a[:80] for a in argv])
 
 
 # ---- config entries: whole configs, in-process and through `snakemake -n` -------------------------------------
