@@ -29,7 +29,7 @@ report: "workflow/report/workflow.rst"
 # Values given with --config get config.yaml's types: Snakemake leaves nested ones as strings.
 coerce_config_overrides(config, workflow.config_settings.config)
 # nanogpt's own checks, then config.yaml against the schema generated from the settings' declarations: each
-# failure is one line naming the value and what was expected.
+# failure is one line naming the value and what was expected (Snakemake's validate would print the whole schema).
 P = Pipeline(config)  # the entries: lookup, checks, targets, inputs
 P.check()
 J = Jobs(P)  # how each job runs: resources, launcher, arguments

@@ -42,7 +42,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     """Load with weights_only=True (no code runs from the file); a corrupt file is a one-line error."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: expected a .pt file")
+        raise CheckpointError(f"checkpoint {str(path)!r} {fileio.not_a_file(path)}: expected a .pt file")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols before refusing them
             warnings.simplefilter("ignore", UserWarning)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-from nanogpt import paths
+from nanogpt import fileio, paths
 from nanogpt.config import CORPUS_DEFAULTS, TEXT_DEFAULTS, EvalSettings, SampleSettings, suggest
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.runlock import LOCK_NAME
@@ -34,6 +34,9 @@ EVAL_KEYS = tuple(f.name for f in fields(EvalSettings))
 def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
     """The named entry of a config.yaml section, or the JSON given with --spec."""
     if args.spec:
+        if args.config:  # one source of settings: the other would be ignored without a word
+            raise ConfigError(f"--config {args.config!r} given with --spec: expected one of them (--spec is the "
+                              "whole entry; --config FILE --name NAME reads it from a config file)")
         spec = _spec_json(args.spec)
         from nanogpt.config import check_name
 
@@ -62,11 +65,9 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
 
 def _spec_json(text: str, flag: str = "--spec") -> dict:
     """--spec: one entry as config.yaml writes it, every setting resolved (how every rule passes its entry to its
-    step: a dataset with its source, a run, a sample or an evaluation with where its model comes from)."""
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{flag} is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
+    step: a dataset with its source, a run, a sample or an evaluation with where its model comes from), nested
+    no deeper than fileio.JSON_MAX_DEPTH."""
+    spec = fileio.parse_json(text, flag, ConfigError)
     if not isinstance(spec, dict):
         raise ConfigError(f"{flag} is {type(spec).__name__} JSON: expected a JSON object")
     return spec
@@ -152,11 +153,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from nanogpt.config import parse_overrides, resolve_run, settings_warnings
+    from nanogpt.config import non_defaults, parse_overrides, resolve_run, settings_warnings
     from nanogpt.train import train
 
     name, spec = _entry(args, "runs")
     run = resolve_run(spec, name, parse_overrides(args.overrides))
+    if args.spec and "model" not in spec and run.init_from == "scratch" and not non_defaults(run.model):
+        raise ConfigError('--spec has no "model" section: expected the model to train from scratch, e.g. '
+                          '"model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64}, or "model": {} '
+                          "for the default GPT-2 size (124M parameters)")
     if not args.pipeline:  # the pipeline said so before any job
         for warning in settings_warnings(run, name):
             print(f"nanogpt train: warning: {warning}", file=sys.stderr)
@@ -841,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename and error.strerror:
         return f"{error.strerror}: {str(error.filename)!r}"
-    return " ".join(str(error).split())
+    return " ".join(str(error).splitlines())  # line breaks only: the spaces inside a quoted value stay
 
 
 if __name__ == "__main__":

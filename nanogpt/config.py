@@ -29,8 +29,10 @@ from nanogpt.settings import (  # noqa: F401  (re-exported: the settings are par
     ARCHS,
     CORPUS_DEFAULTS,
     DTYPES,
+    MAX_ITERS,
     MAX_NEW_TOKENS_LIMIT,
     MAX_NUM_SAMPLES,
+    MAX_SAMPLE_TOKENS,
     MUON_ADJUST_LR,
     OPTIMIZERS,
     RUN_SECTIONS,
@@ -62,6 +64,9 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 def check_name(name: object, where: str) -> str:
     """`name` if it follows NAME_PATTERN, else a ConfigError naming it."""
+    if isinstance(name, bool | int | float) or name is None:  # YAML read the key as a number, boolean or null
+        raise ConfigError(f"{where} name {name!r} is a {type(name).__name__} in YAML, not text: expected a name, "
+                          f"quoted if it looks like a number (\"{name}\")")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ConfigError(
             f"{where} name {name!r} is not allowed: expected 1-100 letters, digits, '.', '_' or '-', "
@@ -248,6 +253,10 @@ def resolve_sample(entry: dict, where: str = "sample") -> SampleSettings:
         raise ConfigError(f"{where}: missing required key 'model'")
     settings = _build(SampleSettings, entry, where)
     check_fields(settings, where)
+    if settings.num_samples * settings.max_new_tokens > MAX_SAMPLE_TOKENS:
+        raise ConfigError(f"{where}: num_samples={settings.num_samples} x max_new_tokens={settings.max_new_tokens} = "
+                          f"{settings.num_samples * settings.max_new_tokens:,} tokens: expected at most "
+                          f"{MAX_SAMPLE_TOKENS:,} tokens in all")
     return settings
 
 
@@ -417,7 +426,14 @@ def parse_overrides(args: list[str]) -> dict:
         key, raw = text.split("=", 1)
         import yaml  # here, not at the top: the package imports with torch alone (a bare GPU box)
 
-        value = yaml.safe_load(raw) if raw else ""
+        if raw.count("[") + raw.count("{") > 64:  # fileio.JSON_MAX_DEPTH: PyYAML would recurse, slowly, to its limit
+            raise ConfigError(f"override {arg[:80]!r}: over 64 brackets: expected a number, true/false, null or text")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except (yaml.YAMLError, RecursionError) as e:  # `--x=[1`, `--x=a: b: c`, a thousand nested brackets
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(f"override {arg[:80]!r}: the value is not valid YAML ({problem}): expected a "
+                              "number, true/false, null or text") from None
         out[key.replace("-", "_")] = floats_from_strings(value)
     return out
 
@@ -426,11 +442,11 @@ def load_yaml(path: str | Path) -> dict:
     """Read a YAML file with a one-line error for a missing or malformed file."""
     import yaml
 
-    from nanogpt.fileio import check_config_files
+    from nanogpt.fileio import check_config_files, not_a_file
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist: expected a YAML file")
+        raise ConfigError(f"config file {str(path)!r} {not_a_file(path)}: expected a YAML file")
     check_config_files([path])  # size, nesting, alias bombs, YTE: refused before PyYAML builds anything
     try:
         data = yaml.safe_load(path.read_text())

@@ -275,7 +275,7 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
     path = data_dir / "meta.json"
     rerun = "rerun prepare (snakemake -R prepare, or `nanogpt prepare`)"
     if not path.is_file():
-        raise DataError(f"{str(path)!r} does not exist: expected a prepared dataset; {rerun}")
+        raise DataError(f"{str(path)!r} {fileio.not_a_file(path)}: expected a prepared dataset; {rerun}")
     try:
         meta = fileio.load_json_capped(path, fileio.METADATA_MAX_BYTES, "dataset metadata", DataError)
     except DataError as e:
@@ -306,6 +306,14 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
     return meta
 
 
+def _split_too_short(split: str, tokens: int, block_size: int, data_dir: str | os.PathLike) -> str:
+    """Why a split cannot give one training example (block_size + 1 tokens), and what would fix it."""
+    label = f"the {split} split of {str(data_dir)!r} has {tokens} tokens"
+    if tokens < 2:  # no block_size fits: the text is what is too short
+        return (f"{label}: expected at least block_size + 1 = {block_size + 1}, and no block_size fits in fewer "
+                "than 2; give a longer text, or a val_fraction that leaves both splits enough tokens")
+    return f"block_size={block_size} is too large: {label}, expected block_size < {tokens}"
+
 class BatchSampler:
     """Random windows from the train/val memmaps, chosen by (seed, split, step, index) alone.
 
@@ -327,10 +335,7 @@ class BatchSampler:
         self._offsets = np.arange(block_size + 1, dtype=np.int64)
         for split, arr in self.data.items():
             if len(arr) <= block_size:
-                raise ConfigError(
-                    f"block_size={block_size} is larger than the {split} split ({len(arr)} tokens): "
-                    f"expected block_size < {len(arr)}"
-                )
+                raise ConfigError(_split_too_short(split, len(arr), block_size, data_dir))
 
     def get_batch(self, split: str, step: int, index: int, for_eval: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor]:

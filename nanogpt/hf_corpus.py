@@ -236,9 +236,13 @@ def _parquet_rows(record: dict, text_column: str) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with fsspec.open(record["path"], "rb") as fh:
-        footer = pq.ParquetFile(fh)
-        schema, rows = footer.schema_arrow, footer.metadata.num_rows
+    try:
+        with fsspec.open(record["path"], "rb") as fh:
+            footer = pq.ParquetFile(fh)
+            schema, rows = footer.schema_arrow, footer.metadata.num_rows
+    except (pa.ArrowException, OSError) as e:  # not parquet at all, or cut short: ArrowInvalid names no file
+        raise CorpusError(f"data file {record['path']!r} cannot be read as parquet ({_first_line(e)}): expected a "
+                          "parquet file (its footer names its columns and rows)") from None
     if text_column not in schema.names:
         raise CorpusError(f"data file {record['path']!r}: text_column={text_column!r} is not a column of the corpus: "
                           f"expected one of {schema.names[:10]}")

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from nanogpt import fileio
+from nanogpt import fileio, paths
 from nanogpt.config import ConfigError
 
 # nanoGPT's GPTConfig fields: its sample.py calls GPTConfig(**model_args), so no other key may be there.
@@ -188,7 +188,7 @@ def read_meta_pkl(path: str | os.PathLike, label: str | None = None) -> dict:
     path = Path(path)
     label = label or f"meta.pkl {str(path)!r}"
     if not path.is_file():
-        raise ConfigError(f"{label} does not exist: expected nanoGPT's meta.pkl")
+        raise ConfigError(f"{label} {fileio.not_a_file(path)}: expected nanoGPT's meta.pkl")
     data = fileio.read_capped(path, META_PKL_MAX_BYTES, "meta.pkl", ConfigError)
     return meta_from_nanogpt(load_plain_pickle(data, label), label, dataset=path.parent.name)
 
@@ -269,6 +269,10 @@ def _check_out_path(out: Path, shown: str, kind: str) -> None:
         where = "the current folder" if out == cwd else "a folder above the current one"
         raise ConfigError(f"--out {shown!r} is {where}: expected a folder of its own for the {kind} export "
                           f"(e.g. --out {_format_of(kind)}-export)")
+    run_folder = paths.pipeline_run_folder(out)
+    if run_folder is not None:  # --force or not: the train rule's files there are the pipeline's record
+        raise ConfigError(f"--out {shown!r} is inside the pipeline's run folder {str(run_folder)!r}: expected a "
+                          f"folder of its own for the {kind} export (e.g. --out {_format_of(kind)}-export)")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {shown!r} is a file: expected a folder to write the {kind} export into")
     ancestor = next(p for p in [out.parent, *out.parent.parents] if p.exists())

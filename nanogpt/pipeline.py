@@ -45,7 +45,7 @@ from nanogpt.hellaswag import (
     read_items,
     resolve_settings,
 )
-from nanogpt.schema import check_against_schema
+from nanogpt.schema import check_against_schema, check_top_level_keys
 from nanogpt.sweeps import Sweep, expand_sweeps, sweep_files
 from nanogpt.tracking import check_wandb
 
@@ -156,8 +156,8 @@ class Pipeline:
     def dataset_names_pattern(self, *kinds: str) -> str:
         """A wildcard regex matching the datasets of these kinds (config.dataset_kind: source, hf, files, corpus):
         it picks the rule that downloads each one, download or download_hf (a `path:` text needs neither)."""
-        names = [n for n, spec in self.datasets().items() if dataset_kind(spec) in kinds]
-        return "|".join(names) if names else "(?!)"  # (?!) matches nothing
+        names = [re.escape(n) for n, spec in self.datasets().items() if dataset_kind(spec) in kinds]
+        return "|".join(names) if names else "(?!)"  # (?!) matches nothing; escaped: "a.b" must not match "axb"
 
     @staticmethod
     def _check_local_path(name: str, spec: dict) -> None:
@@ -307,10 +307,12 @@ class Pipeline:
 
     # ---- validation and targets -----------------------------------------------------------------------
     def check(self) -> None:
-        """Every entry, before any job starts: names, settings and cross-references the JSON schema cannot express."""
+        """Every entry, before any job starts: names, settings and cross-references the JSON schema cannot express,
+        then the schema itself."""
+        check_top_level_keys(self.config)
         for section in ("datasets", "runs", "samples", "evals", "pretrained"):
             for name in self._section(section):
-                check_name(name, f"{section}.{name}: {section.removesuffix('s')}")
+                check_name(name, f"{section}: {section.removesuffix('s')}")  # the raw name only as its repr
         for name, spec in self.datasets().items():
             check_dataset(spec, name)
             self._check_local_path(name, spec)

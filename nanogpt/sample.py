@@ -28,7 +28,8 @@ def read_prompt(start: str) -> str:
     if start.startswith("FILE:"):
         path = Path(start[5:])
         if not path.is_file():
-            raise ConfigError(f"prompt file {str(path)!r} (from start={start!r}) does not exist: expected a text file")
+            raise ConfigError(f"prompt file {str(path)!r} (from start={start!r}) {fileio.not_a_file(path)}: "
+                              "expected a text file")
         return fileio.read_text_capped(path, fileio.PROMPT_MAX_BYTES, "prompt file", ConfigError)
     return start
 
@@ -82,7 +83,7 @@ def _read_meta(path: Path) -> dict:
     refused over its size limit (fileio.METADATA_MAX_BYTES, interop.META_PKL_MAX_BYTES) before it is read."""
     label = f"--meta {str(path)!r}"
     if not path.is_file():
-        raise ConfigError(f"{label} does not exist: expected a dataset's meta.json or nanoGPT's meta.pkl")
+        raise ConfigError(f"{label} {fileio.not_a_file(path)}: expected a dataset's meta.json or nanoGPT's meta.pkl")
     data = fileio.read_capped(path, fileio.METADATA_MAX_BYTES, "--meta", ConfigError)
     if path.suffix == ".pkl" or data[:1] == b"\x80":  # pickle protocol 2+ starts with PROTO (0x80)
         from nanogpt.interop import load_plain_pickle, meta_from_nanogpt

@@ -14,6 +14,9 @@ import typing
 from dataclasses import fields
 from typing import Any
 
+from nanogpt.config import suggest
+from nanogpt.errors import ConfigError
+from nanogpt.fileio import short_repr
 from nanogpt.settings import (
     CORPUS_DEFAULTS,
     TEXT_DEFAULTS,
@@ -201,17 +204,47 @@ def schema_yaml() -> str:
     return header + yaml.safe_dump(config_schema(), sort_keys=False, width=110, allow_unicode=True)
 
 
-def check_against_schema(config: dict) -> None:
-    """config.yaml against the schema; the first violation is one ConfigError naming where and what."""
-    import jsonschema
+def check_top_level_keys(config: dict) -> None:
+    """Refuse a top-level key the schema does not know (`run:` for `runs:`) before the entries are checked: a
+    misspelled section would otherwise read as an empty one."""
+    known = sorted(config_schema()["properties"])
+    unknown = sorted(str(k) for k in config if k not in known)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]}{suggest(unknown[0], known)}: expected one of {known}")
 
-    from nanogpt.errors import ConfigError
+
+def check_against_schema(config: dict) -> None:
+    """config.yaml against the schema; the first violation is one ConfigError naming where and what (Snakemake's
+    own `validate` would print the whole schema, hundreds of lines, with no hint)."""
+    import jsonschema
 
     validator = jsonschema.Draft202012Validator(config_schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "config"
-        raise ConfigError(f"{where}: {error.message.splitlines()[0][:300]}")
+        raise ConfigError(describe(error))
+
+
+def describe(error: Any) -> str:
+    """One line for a jsonschema ValidationError: the dotted path, the value, and what the schema expects."""
+    where = ".".join(str(p) for p in error.absolute_path) or "config.yaml"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = sorted(error.schema.get("properties") or {})
+        extra = sorted(str(k) for k in error.instance if k not in known)
+        key = extra[0] if extra else "?"
+        label = f"{where}.{key}" if error.absolute_path else str(key)
+        return f"unknown key {label}{suggest(str(key), known)}: expected one of {known}"
+    if error.validator == "type":
+        return f"{where}={short_repr(error.instance)}: expected {_types(error.validator_value)}"
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    return f"{where}={short_repr(error.instance)}: {' '.join(error.message.split())[:200]}"
+
+
+def _types(value: str | list) -> str:
+    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+             "number": "a number", "boolean": "true or false", "null": "null"}
+    kinds = value if isinstance(value, list) else [value]
+    return " or ".join(names.get(k, k) for k in kinds)
 
 
 SECTIONS_DOC = (

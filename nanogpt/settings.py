@@ -28,7 +28,7 @@ COMPILE = (True, False, "auto")
 DEVICE_PATTERN = r"auto|cpu|cuda|cuda:\d+|mps"
 
 # Upper bounds a real run still fits under; past them a value is a typo that would cost days or memory.
-MAX_ITERS = 10**9
+MAX_ITERS = 10_000_000  # 16x nanoGPT's 600,000-iteration GPT-2 run
 MAX_BLOCK = 2**20
 MAX_SEED = 2**63
 
@@ -294,6 +294,7 @@ class Resources:
 # Generation beyond this many tokens per sample is a typo, not a plan (the output is held in memory).
 MAX_NEW_TOKENS_LIMIT = 1_000_000
 MAX_NUM_SAMPLES = 100_000
+MAX_SAMPLE_TOKENS = 10_000_000  # num_samples x max_new_tokens: hours of generation for a GPT-2 on a GPU
 
 
 @dataclass

@@ -255,7 +255,7 @@ def _no_duplicates(points: list[Point], where: str) -> None:
 def expand_sweep(name: str, spec: Any, runs: dict) -> Sweep:
     """One `sweeps:` entry -> its points as complete run entries; every error is one line, before any job."""
     where = f"sweeps.{name}"
-    check_name(name, f"{where}: sweep")
+    check_name(name, "sweeps: sweep")  # the raw name only as its repr: it may hold a line break
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}={spec!r}: expected a mapping with base and grid and/or points")
     for key in spec:

@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from nanogpt.errors import ConfigError
-from nanogpt.fileio import sha256_file, short_repr
+from nanogpt.fileio import not_a_folder, sha256_file, short_repr
 
 # The original GPT-2 BPE files and the sha256 tiktoken itself expects of them.
 GPT2_FILES = {
@@ -122,7 +122,8 @@ def mirror_dir(explicit: str | os.PathLike | None = None) -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"mirror directory {str(path)!r} does not exist: expected a directory of downloaded files")
+        raise ConfigError(f"mirror directory {str(path)!r} {not_a_folder(path)}: expected a directory of "
+                          "downloaded files")
     return path
 
 
