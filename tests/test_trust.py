@@ -103,8 +103,8 @@ def test_shorter_max_iters_never_uses_a_later_checkpoint(chars, tmp_path, refere
     state = torch.load(out / "model.pt", weights_only=True)
     assert state["iter_num"] == 20
     assert_same(state["model"], reference_20)
-    # kept under its own trajectory's fingerprint (the same settings: lengthened again, it would come back)
-    assert [p.name for p in (out / "checkpoints" / "set_aside").glob("*/ckpt_00000023.pt")] == ["ckpt_00000023.pt"]
+    # held in its own trajectory's checkpoints (the same settings: lengthened again, it would come back)
+    assert [p.name for p in (out / "checkpoints" / "held").glob("ckpt_*.pt")] == ["ckpt_00000023.pt"]
 
 
 def test_only_a_sigterm_checkpoint_beyond_max_iters_starts_fresh(chars, tmp_path, reference_20):
