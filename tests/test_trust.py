@@ -268,7 +268,8 @@ def test_changed_split_retrains_from_scratch_bit_for_bit(small_texts, tmp_path):
     out = run_snakemake(work, env=env)
     assert "rule prepare" in out.stdout + out.stderr
     log = (work / "logs/train/tiny.log").read_text()
-    assert "setting aside ckpt_00000015.pt (made with other settings, data or initial weights)" in log, log
+    assert "setting aside the run folder's record (made with other settings, data or initial weights)" in log, log
+    assert (work / "results/runs/tiny/set_aside").is_dir()  # the other split's whole record, kept apart
     assert "resuming" not in log
 
     fresh = make_pipeline(tmp_path / "fresh", pipeline_config(dataset_entry("b.txt", mirror, 0.2)))
