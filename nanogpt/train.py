@@ -584,8 +584,8 @@ class Trainer:
             "world_size": self.d.world_size,
             "provenance": provenance(self.run.to_dict(), self.meta),
         }
-        if self.iter_num == self.start_iter:  # nothing trained this time (it came back finished): keep its speed
-            metrics.update(self._earlier_speed())
+        if self.iter_num == self.start_iter:  # nothing trained this time (it came back finished): its own numbers
+            metrics.update(self._earlier_step_numbers())
         if self.tracker:
             self.tracker.finish(metrics, self.iter_num)
         self._close_logs(exit_code=0)
@@ -597,13 +597,13 @@ class Trainer:
                      f"median {_fmt(metrics['median_ms_per_iter'], '.1f')} ms/iter, wall {metrics['wall_time_s']:.0f}s")
         return metrics
 
-    def _earlier_speed(self) -> dict:
-        """The speed numbers this trajectory recorded when it reached this iteration (its trajectory.json, which
-        comes back with it; metrics.json may have been deleted by Snakemake before the job)."""
+    def _earlier_step_numbers(self) -> dict:
+        """The speed and last step loss this trajectory recorded when it reached this iteration (its
+        trajectory.json, which comes back with it; metrics.json may have been deleted by Snakemake before the job)."""
         earlier = trajectory.read_marker(self.out_dir).get("metrics")
         if not isinstance(earlier, dict) or earlier.get("iters") != self.iter_num:
             return {}
-        return {k: earlier.get(k) for k in ("median_ms_per_iter", "tokens_per_sec", "mfu")}
+        return {k: earlier.get(k) for k in ("median_ms_per_iter", "tokens_per_sec", "mfu", "last_step_loss")}
 
     def save_final(self) -> None:
         model_pt = self.out_dir / "model.pt"
