@@ -107,6 +107,19 @@ def test_shorter_max_iters_never_uses_a_later_checkpoint(chars, tmp_path, refere
     assert [p.name for p in (out / "checkpoints" / "held").glob("ckpt_*.pt")] == ["ckpt_00000023.pt"]
 
 
+def test_lengthened_again_the_held_checkpoint_is_resumed(chars, tmp_path):
+    """30 stopped at 23, rerun as 20 (23 held in checkpoints/held/), then as 30 again: resumed from 23, and the
+    weights equal an uninterrupted 30-iteration run."""
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    train_until(run_config(max_iters=30), chars, out, stop_at=23)
+    train_until(run_config(max_iters=20), chars, out)
+    log = "\n".join(train_until(run_config(max_iters=30), chars, out))
+    assert "resuming held checkpoint ckpt_00000023.pt" in log and "(iter 23)" in log, log
+    assert not (out / "checkpoints" / "held").exists()
+    train(run_config(max_iters=30), chars, straight, log=lambda m: None)
+    assert_same(weights(out / "model.pt"), weights(straight / "model.pt"))
+
+
 def test_only_a_sigterm_checkpoint_beyond_max_iters_starts_fresh(chars, tmp_path, reference_20):
     out = tmp_path / "run"
     train_until(run_config(max_iters=30, checkpoint_interval=100), chars, out, stop_at=23)
