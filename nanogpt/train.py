@@ -167,6 +167,8 @@ def _resume_point(ckpt_dir: Path, out_dir: Path, fingerprints: list[str], t: Tra
     is set aside whole, this one's comes back whole: nanogpt.trajectory), then moves every live checkpoint that
     is not a resume point out of the way: another trajectory's to its record, this one's beyond max_iters to
     checkpoints/held/, unreadable ones to checkpoints/unreadable/."""
+    if d.enabled:
+        dist.barrier()  # every rank has read the run folder (init_from: resume) before rank 0 moves anything
     if d.is_master:
         trajectory.activate(out_dir, fingerprints, log)
     if d.enabled:
