@@ -104,7 +104,7 @@ def test_tensorboard_names_the_shown_trajectory_by_the_run(pipeline):
 
     runs = pipeline / "results/runs"
     listed = {os.path.relpath(d, runs) for d in io_wrapper.GetLogdirSubdirectories(str(runs))}
-    assert "tiny" in listed
+    assert "tiny" in listed and not [name for name in listed if name.startswith("tiny/")], listed
 
 
 def test_an_old_layout_reruns_nothing_and_is_migrated_on_first_use(pipeline):
