@@ -169,6 +169,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def git_blob_sha1_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The id git gives the file's content (`git hash-object`): sha1 of b"blob <size>\\0" + content. A file
+    published in a git repository is pinned by it where no sha256 is published."""
+    h = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 # ---- bounded reads of untrusted files ------------------------------------------------------------------------
 
 METADATA_MAX_BYTES = 32 * 2**20  # meta.json, source.json manifests: a char vocabulary of all of Unicode fits

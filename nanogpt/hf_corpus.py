@@ -312,9 +312,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
     """source.json as the download step writes it, checked before anything trusts it: at most
     fileio.METADATA_MAX_BYTES, a known format and a list of file records with a string path."""
     path = Path(path)
-    label = f"manifest {str(path)!r}"
+    label = f"{str(path)!r} (the download step's list of data files)"
     try:
-        manifest = fileio.load_json_capped(path, fileio.METADATA_MAX_BYTES, "manifest", CorpusError)
+        manifest = fileio.load_json_capped(path, fileio.METADATA_MAX_BYTES, "the download step's list of data files",
+                                           CorpusError)
     except CorpusError as e:
         raise CorpusError(f"{e}; {RERUN_DOWNLOAD}") from None
     formats = sorted(set(BUILDERS.values()))

@@ -31,6 +31,8 @@ CLI_RUN_DIR = "out/{run}"  # `nanogpt train` without --out-dir (nanoGPT's out/),
 # samples, evals, report
 SAMPLE = f"{RESULTS}/samples/{{sample}}.txt"
 EVAL = f"{RESULTS}/eval/{{model}}/{{dataset}}.json"
+TASK_EVAL = f"{RESULTS}/evals/{{eval}}.json"  # a task's `evals:` entry (HellaSwag), by its name
+HELLASWAG_ITEMS = f"{RESULTS}/hellaswag/{{file}}"  # the checksummed items file, by its source's file name
 LOSS_CURVE = f"{RESULTS}/plots/{{run}}_loss.png"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
 SUMMARY_MD = f"{RESULTS}/summary.md"

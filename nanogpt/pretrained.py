@@ -185,7 +185,8 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
               mirror: str | os.PathLike | None = None) -> Path:
     """Write a Hugging Face GPT-2 folder that reproduces our model's logits, and its tokenizer when known.
 
-    config.json + model.safetensors (+ generation_config.json), and tokenizer.json + tokenizer_config.json for
+    config.json + model.safetensors + generation_config.json (max_length = block_size: prompt and continuation
+    within the context), and tokenizer.json + tokenizer_config.json for
     the tokenizer described by `meta` (a dataset's meta.json dict) or, for a checkpoint path, its `dataset_meta`;
     a checkpoint without one and a GPT-2-sized vocabulary gets GPT-2 BPE (nanoGPT's fallback too), anything else
     is exported without a tokenizer. Every check runs before anything is written; the folder is written to a temp
@@ -226,6 +227,9 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
     if missing or unexpected:
         raise PretrainedError(f"cannot export: HF GPT-2 expects {missing[:3]}, got extra {unexpected[:3]}")
     hf.tie_weights()
+    # The model has n_positions = block_size position embeddings: generating past them is an IndexError, so the
+    # generation default (pipeline("text-generation") would add 256 new tokens) stops at the context instead.
+    hf.generation_config.max_length = c.block_size
 
     def write(tmp: Path) -> None:
         hf.save_pretrained(tmp)

@@ -232,7 +232,8 @@ def from_meta(meta: object, mirror: str | os.PathLike | None = None, label: str 
     raise ConfigError(f"{label}: tokenizer {found}: expected a 'tokenizer' entry of kind 'char' or 'gpt2'")
 
 
-def vocab_remap(model_tok: dict | None, data_tok: dict, label: str) -> list[int] | None:
+def vocab_remap(model_tok: dict | None, data_tok: dict, label: str, dataset: str | None = None,
+                model_dataset: str | None = None) -> list[int] | None:
     """How a model trained with `model_tok` reads a dataset tokenized with `data_tok` (both meta.json entries).
 
     None: the same ids (or the model records no tokenizer: nanoGPT checkpoints). A list: the char model's row for
@@ -252,5 +253,8 @@ def vocab_remap(model_tok: dict | None, data_tok: dict, label: str) -> list[int]
     if missing:
         shown = "".join(missing[:20])
         raise ConfigError(f"{label}: {len(missing)} character(s) of the dataset are not in the model's vocabulary "
-                          f"({shown!r}): expected a dataset whose characters the model knows")
+                          f"({shown!r}): expected a dataset whose characters the model knows, or give "
+                          f"{f'datasets.{model_dataset}' if model_dataset else 'the dataset the model was trained on'} "
+                          f"`vocab_from: [{dataset or '<this dataset>'}]` and train the model again (its vocabulary then "
+                          "holds these characters too)")
     return [rows[ch] for ch in data_tok["chars"]]

@@ -41,6 +41,7 @@ from nanogpt.runtime import (
     peak_flops_for,
     pick_device,
     place,
+    rank_placement,
     resolve_compile,
     seed_device_rng,
     setup_distributed,
@@ -138,16 +139,19 @@ def _initial_model(run: RunConfig, meta: dict, log, mirror: str | None = None) -
         from nanogpt.pretrained import load_pretrained
 
         model, model_tok = load_pretrained(source, dropout=run.model.dropout, mirror=mirror), {"kind": "gpt2"}
+        model_dataset = None
     elif source.endswith(".pt"):
         ckpt = ckpt_io.load(source)
         model = ckpt_io.model_from_checkpoint(ckpt, dropout=run.model.dropout)
         model_tok = (ckpt.get("dataset_meta") or {}).get("tokenizer")
+        model_dataset = (ckpt.get("dataset_meta") or {}).get("dataset")
     else:
         raise ConfigError(
             f"init_from={source!r}: expected scratch, resume, one of {', '.join(PRETRAINED_NAMES)}, "
             "a local Hugging Face GPT-2 directory, or a .pt checkpoint"
         )
-    rows = vocab_remap(model_tok, meta["tokenizer"], f"init_from={source!r}")
+    rows = vocab_remap(model_tok, meta["tokenizer"], f"init_from={source!r}", dataset=meta.get("dataset"),
+                       model_dataset=model_dataset if isinstance(model_dataset, str) else None)
     if rows is not None:
         log(f"the dataset's {len(rows)} characters are all in the model's vocabulary of {model.config.vocab_size}: "
             "its embedding rows are reordered to the dataset's ids")
@@ -273,6 +277,8 @@ def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLik
         die_with_parent()  # torchrun puts its workers in their own session: a killed pipeline must take them along
     device = run_device(run, int(os.environ.get("LOCAL_RANK", "0")), needs_gpu)
     d = setup_distributed(run.launch.backend, device)  # after the rank's GPU is chosen: NCCL uses that one
+    if d.enabled:
+        log(rank_placement(d, device))  # every rank's own line (the others are silent from here on)
     try:
         lock = run_folder_lock(out_dir, log) if d.is_master else contextlib.nullcontext()
         with lock:
@@ -319,7 +325,7 @@ class Trainer:
         else:
             identity = init_identity(run.init_from)
             self.fingerprint = run.fingerprint(self.meta, identity)
-            accepted = [self.fingerprint, run.legacy_fingerprint(self.meta, identity)]  # an upgrade resumes
+            accepted = [self.fingerprint]
         self.accepted_fingerprints = [f for f in accepted if f]
         self._build_state()
         self.peak = self.t.peak_flops or peak_flops_for(self.device, self.dtype)
@@ -530,7 +536,7 @@ class Trainer:
                 self.running_mfu = avg
         mfu = mfu_or_none(self.running_mfu) if self.running_mfu else None
         self.log(f"iter {self.iter_num}: loss {self.last_loss:.4f}, time {dt * 1000:.2f}ms, "
-                 f"mfu {f'{mfu:.3f}' if mfu else 'n/a'}")
+                 f"mfu {f'{mfu * 100:.2f}%' if mfu else 'n/a'}")  # nanoGPT's percentage
         if (line := self.progress.update(self.iter_num, self.last_loss, dt)) is not None:
             self.log(line)  # the console's throttled view (nanogpt.progress)
         if self.tracker:

@@ -84,7 +84,7 @@ def test_new_settings_at_their_defaults_change_no_fingerprint() -> None:
                                        "match_rms_adamw"),
     ("train", "muon_momentum", 1.0, r"runs.tiny.train.muon_momentum=1.0: expected a number in [0, 1)"),
     ("train", "muon_lr", 0.0, "runs.tiny.train.muon_lr=0.0: expected a number in (0, 10]"),
-    ("train", "muon_weight_decay", -0.1, "runs.tiny.train.muon_weight_decay=-0.1: expected a number >= 0"),
+    ("train", "muon_weight_decay", -0.1, "runs.tiny.train.muon_weight_decay=-0.1: expected a number in [0, 100]"),
 ])
 def test_wrong_names_and_values_are_one_line_errors(section: str, key: str, value, message: str) -> None:
     entry = tiny_run(recipe={})

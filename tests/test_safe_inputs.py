@@ -509,7 +509,7 @@ def test_manifest_structure_is_checked(tmp_path, manifest, needle):
     path = tmp_path / "source.json"
     path.write_text(json.dumps(manifest))
     message = timed_refusal(CorpusError, read_manifest, path)
-    assert message.startswith(f"manifest {str(path)!r}") and needle in message and "rerun the download" in message
+    assert message.startswith(f"{str(path)!r} (the download step's list of data files)") and needle in message and "rerun the download" in message
 
 
 def test_bad_meta_json_values_are_short_in_messages(tmp_path):

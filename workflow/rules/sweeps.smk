@@ -31,7 +31,7 @@ rule sweep:
         out_dir=lambda w: SWEEP_DIR.format(sweep=w.sweep),
         runs_dir=paths.RUNS,
     shell:
-        "nanogpt summary sweep --spec {params.spec:q} --runs-dir {params.runs_dir:q} "
+        "nanogpt summary sweep --sweep {params.spec:q} --runs-dir {params.runs_dir:q} "
         "--out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
