@@ -666,16 +666,16 @@ def add_hellaswag_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_restart(args: argparse.Namespace) -> None:
-    from nanogpt import checkpoint as ckpt_io
+    from nanogpt import trajectory
     from nanogpt.runlock import run_folder_lock
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"--run-dir {str(run_dir)!r} is not a folder: expected a run folder (results/runs/NAME)")
     with run_folder_lock(run_dir, wait_s=0):  # never under a running trainer
-        moved = ckpt_io.archive_for_restart(run_dir)
-    print(f"moved {len(moved)} file(s) to {run_dir / 'checkpoints' / ckpt_io.RESTARTED}/: the next training of "
-          "this run starts from iteration 0 (snakemake --cores all, or nanogpt train)")
+        archive = trajectory.archive_for_restart(run_dir)
+    print(f"moved the run's records to {archive}/: the next training of this run starts from iteration 0 "
+          "(snakemake --cores all, or nanogpt train)")
 
 
 def add_restart_command(sub: argparse._SubParsersAction) -> None:

@@ -142,6 +142,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
 def link_or_copy(src: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Make `dest` the same file as `src` (a hard link, else a copy), replacing `dest` atomically."""
+    if os.path.exists(dest) and os.path.samefile(src, dest):
+        return  # already: renaming a hard link over its twin is a no-op that would leave the temp link behind
     with atomic_path(dest) as tmp:
         try:
             tmp.unlink()

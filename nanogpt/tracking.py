@@ -107,10 +107,8 @@ class Tracker:
             from torch.utils.tensorboard import SummaryWriter
 
             _adopt_legacy_events(out_dir)
-            if start_iter == 0:  # a fresh start: earlier events are another trajectory's (and their settings)
-                for old in event_files(out_dir):
-                    old.unlink()
-            # TensorBoard drops the events at steps >= purge_step that earlier attempts wrote.
+            # TensorBoard drops the events at steps >= purge_step that earlier attempts of this trajectory wrote
+            # (another trajectory's events were set aside with its record: nanogpt.trajectory). None is deleted.
             self.tb = SummaryWriter(log_dir=str(out_dir), purge_step=start_iter)
             self.tb.add_custom_scalars(LAYOUT)
         self.wandb = _start_wandb(run, self.name) if run.train.wandb_log else None

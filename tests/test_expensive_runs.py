@@ -16,6 +16,7 @@ import torch
 
 from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt import checkpoint as ckpt_io
+from nanogpt import trajectory
 from nanogpt.config import RunConfig, TrainSettings, resolve_run
 from nanogpt.errors import DataError
 from nanogpt.jobs import Untracked
@@ -212,22 +213,8 @@ def test_a_detour_and_back_resumes_the_original_trajectory(pipeline):
     assert "these settings came back" in log and not any(line.startswith("iter ") for line in log.splitlines())
     assert (pipeline / "results/runs/tiny/train.log.1").is_file()  # the detour's attempt, kept
     assert same_weights(weights(pipeline / "results/runs/tiny/model.pt"), original)
-    aside = [p.name for p in (pipeline / "results/runs/tiny/checkpoints/set_aside").iterdir()]
+    aside = [p.name for p in (pipeline / "results/runs/tiny/set_aside").iterdir()]
     assert len(aside) == 1  # the detour's trajectory, kept under its own fingerprint
-
-
-def test_set_aside_keeps_each_trajectory_apart_and_bounded(tmp_path):
-    ckpt_dir = tmp_path / "checkpoints"
-    ckpt_dir.mkdir()
-    for fp in range(6):
-        for it in (5, 10, 15):
-            path = ckpt_dir / f"ckpt_{it:08d}.pt"
-            path.write_bytes(b"x")
-            ckpt_io.set_aside(path, ckpt_dir, f"fp{fp}", keep=2)
-    folders = sorted(p.name for p in (ckpt_dir / ckpt_io.SET_ASIDE).iterdir())
-    assert folders == ["fp2", "fp3", "fp4", "fp5"]  # SET_ASIDE_TRAJECTORIES newest
-    assert sorted(p.name for p in (ckpt_dir / ckpt_io.SET_ASIDE / "fp5").iterdir()) == [
-        "ckpt_00000010.pt", "ckpt_00000015.pt"]
 
 
 def test_restart_starts_a_run_over_and_keeps_the_old_state(pipeline):
@@ -235,8 +222,9 @@ def test_restart_starts_a_run_over_and_keeps_the_old_state(pipeline):
     proc = subprocess.run([str(BIN / "nanogpt"), "restart", "--run-dir", str(run_dir)], capture_output=True,
                           text=True, cwd=pipeline, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    archived = run_dir / "checkpoints" / ckpt_io.RESTARTED
-    assert (archived / "ckpt_00000020.pt").is_file() and not (run_dir / "model.pt").exists()
+    archived = run_dir / trajectory.SET_ASIDE / trajectory.RESTARTED
+    assert (archived / "checkpoints" / "ckpt_00000020.pt").is_file() and not (run_dir / "model.pt").exists()
+    assert list(archived.glob("events.out.tfevents.*")) and (archived / "history.jsonl").is_file()
     run_snakemake(pipeline)
     log = (pipeline / "results/runs/tiny/train.log").read_text()
     assert "resuming" not in log and "iter 1:" in log
