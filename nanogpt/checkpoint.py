@@ -142,7 +142,7 @@ def choose_resume(ckpt_dir: str | os.PathLike, fingerprints: Collection[str], ma
                   ) -> tuple[Path | None, list[tuple[Path, str, str | None]]]:
     """The newest checkpoint of this trajectory within max_iters, and the checkpoints to move out of the way.
 
-    `fingerprints`: the ones this run accepts (its own, and the legacy form of it). The candidates are the live
+    `fingerprints`: the ones this run accepts (its own). The candidates are the live
     checkpoints and the held ones (beyond an earlier, shorter max_iters). Live ones that are unreadable, of
     another trajectory, or beyond max_iters are returned as (path, reason, fingerprint) to move: older ones too,
     since pruning would otherwise count them as this run's.
