@@ -3,11 +3,11 @@
 from snakemake.utils import min_version
 
 from nanogpt import paths
-from nanogpt.config import NAME_PATTERN
+from nanogpt.names import NAME_PATTERN
 from nanogpt.fileio import check_config_files
-from nanogpt.jobs import Jobs
-from nanogpt.outputs import print_outputs
-from nanogpt.pipeline import Pipeline, coerce_config_overrides, setup_rule_environment
+from nanogpt.pipeline.jobs import Jobs
+from nanogpt.pipeline.outputs import print_outputs
+from nanogpt.pipeline.entries import Pipeline, coerce_config_overrides, setup_rule_environment
 
 min_version("9.0")
 

@@ -22,9 +22,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from nanogpt import fileio, paths
-from nanogpt.config import CORPUS_DEFAULTS, TEXT_DEFAULTS, EvalSettings, SampleSettings, suggest
 from nanogpt.errors import ConfigError, UserError
+from nanogpt.names import suggest
 from nanogpt.runlock import LOCK_NAME
+from nanogpt.settings import CORPUS_DEFAULTS, TEXT_DEFAULTS, EvalSettings, SampleSettings
 
 # The `sample` and `eval` flags are the settings' fields, with the settings' own defaults (nanogpt.settings).
 SAMPLE_KEYS = tuple(f.name for f in fields(SampleSettings) if f.name != "model")
@@ -38,16 +39,16 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
             raise ConfigError(f"--config {args.config!r} given with --spec: expected one of them (--spec is the "
                               "whole entry; --config FILE --name NAME reads it from a config file)")
         spec = _spec_json(args.spec)
-        from nanogpt.config import check_name
+        from nanogpt.names import check_name
 
         name = check_name(args.name or spec.get("name", section.removesuffix("s")), f"--name: {section.removesuffix('s')}")
         return name, spec
     if not args.config or not args.name:
         raise ConfigError(f"give --spec JSON, or --config FILE with --name of an entry under '{section}'")
-    from nanogpt.config import check_name
+    from nanogpt.names import check_name
 
     check_name(args.name, f"--name: {section.removesuffix('s')}")
-    from nanogpt.config import load_yaml
+    from nanogpt.configfile import load_yaml
 
     cfg = load_yaml(args.config)
     entries = cfg.get(section) or {}
@@ -117,7 +118,7 @@ def _bool_or_auto(text: str) -> bool | str:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from nanogpt.data import download
+    from nanogpt.data.prepare import download
 
     name, spec = _entry(args, "datasets")
     with _no_empty_dir(Path(args.out).parent):
@@ -128,8 +129,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     # Preparing data needs no torch, but `datasets` imports it when installed (+185 MB, +1 s per process):
     # its documented switch keeps it out of this process and the tokenizer workers forked from it.
     os.environ.setdefault("USE_TORCH", "0")
-    from nanogpt.config import check_dataset
-    from nanogpt.data import describe_normalization, prepare, prepare_path, split_warnings
+    from nanogpt.data.entry import check_dataset
+    from nanogpt.data.prepare import describe_normalization, prepare, prepare_path, split_warnings
 
     if args.text:  # no config: the file itself, as a `path:` dataset named after its folder
         given = {"tokenizer": args.tokenizer, "val_fraction": args.val_fraction}
@@ -153,7 +154,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from nanogpt.config import non_defaults, parse_overrides, resolve_run, settings_warnings
+    from nanogpt.config import resolve_run, settings_warnings
+    from nanogpt.configfile import parse_overrides
+    from nanogpt.settings import non_defaults
     from nanogpt.train import train
 
     name, spec = _entry(args, "runs")
@@ -398,7 +401,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         extra = " and meta.pkl" if (out / "meta.pkl").is_file() else ""
         print(f"wrote {out / 'ckpt.pt'}{extra} (nanoGPT: python sample.py --out_dir={out})")
         return
-    from nanogpt.interop import forcing
+    from nanogpt.exportdir import forcing
     from nanogpt.pretrained import export_hf
 
     with forcing(args.force):
@@ -411,26 +414,26 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from nanogpt.bench import bench
-    from nanogpt.config import parse_overrides
+    from nanogpt.configfile import parse_overrides
 
     result = bench(parse_overrides(args.overrides), args.steps, args.warmup, args.data_dir, args.threads)
     print(json.dumps(result, indent=2))
 
 
 def cmd_summary_table(args: argparse.Namespace) -> None:
-    from nanogpt.summary import write_table
+    from nanogpt.report.summary import write_table
 
     print(f"{write_table(args.results, args.csv, args.md, args.hparams_dir)} rows -> {args.csv}, {args.md}")
 
 
 def cmd_summary_curve(args: argparse.Namespace) -> None:
-    from nanogpt.curves import plot_curve
+    from nanogpt.report.curves import plot_curve
 
     print(f"{plot_curve(args.run_dir, args.out, args.title)} points -> {args.out}")
 
 
 def cmd_summary_sweep(args: argparse.Namespace) -> None:
-    from nanogpt.sweep_summary import summarize
+    from nanogpt.report.sweeps import summarize
 
     done = summarize(_spec_json(args.sweep, "--sweep"), args.runs_dir, args.out_dir)
     fit = done["fit"]
@@ -439,21 +442,21 @@ def cmd_summary_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_summary_run_page(args: argparse.Namespace) -> None:
-    from nanogpt.report import write_run_page
+    from nanogpt.report.pages import write_run_page
 
     write_run_page(args.metrics, args.out, args.title, args.curve_png, args.run_dir)
     print(f"wrote {args.out}")
 
 
 def cmd_summary_sample_page(args: argparse.Namespace) -> None:
-    from nanogpt.report import write_sample_page
+    from nanogpt.report.pages import write_sample_page
 
     write_sample_page(args.sample, args.out, args.title, _spec_json(args.spec) if args.spec else None)
     print(f"wrote {args.out}")
 
 
 def cmd_summary_baselines(args: argparse.Namespace) -> None:
-    from nanogpt.summary import baselines
+    from nanogpt.report.summary import baselines
 
     baselines(args.files, args.out, args.hellaswag)
 
@@ -544,7 +547,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def add_train_command(sub: argparse._SubParsersAction) -> None:
-    from nanogpt.config import settings_help
+    from nanogpt.settings import settings_help
 
     sp = sub.add_parser("train", help="train a run (torchrun for several processes); extra --key=value override",
                         formatter_class=_HelpFormatter, epilog=settings_help())
@@ -764,7 +767,7 @@ def _page_parser(steps: argparse._SubParsersAction, name: str, help: str, source
 
 def cmd_schema(args: argparse.Namespace) -> None:
     from nanogpt import fileio
-    from nanogpt.schema import schema_yaml, settings_markdown
+    from nanogpt.pipeline.schema import schema_yaml, settings_markdown
 
     for path, text in ((args.out, schema_yaml()), (args.docs, settings_markdown())):
         if path:
@@ -775,7 +778,7 @@ def cmd_schema(args: argparse.Namespace) -> None:
 
 
 def add_schema_command(sub: argparse._SubParsersAction) -> None:
-    from nanogpt.schema import DOCS_PATH, SCHEMA_PATH
+    from nanogpt.pipeline.schema import DOCS_PATH, SCHEMA_PATH
 
     sp = sub.add_parser("schema", help="config.yaml's JSON schema and the settings reference, from the settings' "
                                        "declarations", formatter_class=_HelpFormatter)

@@ -1,4 +1,6 @@
-"""Typed run configuration: nanoGPT's options as dataclasses, filled from YAML/JSON and `key=value` overrides.
+"""A config entry -> its checked settings: a run (RunConfig: inheritance, overrides, validation, the trajectory
+and its fingerprint), a sample, an evaluation, a job's resources. The settings themselves are declared in
+nanogpt.settings.
 
 A run entry in config.yaml looks like::
 
@@ -14,30 +16,20 @@ A run entry in config.yaml looks like::
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
-import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nanogpt.configfile import floats_from_strings
 from nanogpt.errors import ConfigError
-from nanogpt.settings import (  # noqa: F401  (re-exported: the settings are part of a run's configuration)
-    ARCHS,
-    CORPUS_DEFAULTS,
-    DTYPES,
-    MAX_ITERS,
-    MAX_NEW_TOKENS_LIMIT,
-    MAX_NUM_SAMPLES,
+from nanogpt.names import check_name, suggest
+from nanogpt.settings import (
     MAX_SAMPLE_TOKENS,
-    MUON_ADJUST_LR,
-    OPTIMIZERS,
     RUN_SECTIONS,
-    TEXT_DEFAULTS,
-    DatasetSettings,
     EvalSettings,
     GPTConfig,
     LaunchSettings,
@@ -47,33 +39,12 @@ from nanogpt.settings import (  # noqa: F401  (re-exported: the settings are par
     TrainSettings,
     check_fields,
     non_defaults,
-    settings_help,
     weight_settings,
 )
 
 # A run's training tokens (max_iters x batch x accumulation x block) beyond this are a typo: 100 trillion is
 # several times what the largest open models were trained on.
 MAX_TRAIN_TOKENS = 10**14
-
-# The one rule for every entry name (datasets, runs, samples, evals): names become folder names and command-line
-# arguments, so they hold only letters, digits and . _ - and start with a letter or digit (no "..", no spaces, no
-# shell syntax).
-NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
-_NAME_RE = re.compile(NAME_PATTERN)
-
-
-def check_name(name: object, where: str) -> str:
-    """`name` if it follows NAME_PATTERN, else a ConfigError naming it."""
-    if isinstance(name, bool | int | float) or name is None:  # YAML read the key as a number, boolean or null
-        raise ConfigError(f"{where} name {name!r} is a {type(name).__name__} in YAML, not text: expected a name, "
-                          f"quoted if it looks like a number (\"{name}\")")
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ConfigError(
-            f"{where} name {name!r} is not allowed: expected 1-100 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return name
-
 
 PRETRAINED_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
@@ -188,62 +159,6 @@ def _hash(identity: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-DATASET_KEYS = ("source", "hf", "files", "path", *(f.name for f in fields(DatasetSettings) if f.name not in ("name", "kind")))
-# A `path:` file with one of these endings is a corpus of documents (read like `files:`); any other file is one
-# text, split by characters like a `source:` text.
-CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
-
-
-def dataset_kind(spec: dict) -> str:
-    """source | hf | files (as written), or for `path:` entries: text (one text file) | corpus (documents)."""
-    if "path" not in spec:
-        return next(k for k in ("source", "hf", "files") if k in spec)
-    path = Path(str(spec["path"])).expanduser()
-    return "text" if path.is_file() and path.suffix.lower() not in CORPUS_SUFFIXES else "corpus"
-
-
-def as_files_spec(spec: dict) -> dict:
-    """A corpus `path:` entry as the `files:` entry it stands for: the file, the glob, or a folder's data files."""
-    path = Path(str(spec["path"])).expanduser()
-    if path.is_dir():
-        found = sorted(str(p) for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    else:
-        found = [str(spec["path"])]
-    return {**{k: v for k, v in spec.items() if k != "path"}, "files": {"paths": found}}
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-
-
-def check_dataset(spec: dict, name: str) -> DatasetSettings:
-    """A `datasets:` entry: known keys, one kind of source, and its settings (before any job starts)."""
-    where = f"datasets.{name}"
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where}={spec!r}: expected a mapping")
-    for key in spec:
-        if key not in DATASET_KEYS:
-            raise ConfigError(f"unknown key {where}.{key}{suggest(key, list(DATASET_KEYS))}")
-    kinds = [k for k in ("source", "hf", "files", "path") if k in spec]
-    if len(kinds) != 1:
-        raise ConfigError(f"{where}: has {kinds or 'none'} of source / hf / files / path: expected exactly one")
-    if "source" in spec:
-        src = spec["source"]
-        if not isinstance(src, dict) or not isinstance(src.get("url"), str) or "sha256" not in src:
-            raise ConfigError(f"{where}.source={src!r}: expected a mapping with url and sha256")
-        if not isinstance(src["sha256"], str) or not _SHA256_RE.fullmatch(src["sha256"]):
-            raise ConfigError(f"{where}.source.sha256={src['sha256']!r}: expected 64 lowercase hex digits")
-    elif "path" in spec:
-        if not isinstance(spec["path"], str) or not spec["path"].strip():
-            raise ConfigError(f"{where}.path={spec['path']!r}: expected a text file, a folder or a glob of data files")
-    elif not isinstance(spec[kinds[0]], dict):
-        raise ConfigError(f"{where}.{kinds[0]}={spec[kinds[0]]!r}: expected a mapping")
-    kind = dataset_kind(spec)
-    defaults = TEXT_DEFAULTS if kind in ("source", "text") else CORPUS_DEFAULTS
-    settings = {k: spec[k] for k in DATASET_KEYS[4:] if k in spec}
-    if "vocab_from" in spec:
-        names = spec["vocab_from"]
-        settings["vocab_from"] = tuple(names) if isinstance(names, list) else names
-    return DatasetSettings(name=name, kind=kind, **defaults | settings)
-
-
 def resolve_sample(entry: dict, where: str = "sample") -> SampleSettings:
     """A `samples:` entry (or the CLI's flags as a dict) -> validated SampleSettings."""
     if not isinstance(entry, dict):
@@ -277,12 +192,6 @@ def resolve_resources(entry: dict, where: str) -> Resources:
     resources = _build(Resources, entry.get("resources") or {}, f"{where}.resources")
     check_fields(resources, f"{where}.resources")
     return resources
-
-
-def suggest(key: str, known: list[str]) -> str:
-    """' (did you mean 'x'?)' for the closest of `known`, or ''."""
-    close = difflib.get_close_matches(key, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check_type(where: str, value: Any, expected: Any) -> Any:
@@ -414,62 +323,3 @@ def apply_override(entry: dict, key: str, value: Any, name: str = "run") -> None
             return
     known = ["dataset", "init_from"] + [f.name for cls in RUN_SECTIONS.values() for f in fields(cls)]
     raise ConfigError(f"unknown setting {key!r}{suggest(key, known)}")
-
-
-def parse_overrides(args: list[str]) -> dict:
-    """`--key=value` / `key=value` strings -> dict; values are parsed as YAML scalars (1e-3, true, null)."""
-    out = {}
-    for arg in args:
-        text = arg.removeprefix("--")
-        if "=" not in text:
-            raise ConfigError(f"override {arg!r}: expected --key=value")
-        key, raw = text.split("=", 1)
-        import yaml  # here, not at the top: the package imports with torch alone (a bare GPU box)
-
-        if raw.count("[") + raw.count("{") > 64:  # fileio.JSON_MAX_DEPTH: PyYAML would recurse, slowly, to its limit
-            raise ConfigError(f"override {arg[:80]!r}: over 64 brackets: expected a number, true/false, null or text")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except (yaml.YAMLError, RecursionError) as e:  # `--x=[1`, `--x=a: b: c`, a thousand nested brackets
-            problem = getattr(e, "problem", None) or type(e).__name__
-            raise ConfigError(f"override {arg[:80]!r}: the value is not valid YAML ({problem}): expected a "
-                              "number, true/false, null or text") from None
-        out[key.replace("-", "_")] = floats_from_strings(value)
-    return out
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML file with a one-line error for a missing or malformed file."""
-    import yaml
-
-    from nanogpt.fileio import check_config_files, not_a_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} {not_a_file(path)}: expected a YAML file")
-    check_config_files([path])  # size, nesting, alias bombs, YTE: refused before PyYAML builds anything
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"malformed YAML in {str(path)!r}{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(path)!r}: expected a mapping at the top level, got {type(data).__name__}")
-    return floats_from_strings(data)
-
-
-def floats_from_strings(obj: Any) -> Any:
-    """Turn YAML 1.1's string '6e-4' into 6e-4 everywhere (PyYAML needs a dot for float exponents)."""
-    if isinstance(obj, dict):
-        return {k: floats_from_strings(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [floats_from_strings(v) for v in obj]
-    if isinstance(obj, str):
-        try:
-            if any(c in obj for c in "eE") and obj.strip()[0] in "+-0123456789.":
-                return float(obj)
-        except ValueError:
-            pass
-    return obj

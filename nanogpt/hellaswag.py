@@ -20,16 +20,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nanogpt import fileio
-from nanogpt.config import _SHA256_RE, check_name
+from nanogpt.data.entry import _SHA256_RE
 from nanogpt.errors import ConfigError, DataError
+from nanogpt.names import check_name
 from nanogpt.settings import HellaSwagSettings
 
 if TYPE_CHECKING:
     import torch
 
+    from nanogpt.data.tokenizer import Tokenizer
     from nanogpt.model import GPT
     from nanogpt.runtime import Placement
-    from nanogpt.tokenizer import Tokenizer
 
 TASK = "hellaswag"
 # llm.c's URL; the file at rowanz/hellaswag commit a29ff8e has git blob id 0f5ee25d... (`git ls-tree a29ff8e
@@ -53,7 +54,8 @@ def is_task_entry(entry: object) -> bool:
 
 def resolve_settings(entry: dict, where: str) -> HellaSwagSettings:
     """A HellaSwag `evals:` entry -> its checked settings (the entry's keys checked too)."""
-    from nanogpt.config import _build, floats_from_strings
+    from nanogpt.config import _build
+    from nanogpt.configfile import floats_from_strings
 
     if entry.get("task") != TASK:
         raise ConfigError(f"{where}.task={entry.get('task')!r}: expected {TASK!r}")
@@ -90,8 +92,8 @@ def items_file_name(source: dict) -> str:
 
 
 def fetch_items(source: dict, dest: str | os.PathLike, mirror: str | os.PathLike | None = None) -> Path:
-    """The items file, checksum-verified, from the mirror or the network (nanogpt.data.fetch)."""
-    from nanogpt.data import fetch
+    """The items file, checksum-verified, from the mirror or the network (nanogpt.data.prepare.fetch)."""
+    from nanogpt.data.prepare import fetch
 
     check_source(source, "source")
     return fetch(source["url"], source.get("sha256"), dest, mirror, git_blob_sha1=source.get("git_blob_sha1"))

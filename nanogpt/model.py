@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanogpt.config import GPTConfig
 from nanogpt.errors import ConfigError
+from nanogpt.settings import GPTConfig
 
 
 class KVCache:

@@ -36,7 +36,7 @@ def _local_source(name_or_dir: str, mirror: str | os.PathLike | None = None) -> 
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
-    from nanogpt.tokenizer import mirror_dir
+    from nanogpt.data.tokenizer import mirror_dir
 
     folder = mirror_dir(mirror)
     if folder is not None and "/" not in name_or_dir and (folder / name_or_dir / "config.json").is_file():
@@ -194,9 +194,9 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from nanogpt import interop
+    from nanogpt import exportdir, interop
 
-    interop.check_out_dir(out_dir, "config.json", "Hugging Face")
+    exportdir.check_out_dir(out_dir, "config.json", "Hugging Face")
     if isinstance(model_or_checkpoint, GPT):
         model = model_or_checkpoint
     else:
@@ -239,4 +239,4 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
             if written.is_file():
                 written.chmod(file_mode())
 
-    return interop.write_folder(out_dir, "config.json", "Hugging Face", write)
+    return exportdir.write_folder(out_dir, "config.json", "Hugging Face", write)

@@ -12,11 +12,12 @@ import torch
 
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
-from nanogpt.config import SampleSettings, is_pretrained_source
+from nanogpt.config import is_pretrained_source
+from nanogpt.data.tokenizer import CharTokenizer, Tokenizer, from_meta, gpt2_tokenizer
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.model import GPT
 from nanogpt.runtime import CPU_FP32, Placement
-from nanogpt.tokenizer import CharTokenizer, Tokenizer, from_meta, gpt2_tokenizer
+from nanogpt.settings import SampleSettings
 
 SEPARATOR = "\n---------------\n"
 log = logging.getLogger(__name__)

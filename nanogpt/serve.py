@@ -16,12 +16,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import torch
 
-from nanogpt.config import SampleSettings, resolve_sample
+from nanogpt.config import resolve_sample
+from nanogpt.data.tokenizer import Tokenizer
 from nanogpt.errors import UserError
 from nanogpt.model import GPT
 from nanogpt.runtime import Placement
 from nanogpt.sample import draw_continuation, encode_prompt
-from nanogpt.tokenizer import Tokenizer
+from nanogpt.settings import SampleSettings
 
 MAX_BODY_BYTES = 64 * 1024
 REQUEST_TOKENS_MAX = 4096  # num_samples x max_new_tokens of one request: no request holds the server for long

@@ -2,8 +2,8 @@
 change the weights a run ends with.
 
 From the declarations come the checks (`check_fields`), `nanogpt train --help` and the sample/eval flags
-(nanogpt.cli), the JSON schema's settings blocks (nanogpt.schema), the configuration reference
-(docs/configuration.md, written by `nanogpt schema --docs`) and a run's trajectory (RunConfig.trajectory).
+(nanogpt.cli), the JSON schema's settings blocks (nanogpt.pipeline.schema), the configuration reference
+(docs/settings.md, written by `nanogpt schema --docs`) and a run's trajectory (RunConfig.trajectory).
 Adding a setting is one line here, plus the code that uses it. Checks that relate several settings
 (n_embd % n_head, min_lr <= learning_rate, the world size) stay short explicit code beside their dataclass.
 """

@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nanogpt.config import RunConfig, TrainSettings
+from nanogpt.config import RunConfig
 from nanogpt.errors import ConfigError
-from nanogpt.report import flat
+from nanogpt.report.pages import flat
+from nanogpt.settings import TrainSettings
 
 EVENTS_GLOB = "events.out.tfevents.*"
 LOSS_TAGS = ["loss/train", "loss/train_eval", "loss/val"]

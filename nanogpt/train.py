@@ -26,8 +26,9 @@ import torch.distributed as dist
 
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio, threads, trajectory
-from nanogpt.config import PRETRAINED_NAMES, RunConfig, TrainSettings, is_pretrained_source
-from nanogpt.data import BatchSampler, load_meta
+from nanogpt.config import PRETRAINED_NAMES, RunConfig, is_pretrained_source
+from nanogpt.data.prepare import BatchSampler, load_meta
+from nanogpt.data.tokenizer import vocab_remap
 from nanogpt.errors import ConfigError
 from nanogpt.launch import report_checkpoint_saved
 from nanogpt.model import GPT
@@ -46,7 +47,7 @@ from nanogpt.runtime import (
     seed_device_rng,
     setup_distributed,
 )
-from nanogpt.tokenizer import vocab_remap
+from nanogpt.settings import TrainSettings
 from nanogpt.tracking import Tracker, check_wandb
 
 # Default checkpoint cadence: at most this fraction of the wall time is spent writing periodic checkpoints.

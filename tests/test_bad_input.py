@@ -21,10 +21,10 @@ from conftest import BIN, REPO, SHAKESPEARE_SHA256, make_pipeline, run_snakemake
 from nanogpt import checkpoint as ckpt_io
 from nanogpt.cli import main
 from nanogpt.config import resolve_run
-from nanogpt.data import prepare_text
+from nanogpt.data.prepare import prepare_text
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.pipeline import Pipeline
+from nanogpt.pipeline.entries import Pipeline
 
 TINY_MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16, "dropout": 0.0, "bias": False}
 

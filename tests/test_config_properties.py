@@ -21,11 +21,13 @@ from snakemake.io import regex_from_filepattern, update_wildcard_constraints
 from conftest import make_pipeline, run_snakemake, tiny_config
 from nanogpt import paths
 from nanogpt.cli import _spec_json
-from nanogpt.config import NAME_PATTERN, check_name, parse_overrides, resolve_run
+from nanogpt.config import resolve_run
+from nanogpt.configfile import parse_overrides
 from nanogpt.errors import ConfigError
 from nanogpt.fileio import check_config_files
-from nanogpt.pipeline import Pipeline
-from nanogpt.schema import check_against_schema, check_top_level_keys
+from nanogpt.names import NAME_PATTERN, check_name
+from nanogpt.pipeline.entries import Pipeline
+from nanogpt.pipeline.schema import check_against_schema, check_top_level_keys
 
 SCALE = int(os.environ.get("NANOGPT_FUZZ_SCALE", "1"))
 

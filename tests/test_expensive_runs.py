@@ -17,11 +17,20 @@ import torch
 from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import trajectory
-from nanogpt.config import RunConfig, TrainSettings, resolve_run
+from nanogpt.config import RunConfig, resolve_run
 from nanogpt.errors import DataError
-from nanogpt.jobs import Untracked
-from nanogpt.settings import ARCHS, OPTIMIZERS, ModelSettings, declared, default_of, field_types, same_value
-from nanogpt.sweep_summary import check_point_result
+from nanogpt.pipeline.jobs import Untracked
+from nanogpt.report.sweeps import check_point_result
+from nanogpt.settings import (
+    ARCHS,
+    OPTIMIZERS,
+    ModelSettings,
+    TrainSettings,
+    declared,
+    default_of,
+    field_types,
+    same_value,
+)
 
 NOTHING = "Nothing to be done"
 
@@ -265,7 +274,7 @@ def test_wall_time_counts_every_attempt(tmp_path):
     from nanogpt.train import train
 
     data = tmp_path / "data"
-    from nanogpt.data import prepare_text
+    from nanogpt.data.prepare import prepare_text
 
     prepare_text(Path(__file__).parents[1] / "nanogpt/assets/tinyshakespeare/input.txt", data)
     spec = tiny_config()["runs"]["tiny"]
@@ -290,5 +299,5 @@ def test_snakemake_records_no_untracked_parameter():
     probe = type("Probe", (), {name: getattr(PersistenceBase, name)
                                for name in ("_serialize_param_builtin", "_serialize_param_pandas")})()
     record = probe._serialize_param_pandas  # what Persistence._params applies to each parameter
-    assert record(Untracked("--spec {}")) is UNREPRESENTABLE, "Snakemake now records Untracked params: see nanogpt.jobs"
+    assert record(Untracked("--spec {}")) is UNREPRESENTABLE, "Snakemake now records Untracked params: see nanogpt.pipeline.jobs"
     assert record('{"dataset": "d"}') == repr('{"dataset": "d"}')

@@ -11,8 +11,8 @@ import torch
 from test_interop import CORPUS, random_gpt, save_checkpoint
 
 from nanogpt.cli import main as cli_main
+from nanogpt.data.tokenizer import CharTokenizer
 from nanogpt.model import GPT
-from nanogpt.tokenizer import CharTokenizer
 
 
 @pytest.fixture

@@ -19,14 +19,16 @@ from conftest import make_pipeline, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio, interop, paths
 from nanogpt.cli import main
-from nanogpt.config import MAX_ITERS, MAX_SAMPLE_TOKENS, check_dataset, resolve_run, resolve_sample
-from nanogpt.data import BatchSampler, download_hf, load_meta, prepare_text
+from nanogpt.config import resolve_run, resolve_sample
+from nanogpt.data.entry import check_dataset
+from nanogpt.data.hf_corpus import CorpusError, prepare_hf
+from nanogpt.data.prepare import BatchSampler, download_hf, load_meta, prepare_text
+from nanogpt.data.tokenizer import CharTokenizer, mirror_dir
 from nanogpt.errors import CheckpointError, ConfigError, DataError
-from nanogpt.hf_corpus import CorpusError, prepare_hf
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.pipeline import Pipeline
-from nanogpt.schema import check_against_schema, check_top_level_keys
-from nanogpt.tokenizer import CharTokenizer, mirror_dir
+from nanogpt.pipeline.entries import Pipeline
+from nanogpt.pipeline.schema import check_against_schema, check_top_level_keys
+from nanogpt.settings import MAX_ITERS, MAX_SAMPLE_TOKENS
 
 TINY_MODEL = {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 8, "dropout": 0.0, "bias": False}
 

@@ -17,12 +17,12 @@ from transformers import GPT2Tokenizer as HFGPT2Tokenizer
 from conftest import make_pipeline, run_snakemake, tiny_config
 from nanogpt import fileio, hellaswag
 from nanogpt.cli import main
+from nanogpt.data.tokenizer import BUNDLED_DIR, CharTokenizer, gpt2_tokenizer
 from nanogpt.errors import ChecksumError, ConfigError, DataError
-from nanogpt.pipeline import Pipeline
+from nanogpt.pipeline.entries import Pipeline
 from nanogpt.pretrained import load_pretrained
+from nanogpt.report.summary import baselines
 from nanogpt.runtime import CPU_FP32
-from nanogpt.summary import baselines
-from nanogpt.tokenizer import BUNDLED_DIR, CharTokenizer, gpt2_tokenizer
 
 FIXTURE = Path(__file__).parent / "data" / "hellaswag_val_fixture.jsonl"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from nanogpt import paths
-from nanogpt.outputs import MAX_PER_LABEL, REPORT_COMMAND, outputs_block
-from nanogpt.summary import write_table
+from nanogpt.pipeline.outputs import MAX_PER_LABEL, REPORT_COMMAND, outputs_block
+from nanogpt.report.summary import write_table
 
 
 def touch(root: Path, *files: str) -> None:

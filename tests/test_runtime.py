@@ -23,9 +23,10 @@ import yaml
 from conftest import BIN, REPO, tiny_config
 from nanogpt import launch, runtime
 from nanogpt.config import resolve_run
-from nanogpt.data import BatchSampler, prepare_text
-from nanogpt.jobs import Jobs
-from nanogpt.pipeline import Pipeline
+from nanogpt.data.prepare import BatchSampler, prepare_text
+from nanogpt.data.tokenizer import BUNDLED_DIR
+from nanogpt.pipeline.entries import Pipeline
+from nanogpt.pipeline.jobs import Jobs
 from nanogpt.runtime import (
     Dist,
     gpu_has_native_bf16,
@@ -34,7 +35,6 @@ from nanogpt.runtime import (
     pick_dtype,
     setup_device,
 )
-from nanogpt.tokenizer import BUNDLED_DIR
 from nanogpt.train import Trainer, _rng_state, _set_rng_state, _StopFlag, train
 
 SHAKESPEARE = BUNDLED_DIR / "tinyshakespeare" / "input.txt"

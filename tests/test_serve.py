@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from test_interop import CORPUS, random_gpt, save_checkpoint
 
-from nanogpt.config import SampleSettings
+from nanogpt.data.tokenizer import CharTokenizer
 from nanogpt.sample import generate_samples
 from nanogpt.serve import REQUEST_TOKENS_MAX
-from nanogpt.tokenizer import CharTokenizer
+from nanogpt.settings import SampleSettings
 
 BIN = Path(sys.executable).parent
 

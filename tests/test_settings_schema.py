@@ -18,14 +18,16 @@ import yaml
 
 from conftest import BIN, REPO
 from nanogpt.cli import build_parser
-from nanogpt.config import CORPUS_DEFAULTS, TEXT_DEFAULTS, DatasetSettings
-from nanogpt.pipeline import Pipeline
-from nanogpt.schema import DOCS_PATH, SCHEMA_PATH, config_schema, schema_yaml, settings_markdown
+from nanogpt.pipeline.entries import Pipeline
+from nanogpt.pipeline.schema import DOCS_PATH, SCHEMA_PATH, config_schema, schema_yaml, settings_markdown
 from nanogpt.settings import (
     ARCHS,
+    CORPUS_DEFAULTS,
     DTYPES,
     MUON_ADJUST_LR,
     OPTIMIZERS,
+    TEXT_DEFAULTS,
+    DatasetSettings,
     EvalSettings,
     HellaSwagSettings,
     LaunchSettings,
@@ -186,6 +188,6 @@ def test_a_setting_declared_in_one_line_is_everywhere(tmp_path):
     assert refused.returncode != 0
     assert "runs.shakespeare_char_cpu.train.probe_rate=11.0: expected a number in (0, 10]" in (
         refused.stdout + refused.stderr)
-    override = run(sys.executable, "-c", "from nanogpt.config import parse_overrides, resolve_run; "
+    override = run(sys.executable, "-c", "from nanogpt.config import resolve_run; from nanogpt.configfile import parse_overrides; "
                    "print(resolve_run({'dataset': 'd'}, 'r', parse_overrides(['--probe_rate=0.02'])).train.probe_rate)")
     assert override.stdout.strip() == "0.02", override.stderr

@@ -21,8 +21,8 @@ import torch
 
 from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt.checkpoint import load
-from nanogpt.jobs import Jobs
-from nanogpt.pipeline import Pipeline
+from nanogpt.pipeline.entries import Pipeline
+from nanogpt.pipeline.jobs import Jobs
 
 SLURM_PROFILE = "workflow/profiles/slurm"
 

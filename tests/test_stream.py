@@ -18,10 +18,10 @@ import torch
 from test_interop import BPE_STRINGS, CORPUS, one_line_error, random_gpt, save_checkpoint
 
 from nanogpt.cli import main as cli_main
-from nanogpt.config import SampleSettings
+from nanogpt.data.tokenizer import CharTokenizer, gpt2_tokenizer
 from nanogpt.model import GPT
 from nanogpt.sample import SEPARATOR, TextStream, generate_samples, interactive
-from nanogpt.tokenizer import CharTokenizer, gpt2_tokenizer
+from nanogpt.settings import SampleSettings
 
 BIN = Path(sys.executable).parent
 

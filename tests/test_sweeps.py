@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import make_pipeline, run_snakemake, tiny_config, write_config
-from nanogpt import sweep_summary, sweeps
-from nanogpt.config import NAME_PATTERN, resolve_run
+from nanogpt.config import resolve_run
 from nanogpt.errors import ConfigError
-from nanogpt.jobs import Jobs
-from nanogpt.pipeline import Pipeline
+from nanogpt.names import NAME_PATTERN
+from nanogpt.pipeline.entries import Pipeline, sweeps
+from nanogpt.pipeline.jobs import Jobs
+from nanogpt.report.pages import sweeps as sweep_summary
 
 
 def with_sweeps(sweep_cfg: dict, targets: list[str] | None = None) -> dict:

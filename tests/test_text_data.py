@@ -22,10 +22,10 @@ from conftest import (
     tiny_config,
     write_config,
 )
-from nanogpt.data import normalize_text, split_warnings
+from nanogpt.data.prepare import normalize_text, split_warnings
+from nanogpt.data.tokenizer import CharTokenizer, vocab_remap
 from nanogpt.errors import ConfigError
-from nanogpt.pipeline import Pipeline
-from nanogpt.tokenizer import CharTokenizer, vocab_remap
+from nanogpt.pipeline.entries import Pipeline
 
 SHAKESPEARE = REPO / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt"
 # What the bundled tiny Shakespeare prepared to before text was normalized (sha256 of each file): a text with

@@ -16,7 +16,7 @@ import pytest
 from conftest import make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import trajectory
-from nanogpt.curves import load_events
+from nanogpt.report.curves import load_events
 
 RUN = "results/runs/tiny"
 

@@ -23,7 +23,7 @@ from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_confi
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
 from nanogpt.config import resolve_run
-from nanogpt.data import prepare_text
+from nanogpt.data.prepare import prepare_text
 from nanogpt.errors import BusyError, DataError, DiskFullError
 from nanogpt.runlock import run_folder_lock
 from nanogpt.train import train
@@ -40,7 +40,7 @@ RUN = {
 @pytest.fixture(scope="module")
 def chars(tmp_path_factory) -> Path:
     """A small prepared char dataset (the first 60k characters of the bundled tiny Shakespeare)."""
-    from nanogpt.data import fetch
+    from nanogpt.data.prepare import fetch
 
     root = tmp_path_factory.mktemp("chars")
     text = root / "input.txt"
@@ -261,7 +261,7 @@ def pipeline_config(dataset: dict) -> dict:
 def small_texts(tmp_path_factory) -> tuple[Path, str]:
     """A mirror with two texts: `a.txt` without some letters (a smaller vocabulary) and `b.txt` with them."""
     root = tmp_path_factory.mktemp("texts")
-    from nanogpt.data import fetch
+    from nanogpt.data.prepare import fetch
 
     fetch("https://example.invalid/input.txt",
           "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", root / "full.txt")
@@ -438,7 +438,7 @@ def test_outputs_honour_the_umask(tmp_path):
 
 
 def test_data_errors_name_the_file(chars, tmp_path):
-    from nanogpt.data import BatchSampler
+    from nanogpt.data.prepare import BatchSampler
 
     data = copy_data(chars, tmp_path / "data")
     (data / "val.bin").unlink()

@@ -16,10 +16,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import BIN, REPO, run_snakemake
 from nanogpt.cli import main as cli_main
-from nanogpt.config import DatasetSettings
-from nanogpt.data import prepare_text
-from nanogpt.pipeline import coerce_config_overrides
+from nanogpt.data.prepare import prepare_text
+from nanogpt.pipeline.entries import coerce_config_overrides
 from nanogpt.sample import SEPARATOR
+from nanogpt.settings import DatasetSettings
 
 
 def run(*cmd: str, cwd=REPO) -> subprocess.CompletedProcess:
@@ -107,7 +107,7 @@ def test_summary_error_is_one_line(tmp_path, capsys):
 
 def test_hf_corpus_does_not_import_data():
     """No import cycle: data.py dispatches to hf_corpus.py, never the other way round."""
-    code = "import sys, nanogpt.hf_corpus; print('nanogpt.data' in sys.modules)"
+    code = "import sys, nanogpt.data.hf_corpus; print('nanogpt.data.prepare' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 

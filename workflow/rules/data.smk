@@ -1,7 +1,7 @@
 # Datasets: the download step (local rules: on a cluster they run on the login node, compute jobs never touch
 # the network), then tokenization. `source:` entries download one checksummed file (source.txt); `hf:` and
-# `files:` entries resolve to data files and a manifest (source.json): see nanogpt/hf_corpus.py.
-from nanogpt.hf_corpus import local_inputs
+# `files:` entries resolve to data files and a manifest (source.json): see nanogpt/data/hf_corpus.py.
+from nanogpt.data.hf_corpus import local_inputs
 
 
 localrules:

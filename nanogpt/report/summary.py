@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from nanogpt import fileio
-from nanogpt.report import cell, flat, table, write_page
+from nanogpt.report.pages import cell, flat, table, write_page
 
 # nanoGPT README, "baselines": OpenAI GPT-2 checkpoints on OpenWebText (train loss, val loss).
 PUBLISHED_OWT = {
@@ -230,7 +230,7 @@ def sweep_sections(results: Path) -> list[str]:
     shows every sweep that was run, listed under `targets.sweeps` or not."""
     import pandas as pd
 
-    from nanogpt.report import image
+    from nanogpt.report.pages import image
 
     parts = []
     for csv in sorted(results.glob("sweeps/*/summary.csv")):

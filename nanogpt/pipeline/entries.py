@@ -19,22 +19,16 @@ import yaml
 from nanogpt import paths
 from nanogpt.config import (
     PRETRAINED_NAMES,
-    EvalSettings,
     RunConfig,
-    SampleSettings,
-    check_dataset,
-    check_name,
-    dataset_kind,
-    floats_from_strings,
     inherit_runs,
-    non_defaults,
     resolve_eval,
     resolve_resources,
     resolve_run,
     resolve_sample,
     settings_warnings,
-    suggest,
 )
+from nanogpt.configfile import floats_from_strings
+from nanogpt.data.entry import check_dataset, dataset_kind
 from nanogpt.errors import ConfigError
 from nanogpt.hellaswag import (
     DEFAULT_SOURCE,
@@ -45,8 +39,10 @@ from nanogpt.hellaswag import (
     read_items,
     resolve_settings,
 )
-from nanogpt.schema import check_against_schema, check_top_level_keys
-from nanogpt.sweeps import Sweep, expand_sweeps, sweep_files
+from nanogpt.names import check_name, suggest
+from nanogpt.pipeline.schema import check_against_schema, check_top_level_keys
+from nanogpt.pipeline.sweeps import Sweep, expand_sweeps, sweep_files
+from nanogpt.settings import EvalSettings, SampleSettings, non_defaults
 from nanogpt.tracking import check_wandb
 
 
@@ -519,7 +515,7 @@ class Pipeline:
 
     # ---- sweeps ---------------------------------------------------------------------------------------
     def sweeps(self) -> dict[str, Sweep]:
-        """Every sweep, expanded once into its points (named runs; see nanogpt/sweeps.py)."""
+        """Every sweep, expanded once into its points (named runs; see nanogpt/pipeline/sweeps.py)."""
         if self._sweeps is None:
             self._sweeps = expand_sweeps(self.config.get("sweeps"), self._base_runs())
         return self._sweeps

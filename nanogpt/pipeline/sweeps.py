@@ -3,7 +3,7 @@
 Config time (imported by the Snakefile, so nothing heavy at import): `expand_sweeps` turns config.yaml's
 `sweeps:` into one run entry per point, named from its values, so the existing train rule trains each point
 as a run of its own (its own job, resume, metrics, TensorBoard). The job-time half (the table, the plots,
-the HParams events and the power-law fit) is nanogpt/sweep_summary.py, `nanogpt summary sweep`.
+the HParams events and the power-law fit) is nanogpt/report/sweeps.py, `nanogpt summary sweep`.
 """
 
 from __future__ import annotations
@@ -16,19 +16,12 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from nanogpt.config import (
-    RUN_SECTIONS,
-    Resources,
-    RunConfig,
-    apply_override,
-    check_name,
-    floats_from_strings,
-    resolve_resources,
-    resolve_run,
-    suggest,
-)
+from nanogpt.config import RunConfig, apply_override, resolve_resources, resolve_run
+from nanogpt.configfile import floats_from_strings
 from nanogpt.errors import ConfigError
+from nanogpt.names import check_name, suggest
 from nanogpt.paths import SWEEP_DIR
+from nanogpt.settings import RUN_SECTIONS, Resources
 
 SWEEP_KEYS = ("base", "grid", "points", "fixed", "scaling")
 SCALING_KEYS = ("tokens_per_param", "flops")

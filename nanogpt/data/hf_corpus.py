@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from nanogpt import fileio
-from nanogpt.config import ConfigError, DatasetSettings, as_files_spec, dataset_kind
-from nanogpt.errors import ChecksumError
-from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer, mirror_dir, token_dtype
+from nanogpt.data.entry import as_files_spec, dataset_kind
+from nanogpt.data.tokenizer import GPT2_EOT, gpt2_tokenizer, mirror_dir, token_dtype
+from nanogpt.errors import ChecksumError, ConfigError
+from nanogpt.settings import DatasetSettings
 
 # file format (config `files.format` or file suffix) -> `datasets` packaged builder
 BUILDERS = {"parquet": "parquet", "json": "json", "jsonl": "json", "text": "text", "txt": "text", "csv": "csv"}

@@ -28,17 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nanogpt import fileio, paths
-from nanogpt.config import (
-    ConfigError,
-    DatasetSettings,
-    ModelSettings,
-    TrainSettings,
-    check_dataset,
-    dataset_kind,
-)
-from nanogpt.errors import ChecksumError, DataError
-from nanogpt.hf_corpus import download_hf, prepare_hf
-from nanogpt.tokenizer import CharTokenizer, check_chars, find_local, gpt2_tokenizer, token_dtype
+from nanogpt.data.entry import check_dataset, dataset_kind
+from nanogpt.data.hf_corpus import download_hf, prepare_hf
+from nanogpt.data.tokenizer import CharTokenizer, check_chars, find_local, gpt2_tokenizer, token_dtype
+from nanogpt.errors import ChecksumError, ConfigError, DataError
+from nanogpt.settings import DatasetSettings, ModelSettings, TrainSettings
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +41,7 @@ SPLITS = ("train", "val")
 _SPLIT_ID = {"train": 0, "val": 1}
 DOWNLOAD_TIMEOUT_S = 60
 # A `source:` text is read and tokenized in memory (nanoGPT's char datasets are ~1 MB); bigger corpora stream
-# through a `files:` entry instead (nanogpt.hf_corpus).
+# through a `files:` entry instead (nanogpt.data.hf_corpus).
 SOURCE_TEXT_MAX_BYTES = 2**30
 
 

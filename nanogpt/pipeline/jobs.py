@@ -1,6 +1,6 @@
 """How each job runs, given the pipeline's resolved entries: its scheduler resources, the launcher (torchrun,
 srun across nodes) and its command-line arguments. The other half of what the Snakefile needs; `Pipeline`
-(nanogpt/pipeline.py) holds the entries themselves: lookup, checks, targets and inputs.
+(nanogpt/pipeline/entries.py) holds the entries themselves: lookup, checks, targets and inputs.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Callable
 
 from nanogpt import paths
-from nanogpt.pipeline import Pipeline
+from nanogpt.pipeline.entries import Pipeline
 
 
 class Untracked:
