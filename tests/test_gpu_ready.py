@@ -180,7 +180,7 @@ def test_compile_auto_is_on_for_cuda_only():
     assert resolve_compile(False, torch.device("cuda", 0)) is False
     assert resolve_compile(True, torch.device("cpu")) is True
     assert resolve_run({"dataset": "d"}, "r").train.compile == "auto"
-    with pytest.raises(ConfigError, match=r"runs.r.train.compile='sometimes': expected true, false or auto"):
+    with pytest.raises(ConfigError, match=r"runs.r.train.compile='sometimes': expected one of true, false, auto"):
         resolve_run({"dataset": "d", "train": {"compile": "sometimes"}}, "r")
 
 

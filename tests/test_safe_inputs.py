@@ -178,7 +178,7 @@ def test_export_path_arguments_are_one_line_errors(ckpt, tmp_path, capsys, monke
     assert f"{str(work / 'keep.txt')!r} is a file: expected a folder path" in line
     locked = work / "locked"
     locked.mkdir()
-    monkeypatch.setattr(interop, "_writable", lambda folder: folder != locked)  # root ignores chmod
+    monkeypatch.setattr(exportdir, "_writable", lambda folder: folder != locked)  # root ignores chmod
     line = one_line_error(capsys, *export("hf", ckpt, locked / "new" / "deeper"))
     assert f"{str(locked)!r} is not writable by this user" in line
     assert sorted(p.name for p in work.iterdir()) == ["keep.txt", "locked"] and not any(locked.iterdir())
@@ -242,7 +242,7 @@ def test_source_text_not_utf8(tmp_path, capsys):
 
 
 def test_failed_prepare_leaves_no_meta_json_vouching_for_new_bins(tmp_path, monkeypatch):
-    from nanogpt.data.prepare import prepare as data
+    from nanogpt.data import prepare as data
 
     out = tmp_path / "data"
     good = tmp_path / "good.txt"

@@ -12,9 +12,10 @@ from conftest import make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt.config import resolve_run
 from nanogpt.errors import ConfigError
 from nanogpt.names import NAME_PATTERN
-from nanogpt.pipeline.entries import Pipeline, sweeps
+from nanogpt.pipeline import sweeps
+from nanogpt.pipeline.entries import Pipeline
 from nanogpt.pipeline.jobs import Jobs
-from nanogpt.report.pages import sweeps as sweep_summary
+from nanogpt.report import sweeps as sweep_summary
 
 
 def with_sweeps(sweep_cfg: dict, targets: list[str] | None = None) -> dict:
