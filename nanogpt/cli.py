@@ -600,7 +600,7 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argume
 def main(argv: list[str] | None = None) -> int:
     from nanogpt.threads import set_wait_policy
 
-    set_wait_policy()  # before torch is imported: OpenMP threads spin briefly, then sleep (a shared CPU)
+    set_wait_policy()  # before torch is imported: OpenMP threads sleep, not spin, on a shared CPU
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

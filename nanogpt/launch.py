@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import run
 
     device, args = parse_args(sys.argv[1:] if argv is None else argv)
-    threads.set_wait_policy()  # the workers' OpenMP threads spin briefly, then sleep (a shared CPU)
+    threads.set_wait_policy()  # the workers' OpenMP threads sleep instead of spinning (a shared CPU)
     files = {}
     for env in (ERROR_FILE_ENV, SAVED_FILE_ENV):
         fd, files[env] = tempfile.mkstemp(prefix="nanogpt-launch-", suffix=".txt")

@@ -4,15 +4,15 @@ torch's CPU wheel runs its intra-op threads on GNU OpenMP (libgomp; KMP_BLOCKTIM
 nothing here). By default a libgomp thread spins 300,000 times (milliseconds) at every barrier before it sleeps.
 When another process takes a core, the spinning thread keeps its core while its descheduled sibling waits in the
 run queue, and every parallel region (hundreds per training step) waits for it. On 2 shared cores, 2 threads
-made the CPU config 6-70x slower than 1 thread. Sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) fixes that, but on
-a quiet machine every region then pays a wake-up: 2 passive threads were 0.88x 2 spinning ones.
+made the CPU config 6-70x slower than 1 thread. Two settings (benchmarks/README.md, "A busy machine" and "CPU
+threads and waits"):
 
-- `GOMP_SPINCOUNT=SPIN_COUNT`: a bounded spin (tens of microseconds, about the Python gap between two ops) before
-  sleeping; long enough for back-to-back regions on a quiet machine, short enough that a thread whose sibling
-  was descheduled gives its core away. It must be in the environment before torch is imported (libgomp reads
-  it once, at load): `set_wait_policy`.
+- `OMP_WAIT_POLICY=PASSIVE`: waiting threads sleep, so a loaded 2-thread run stayed within 2x of 1 thread. It
+  must be in the environment before torch is imported (libgomp reads it once, at load): `set_wait_policy`.
+  A bounded spin (GOMP_SPINCOUNT 100 to 10,000) was measured too: no faster than PASSIVE on a busy machine,
+  and up to 3x slower (benchmarks/wait_policy.py); untested on a quiet one.
 - one thread per MATMUL_WORK_PER_THREAD multiply-adds of the model's matmuls, within the CPUs the process was
-  given: the CPU config (128 wide) on 2 cores uses both, a 64-wide model one (benchmarks/README.md).
+  given: the CPU config (128 wide) on 2 cores uses both, a 64-wide model one.
 
 The choice depends only on the CPUs the process was given and the model's shape, never on the load at start,
 so a run's thread count (and its floating-point results) is the same at every attempt on the same machine; a
@@ -29,14 +29,11 @@ from pathlib import Path
 from nanogpt.errors import ConfigError
 
 # Multiply-adds of one n_embd x n_embd matmul over a micro-batch (batch_size * block_size * n_embd^2) per
-# thread. The CPU config (12 x 64 tokens, 128 wide) is 12.6M: 2 spinning threads took 34.6 ms a step against
-# 44.3 on one, on a quiet 2-core machine; 64 wide (3.1M) was faster on one thread, passive or loaded.
+# thread. The CPU config (12 x 64 tokens, 128 wide) is 12.6M: on a quiet 2-core machine 2 passive threads took
+# 39.4 ms a step against 44.3 on one; 64 wide (3.1M) was faster on one thread, passive or loaded.
 MATMUL_WORK_PER_THREAD = 2**22
 THREADS_ENV = "NANOGPT_THREADS"  # overrides `auto` for every run (a benchmark's fixed thread count; a shared box)
-# libgomp's spins before a waiting thread sleeps (default 300,000: milliseconds). Measured on 2 cores with a
-# load average of 13, 2 threads of the CPU config: 1,000 as fast as PASSIVE, 10,000 3x slower, 100,000 12x.
-SPIN_COUNT = 1000
-WAIT_POLICY = {"GOMP_SPINCOUNT": str(SPIN_COUNT)}
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -121,8 +118,8 @@ def apply_threads(requested: int | str | None, n_embd: int, tokens: int,
 
 
 def set_wait_policy(environ: MutableMapping[str, str] = os.environ) -> None:
-    """A bounded spin (GOMP_SPINCOUNT) for the processes started after this (torchrun's workers), unless the
-    user chose a wait policy or spin count. libgomp reads it when torch is imported, so it cannot be set from inside a
+    """OMP_WAIT_POLICY=PASSIVE for the processes started after this (torchrun's workers), unless the user chose
+    a wait policy or spin count. libgomp reads it when torch is imported, so it cannot be set from inside a
     process that has already imported torch."""
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
         environ.update(WAIT_POLICY)
