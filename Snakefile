@@ -1,12 +1,13 @@
 # nanogpt-workflow: download -> prepare -> train (torchrun) -> evaluate / sample -> summary.
 # Every rule calls the `nanogpt` package; config.yaml holds the experiments. See README.md.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 from nanogpt import paths
-from nanogpt.config import NAME_PATTERN
+from nanogpt.names import NAME_PATTERN
 from nanogpt.fileio import check_config_files
-from nanogpt.jobs import Jobs
-from nanogpt.pipeline import Pipeline, coerce_config_overrides, setup_rule_environment
+from nanogpt.pipeline.jobs import Jobs
+from nanogpt.pipeline.outputs import print_outputs
+from nanogpt.pipeline.entries import Pipeline, coerce_config_overrides, setup_rule_environment
 
 min_version("9.0")
 
@@ -27,10 +28,10 @@ report: "workflow/report/workflow.rst"
 
 # Values given with --config get config.yaml's types: Snakemake leaves nested ones as strings.
 coerce_config_overrides(config, workflow.config_settings.config)
-# nanogpt's own checks first (one line naming the value and what was expected), then the schema's structure.
+# nanogpt's own checks, then config.yaml against the schema generated from the settings' declarations: each
+# failure is one line naming the value and what was expected (Snakemake's validate would print the whole schema).
 P = Pipeline(config)  # the entries: lookup, checks, targets, inputs
 P.check()
-validate(P.typed_config(), "workflow/schemas/config.schema.yaml")
 J = Jobs(P)  # how each job runs: resources, launcher, arguments
 
 
@@ -40,6 +41,8 @@ wildcard_constraints:
     run=NAME_PATTERN,
     sample=NAME_PATTERN,
     model=NAME_PATTERN,
+    eval=NAME_PATTERN,
+    file=NAME_PATTERN,
 
 
 include: "workflow/rules/common.smk"
@@ -55,3 +58,7 @@ rule all:
     """What config.yaml's `targets` name: runs, samples, evals, and the summary."""
     input:
         P.target_files(),
+
+
+onsuccess:
+    print_outputs(workflow)  # the model, sample, curve and summary files of what was built

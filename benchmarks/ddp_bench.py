@@ -42,7 +42,7 @@ def prepared_data(data_dir: str | None, tmp: Path) -> Path:
     if data_dir:
         return Path(data_dir)
     from nanogpt.cli import main as nanogpt_cli
-    from nanogpt.data import prepare_text
+    from nanogpt.data.prepare import prepare_text
 
     src = tmp / "input.txt"  # config.yaml's shakespeare_char source: $NANOGPT_MIRROR if set, else the bundled copy
     if nanogpt_cli(["download", "--config", str(REPO / "config.yaml"), "--name", "shakespeare_char", "--out", str(src)]):

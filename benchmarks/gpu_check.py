@@ -126,7 +126,7 @@ def mfu(shape: dict, batch_seqs: int, ms: float | None, peak: float | None) -> f
 # ---- data ---------------------------------------------------------------------------------------------------------
 def prepare_data(work: Path) -> tuple[Path, Path]:
     """Char-tokenize the bundled Shakespeare for us (meta.json) and for nanoGPT (the same bins + meta.pkl)."""
-    from nanogpt.data import prepare_text
+    from nanogpt.data.prepare import prepare_text
 
     ours = work / "data" / "shakespeare_char"
     meta = prepare_text(ROOT / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt", ours)

@@ -103,7 +103,7 @@ def count_syncs(device: torch.device, fn: Callable[[], None]) -> int | None:
 
 def probe_async_batches(device: torch.device, data_dir: str) -> dict:
     """Batches as the training loop draws them: no host sync. Where one happens, its stack is kept."""
-    from nanogpt.data import BatchSampler
+    from nanogpt.data.prepare import BatchSampler
 
     sampler = BatchSampler(data_dir, 256, 64, 1337, device)
     first = count_syncs(device, lambda: [sampler.get_batch("train", i, 0) for i in range(5)])  # pinned pool grows

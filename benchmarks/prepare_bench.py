@@ -1,4 +1,4 @@
-"""Corpus preparation: our streaming prepare (nanogpt.hf_corpus) vs nanoGPT's data/openwebtext/prepare.py.
+"""Corpus preparation: our streaming prepare (nanogpt.data.hf_corpus) vs nanoGPT's data/openwebtext/prepare.py.
 
 Both read the same generated parquet corpus (>= 200 MB of text) with `datasets` and write GPT-2 uint16 bins with
 nanoGPT's split (val 0.0005, seed 2357). Each runs in its own subprocess; the parent samples the memory of the
@@ -76,7 +76,7 @@ def run_nanogpt(files: list[str], out: Path, num_proc: int) -> dict:
     from datasets import load_dataset
     from tqdm import tqdm
 
-    from nanogpt.tokenizer import gpt2_tokenizer
+    from nanogpt.data.tokenizer import gpt2_tokenizer
 
     enc = gpt2_tokenizer().encoding  # tiktoken's gpt2 encoding (offline: the mirror's or the bundled BPE files)
     dataset = load_dataset("parquet", data_files={"train": files}, num_proc=num_proc, cache_dir=str(out / "hf"))

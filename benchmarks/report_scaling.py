@@ -1,4 +1,4 @@
-"""Summary and report time and size against the number of finished runs (issue #27).
+"""Summary and report time and size against the number of finished runs.
 
 For each run count N (default 10, 100, 1000) it builds a copy of the workflow whose config.yaml targets N runs
 (the README's CPU Shakespeare settings, learning rate varied as in a sweep), with N *synthetic finished runs*,

@@ -35,7 +35,7 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
     optimizer = build_optimizer(model, t, device.type, dtype)  # AdamW, or Muon + AdamW (--optimizer=muon)
     fwd = torch.compile(model) if t.compile else model
     if data_dir:
-        from nanogpt.data import BatchSampler
+        from nanogpt.data.prepare import BatchSampler
 
         sampler = BatchSampler(data_dir, m.block_size, t.batch_size, t.seed, device)
         batch = lambda i: sampler.get_batch("train", i, 0)  # noqa: E731

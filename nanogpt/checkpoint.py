@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Collection
 from pathlib import Path
@@ -23,13 +22,11 @@ from nanogpt.model import GPT, GPTConfig
 
 FORMAT = "nanogpt-workflow/1"
 _CKPT_NAME = re.compile(r"^ckpt_(\d+)\.pt$")
-# checkpoints/set_aside/<fingerprint>/: checkpoints of other trajectories (other settings, data or initial
-# weights), kept apart and never overwritten by another trajectory's, and resumed again when their settings come
-# back; set_aside/unreadable/: files that do not load. Retention: the SET_ASIDE_TRAJECTORIES folders set aside
-# to most recently, each with its keep_checkpoints newest checkpoints (and its best.pt); older ones are deleted.
-SET_ASIDE = "set_aside"
+# In a trajectory's checkpoints/ folder: held/ keeps its checkpoints beyond max_iters (a shorter rerun never resumes
+# or prunes them; a longer one takes them back), unreadable/ the files that do not load (the newest few).
+HELD = "held"
 UNREADABLE = "unreadable"
-SET_ASIDE_TRAJECTORIES = 4
+KEEP_UNREADABLE = 4
 
 
 def save(obj: dict, dest: str | os.PathLike) -> None:
@@ -42,7 +39,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     """Load with weights_only=True (no code runs from the file); a corrupt file is a one-line error."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist: expected a .pt file")
+        raise CheckpointError(f"checkpoint {str(path)!r} {fileio.not_a_file(path)}: expected a .pt file")
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols before refusing them
             warnings.simplefilter("ignore", UserWarning)
@@ -113,6 +110,10 @@ def checkpoint_path(ckpt_dir: str | os.PathLike, iter_num: int) -> Path:
     return Path(ckpt_dir) / f"ckpt_{iter_num:08d}.pt"
 
 
+def is_checkpoint_name(name: str) -> bool:
+    return _CKPT_NAME.match(name) is not None
+
+
 def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """Periodic checkpoints in a run's checkpoints/ folder, oldest first."""
     d = Path(ckpt_dir)
@@ -139,12 +140,12 @@ def peek(path: str | os.PathLike) -> dict:
 
 def choose_resume(ckpt_dir: str | os.PathLike, fingerprints: Collection[str], max_iters: int
                   ) -> tuple[Path | None, list[tuple[Path, str, str | None]]]:
-    """The newest checkpoint of this trajectory within max_iters, and the checkpoints to set aside.
+    """The newest checkpoint of this trajectory within max_iters, and the checkpoints to move out of the way.
 
-    `fingerprints`: the ones this run accepts (its own, and the legacy form of it). The candidates are the live
-    checkpoints and those set aside earlier under an accepted fingerprint (the settings came back). Live ones
-    that are unreadable, of another trajectory, or beyond max_iters are returned as (path, reason, fingerprint)
-    to set aside: older ones too, since pruning would otherwise count them as this run's.
+    `fingerprints`: the ones this run accepts (its own). The candidates are the live
+    checkpoints and the held ones (beyond an earlier, shorter max_iters). Live ones that are unreadable, of
+    another trajectory, or beyond max_iters are returned as (path, reason, fingerprint) to move: older ones too,
+    since pruning would otherwise count them as this run's.
     """
     ckpt_dir = Path(ckpt_dir)
     chosen, refused = None, []
@@ -161,79 +162,48 @@ def choose_resume(ckpt_dir: str | os.PathLike, fingerprints: Collection[str], ma
             refused.append((path, f"beyond max_iters={max_iters}", fingerprint))
         elif chosen is None:
             chosen = (iter_num, path)
-    for fingerprint in fingerprints:
-        for iter_num, path in list_checkpoints(ckpt_dir / SET_ASIDE / fingerprint):
-            if iter_num <= max_iters and (chosen is None or iter_num > chosen[0]) and _loads(path, fingerprint):
-                chosen = (iter_num, path)
+    for iter_num, path in list_checkpoints(ckpt_dir / HELD):
+        if iter_num <= max_iters and (chosen is None or iter_num > chosen[0]) and _loads(path, fingerprints):
+            chosen = (iter_num, path)
     return (chosen[1] if chosen else None), refused
 
 
-def newest_with_settings(ckpt_dir: str | os.PathLike, settings_fingerprint: str) -> str | None:
-    """The fingerprint of the newest checkpoint (live or set aside) made with these settings, any initial weights."""
-    ckpt_dir = Path(ckpt_dir)
-    folders = [ckpt_dir] + sorted(p for p in (ckpt_dir / SET_ASIDE).glob("*") if p.is_dir())
-    found = []
-    for folder in folders:
-        for iter_num, path in list_checkpoints(folder):
-            try:
-                info = peek(path)
-            except CheckpointError:
-                continue
-            if info.get("settings_fingerprint") == settings_fingerprint and info.get("fingerprint"):
-                found.append((iter_num, folder == ckpt_dir, info["fingerprint"]))
-    return max(found)[2] if found else None
-
-
-def _loads(path: Path, fingerprint: str) -> bool:
+def _loads(path: Path, fingerprints: Collection[str]) -> bool:
     try:
-        return peek(path).get("fingerprint") == fingerprint
+        return peek(path).get("fingerprint") in fingerprints
     except CheckpointError:
         return False
 
 
-def set_aside(path: str | os.PathLike, ckpt_dir: str | os.PathLike, fingerprint: str | None, keep: int = 2) -> Path:
-    """Move a checkpoint (or best.pt) into ckpt_dir/set_aside/<fingerprint>/ (unreadable/ when None), then apply
-    the retention rule. A file of the same name there is of the same trajectory and iteration: it is replaced."""
-    path = Path(path)
-    dest = Path(ckpt_dir) / SET_ASIDE / (fingerprint or UNREADABLE) / path.name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(path, dest)
-    os.utime(dest.parent)  # "set aside to most recently", for the retention rule
-    _retain_set_aside(Path(ckpt_dir) / SET_ASIDE, keep)
-    return dest
+def move_into(path: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Move a file into `folder` (made if missing); a file of the same name there is replaced."""
+    path, folder = Path(path), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    os.replace(path, folder / path.name)
+    return folder / path.name
 
 
-def restore(folder: Path, ckpt_dir: Path, out_dir: Path, max_iters: int) -> None:
-    """Bring a set-aside trajectory back (its settings came back): its checkpoints within max_iters rejoin the
-    live ones, its best.pt returns unless the run folder has one; the folder goes when nothing is left in it."""
-    for iter_num, path in list_checkpoints(folder):
+def unhold(ckpt_dir: Path, out_dir: Path, max_iters: int) -> None:
+    """A longer max_iters: held checkpoints within it rejoin the live ones, and held best.pt returns unless the run
+    folder has one."""
+    held = ckpt_dir / HELD
+    for iter_num, path in list_checkpoints(held):
         if iter_num <= max_iters:
             os.replace(path, ckpt_dir / path.name)
-    if (folder / "best.pt").is_file() and not (out_dir / "best.pt").exists():
-        os.replace(folder / "best.pt", out_dir / "best.pt")
-    if not any(folder.iterdir()):
-        folder.rmdir()
-
-
-def _retain_set_aside(root: Path, keep: int) -> None:
-    folders = sorted((d for d in root.iterdir() if d.is_dir()), key=lambda d: d.stat().st_mtime, reverse=True)
-    for stale in folders[SET_ASIDE_TRAJECTORIES:]:
-        shutil.rmtree(stale, ignore_errors=True)
-    for folder in folders[:SET_ASIDE_TRAJECTORIES]:
-        files = (sorted(folder.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.name == UNREADABLE
-                 else [p for _, p in reversed(list_checkpoints(folder))])
-        for old in files[keep if folder.name != UNREADABLE else SET_ASIDE_TRAJECTORIES:]:
-            old.unlink(missing_ok=True)
+    if (held / "best.pt").is_file() and not (out_dir / "best.pt").exists():
+        os.replace(held / "best.pt", out_dir / "best.pt")
+    if held.is_dir() and not any(held.iterdir()):
+        held.rmdir()
 
 
 def prune(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:
-    """Keep the newest `keep` periodic checkpoints that load; set unreadable ones aside, never count them."""
+    """Keep the newest `keep` periodic checkpoints that load; move unreadable ones to unreadable/, never count them."""
     kept, moved = 0, []
     for _, path in reversed(list_checkpoints(ckpt_dir)):
         try:
             peek(path)
         except CheckpointError:
-            moved.append(set_aside(path, ckpt_dir, None, keep))
+            moved.append(move_unreadable(path, ckpt_dir))
             continue
         if kept < keep:
             kept += 1
@@ -242,23 +212,11 @@ def prune(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:
     return moved
 
 
-RESTARTED = "restarted"  # checkpoints/restarted/: what `nanogpt restart` moved aside; replaced by the next restart
-
-
-def archive_for_restart(run_dir: str | os.PathLike) -> list[Path]:
-    """Move a run's whole state (checkpoints, set-aside ones, best.pt, model.pt, metrics.json) into
-    checkpoints/restarted/, where resume never looks: the next training of this run starts from iteration 0.
-    Nothing is deleted but the previous restart's archive."""
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    moving = [p for _, p in list_checkpoints(ckpt_dir)] + [p for p in (ckpt_dir / SET_ASIDE,) if p.exists()]
-    moving += [run_dir / name for name in ("best.pt", "model.pt", "metrics.json") if (run_dir / name).exists()]
-    if not moving:
-        raise CheckpointError(f"{str(run_dir)!r} holds no checkpoint, model.pt or metrics.json: expected a run "
-                              "folder that has trained")
-    archive = ckpt_dir / RESTARTED
-    shutil.rmtree(archive, ignore_errors=True)
-    archive.mkdir(parents=True)
-    for path in moving:
-        os.replace(path, archive / path.name)
-    return [archive / p.name for p in moving]
+def move_unreadable(path: Path, ckpt_dir: str | os.PathLike) -> Path:
+    """Into checkpoints/unreadable/, which keeps the KEEP_UNREADABLE newest."""
+    dest = move_into(path, Path(ckpt_dir) / UNREADABLE)
+    os.utime(dest)
+    files = sorted(dest.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in files[KEEP_UNREADABLE:]:
+        old.unlink(missing_ok=True)
+    return dest

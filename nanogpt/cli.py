@@ -21,14 +21,13 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-from nanogpt import paths
-from nanogpt.config import TEXT_DEFAULTS, EvalSettings, SampleSettings, suggest
+from nanogpt import fileio, paths
 from nanogpt.errors import ConfigError, UserError
+from nanogpt.names import suggest
 from nanogpt.runlock import LOCK_NAME
+from nanogpt.settings import CORPUS_DEFAULTS, TEXT_DEFAULTS, EvalSettings, SampleSettings
 
-# The `sample` and `eval` flags are the settings' fields, with the settings' own defaults (nanogpt.config).
-SAMPLE = SampleSettings(model="")
-EVAL = EvalSettings()
+# The `sample` and `eval` flags are the settings' fields, with the settings' own defaults (nanogpt.settings).
 SAMPLE_KEYS = tuple(f.name for f in fields(SampleSettings) if f.name != "model")
 EVAL_KEYS = tuple(f.name for f in fields(EvalSettings))
 
@@ -36,17 +35,20 @@ EVAL_KEYS = tuple(f.name for f in fields(EvalSettings))
 def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
     """The named entry of a config.yaml section, or the JSON given with --spec."""
     if args.spec:
+        if args.config:  # one source of settings: the other would be ignored without a word
+            raise ConfigError(f"--config {args.config!r} given with --spec: expected one of them (--spec is the "
+                              "whole entry; --config FILE --name NAME reads it from a config file)")
         spec = _spec_json(args.spec)
-        from nanogpt.config import check_name
+        from nanogpt.names import check_name
 
         name = check_name(args.name or spec.get("name", section.removesuffix("s")), f"--name: {section.removesuffix('s')}")
         return name, spec
     if not args.config or not args.name:
         raise ConfigError(f"give --spec JSON, or --config FILE with --name of an entry under '{section}'")
-    from nanogpt.config import check_name
+    from nanogpt.names import check_name
 
     check_name(args.name, f"--name: {section.removesuffix('s')}")
-    from nanogpt.config import load_yaml
+    from nanogpt.configfile import load_yaml
 
     cfg = load_yaml(args.config)
     entries = cfg.get(section) or {}
@@ -62,14 +64,13 @@ def _entry(args: argparse.Namespace, section: str) -> tuple[str, dict]:
     return args.name, entry
 
 
-def _spec_json(text: str) -> dict:
-    """--spec: one entry's settings as a JSON object (how every rule passes its entry to its step)."""
-    try:
-        spec = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--spec is not valid JSON ({e.msg} at char {e.pos}): expected a JSON object") from None
+def _spec_json(text: str, flag: str = "--spec") -> dict:
+    """--spec: one entry as config.yaml writes it, every setting resolved (how every rule passes its entry to its
+    step: a dataset with its source, a run, a sample or an evaluation with where its model comes from), nested
+    no deeper than fileio.JSON_MAX_DEPTH."""
+    spec = fileio.parse_json(text, flag, ConfigError)
     if not isinstance(spec, dict):
-        raise ConfigError(f"--spec is {type(spec).__name__} JSON: expected a JSON object")
+        raise ConfigError(f"{flag} is {type(spec).__name__} JSON: expected a JSON object")
     return spec
 
 
@@ -117,7 +118,7 @@ def _bool_or_auto(text: str) -> bool | str:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from nanogpt.data import download
+    from nanogpt.data.prepare import download
 
     name, spec = _entry(args, "datasets")
     with _no_empty_dir(Path(args.out).parent):
@@ -128,26 +129,42 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     # Preparing data needs no torch, but `datasets` imports it when installed (+185 MB, +1 s per process):
     # its documented switch keeps it out of this process and the tokenizer workers forked from it.
     os.environ.setdefault("USE_TORCH", "0")
-    from nanogpt.data import prepare
+    from nanogpt.data.entry import check_dataset
+    from nanogpt.data.prepare import describe_normalization, prepare, prepare_path, split_warnings
 
     if args.text:  # no config: the file itself, as a `path:` dataset named after its folder
         given = {"tokenizer": args.tokenizer, "val_fraction": args.val_fraction}
         name, spec = Path(args.out_dir).name, {"path": args.text, **{k: v for k, v in given.items() if v is not None}}
-        args.source = args.text
+        meta = prepare_path(spec, args.out_dir, num_proc=args.num_proc, mirror=args.mirror, name=name,
+                            vocab_metas=args.vocab_meta)
     else:
         name, spec = _entry(args, "datasets")
-    if not args.source:
-        raise ConfigError("give --source (the downloaded source of a config entry) or --text FILE")
-    meta = prepare(spec, args.source, args.out_dir, num_proc=args.num_proc, mirror=args.mirror, name=name)
+        if not args.source:
+            raise ConfigError("give --source (the downloaded source of a config entry) or --text FILE")
+        meta = prepare(spec, args.source, args.out_dir, num_proc=args.num_proc, mirror=args.mirror, name=name,
+                       vocab_metas=args.vocab_meta)
     print(f"{name}: {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, vocab {meta['vocab_size']}")
+    note = describe_normalization(meta, check_dataset(spec, name))
+    if note:
+        print(f"{name}: {note}")
+    if meta.get("vocab_from"):
+        print(f"{name}: the vocabulary also holds the characters of {', '.join(meta['vocab_from'])}")
+    for warning in split_warnings(meta):
+        print(f"nanogpt prepare: warning: {warning}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from nanogpt.config import parse_overrides, resolve_run, settings_warnings
+    from nanogpt.config import resolve_run, settings_warnings
+    from nanogpt.configfile import parse_overrides
+    from nanogpt.settings import non_defaults
     from nanogpt.train import train
 
     name, spec = _entry(args, "runs")
     run = resolve_run(spec, name, parse_overrides(args.overrides))
+    if args.spec and "model" not in spec and run.init_from == "scratch" and not non_defaults(run.model):
+        raise ConfigError('--spec has no "model" section: expected the model to train from scratch, e.g. '
+                          '"model": {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64}, or "model": {} '
+                          "for the default GPT-2 size (124M parameters)")
     if not args.pipeline:  # the pipeline said so before any job
         for warning in settings_warnings(run, name):
             print(f"nanogpt train: warning: {warning}", file=sys.stderr)
@@ -188,7 +205,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
     source, given = _model_and_settings(args, SAMPLE_KEYS)
     path = next(iter(source.values()))
+    if args.interactive and "num_samples" not in given:
+        given["num_samples"] = 1  # one continuation per prompt unless asked
     settings = resolve_sample({"model": path, **given}, f"samples.{args.name}" if args.name else "sample")
+    if args.out and (args.stream or args.interactive):
+        raise ConfigError(f"--out {args.out!r} with --{'interactive' if args.interactive else 'stream'}: expected "
+                          "one of them (--stream and --interactive write to the terminal)")
     with _gpu_slot(settings.device):
         _sample(args, path, settings)
 
@@ -205,8 +227,14 @@ def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> 
     from nanogpt.sample import generate_samples, load_model_and_tokenizer, write_samples
 
     model, tok = load_model_and_tokenizer(source, meta_path=args.meta, mirror=args.mirror)
-    samples, tps = generate_samples(model, tok, settings, place(settings.device, settings.dtype, model.config.n_embd))
-    if args.out:
+    placement = place(settings.device, settings.dtype, model.config.n_embd)
+    if args.interactive:
+        _interactive(model, tok, settings, placement)
+        return
+    samples, tps = generate_samples(model, tok, settings, placement, write=_terminal if args.stream else None)
+    if args.stream:
+        _terminal("\n")
+    elif args.out:
         write_samples(args.out, samples)
         from nanogpt.sample import add_samples_to_tensorboard
 
@@ -215,7 +243,72 @@ def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> 
         from nanogpt.sample import SEPARATOR
 
         print(SEPARATOR.join(samples))
-    print(f"{settings.num_samples} samples, {tps:.1f} tokens/s", file=sys.stderr)
+    print(f"{settings.num_samples} samples, {tps:.1f} tokens/s (seed {settings.seed}: the same settings draw the "
+          "same samples; another seed draws others)", file=sys.stderr)
+
+
+def _terminal(text: str) -> None:
+    """Streamed text, shown as it comes even through a pipe."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _interactive(model, tok, settings: SampleSettings, placement) -> None:
+    """Prompts read from stdin one line at a time, each answered as it is generated, until EOF (Ctrl-D)."""
+    from nanogpt.sample import interactive
+
+    tty = sys.stdin.isatty()
+    if tty:
+        print("type a prompt and Enter (FILE:path reads one from a file); Ctrl-C stops a continuation, Ctrl-D quits",
+              file=sys.stderr)
+
+    def prompts() -> Iterator[str]:
+        while True:
+            if tty:
+                try:
+                    line = input("> ")
+                except (EOFError, KeyboardInterrupt):
+                    print(file=sys.stderr)
+                    return
+            else:
+                line = sys.stdin.readline()
+                if not line:  # EOF
+                    return
+            yield line.rstrip("\r\n")
+
+    def report(message: str) -> None:
+        print(f"nanogpt sample: error: {' '.join(message.split())}", file=sys.stderr)
+
+    interactive(model, tok, settings, placement, prompts(), _terminal, report)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from nanogpt.config import resolve_sample
+    from nanogpt.runtime import place
+    from nanogpt.sample import load_model_and_tokenizer
+    from nanogpt.serve import REQUEST_TOKENS_MAX, make_server
+
+    args.spec = None
+    source, given = _model_and_settings(args, SAMPLE_KEYS)
+    given.setdefault("num_samples", 1)
+    path = next(iter(source.values()))
+    settings = resolve_sample({"model": path, **given}, "serve")
+    if settings.num_samples * settings.max_new_tokens > REQUEST_TOKENS_MAX:
+        raise ConfigError(f"--num-samples {settings.num_samples} x --max-new-tokens {settings.max_new_tokens}: "
+                          f"expected at most {REQUEST_TOKENS_MAX} tokens per request")
+    with _gpu_slot(settings.device):
+        model, tok = load_model_and_tokenizer(path, meta_path=args.meta, mirror=args.mirror)
+        server = make_server(model, tok, settings, place(settings.device, settings.dtype, model.config.n_embd),
+                             args.host, args.port)
+        host, port = server.server_address[:2]
+        print(f"nanogpt serve: {path} on http://{host}:{port} (POST /generate {{\"prompt\": ...}}; Ctrl-C stops)",
+              file=sys.stderr, flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -252,6 +345,49 @@ def _eval(args: argparse.Namespace, source: dict, names: dict, settings: EvalSet
         print(json.dumps(result, indent=2))
 
 
+def cmd_hellaswag_fetch(args: argparse.Namespace) -> None:
+    from nanogpt.hellaswag import fetch_items
+
+    fetch_items(_spec_json(args.source), args.out, mirror=args.mirror)
+
+
+def cmd_hellaswag_score(args: argparse.Namespace) -> None:
+    from nanogpt.hellaswag import resolve_settings
+    from nanogpt.settings import HellaSwagSettings
+
+    keys = tuple(f.name for f in fields(HellaSwagSettings)) + ("model",)
+    source, given = _model_and_settings(args, keys)
+    model_name = given.pop("model", None)
+    settings = resolve_settings({"task": "hellaswag", **given}, f"evals.{args.name}" if args.name else "hellaswag")
+    with _gpu_slot(settings.device):
+        _hellaswag(args, source, model_name, settings)
+
+
+def _hellaswag(args: argparse.Namespace, source: dict, model_name: str | None, settings) -> None:
+    from nanogpt import fileio
+    from nanogpt.hellaswag import check_encodable, read_items, score
+    from nanogpt.runtime import place
+    from nanogpt.sample import load_model_and_tokenizer
+
+    items, total = read_items(args.items, settings.limit)  # every item checked before the model loads
+    path = next(iter(source.values()))
+    model, tok = load_model_and_tokenizer(path, mirror=args.mirror)
+    check_encodable(items, tok, f"evals.{args.name}" if args.name else str(path))
+    placement = place(settings.device, settings.dtype, model.config.n_embd)
+    result = {"task": "hellaswag", "name": args.name, "model": model_name or path, "source": str(path),
+              "params": model.get_num_params(), "limit": settings.limit, "items_in_file": total,
+              "items_file": str(args.items)}
+    result.update(score(model, tok, items, placement))
+    result.update(device=str(placement.device), dtype=placement.dtype_name)
+    limit = f" (limit: first {settings.limit} of {total} items)" if settings.limit else ""
+    print(f"HellaSwag {result['model']}: acc {result['acc']:.4f}, acc_norm {result['acc_norm']:.4f} on "
+          f"{result['items']} items{limit}", file=sys.stderr)
+    if args.out:
+        fileio.write_json(args.out, result)
+    else:
+        print(json.dumps(result, indent=2))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     meta = None
     if args.meta:
@@ -265,62 +401,64 @@ def cmd_export(args: argparse.Namespace) -> None:
         extra = " and meta.pkl" if (out / "meta.pkl").is_file() else ""
         print(f"wrote {out / 'ckpt.pt'}{extra} (nanoGPT: python sample.py --out_dir={out})")
         return
-    from nanogpt.interop import forcing
+    from nanogpt.exportdir import forcing
     from nanogpt.pretrained import export_hf
 
     with forcing(args.force):
         out = export_hf(args.checkpoint, args.out, meta=meta, mirror=args.mirror)
     tok = "+ tokenizer: AutoTokenizer" if (out / "tokenizer.json").is_file() else "no tokenizer: pass --meta"
-    print(f"wrote {out} (Hugging Face GPT-2: AutoModelForCausalLM.from_pretrained; {tok})")
+    context = json.loads((out / "config.json").read_text())["n_positions"]
+    print(f"wrote {out} (Hugging Face GPT-2: AutoModelForCausalLM.from_pretrained; {tok}); context {context} "
+          f"tokens: generation stops at max_length={context}, prompt included (generation_config.json)")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from nanogpt.bench import bench
-    from nanogpt.config import parse_overrides
+    from nanogpt.configfile import parse_overrides
 
     result = bench(parse_overrides(args.overrides), args.steps, args.warmup, args.data_dir, args.threads)
     print(json.dumps(result, indent=2))
 
 
 def cmd_summary_table(args: argparse.Namespace) -> None:
-    from nanogpt.summary import write_table
+    from nanogpt.report.summary import write_table
 
     print(f"{write_table(args.results, args.csv, args.md, args.hparams_dir)} rows -> {args.csv}, {args.md}")
 
 
 def cmd_summary_curve(args: argparse.Namespace) -> None:
-    from nanogpt.curves import plot_curve
+    from nanogpt.report.curves import plot_curve
 
     print(f"{plot_curve(args.run_dir, args.out, args.title)} points -> {args.out}")
 
 
 def cmd_summary_sweep(args: argparse.Namespace) -> None:
-    from nanogpt.sweep_summary import summarize
+    from nanogpt.report.sweeps import summarize
 
-    done = summarize(json.loads(args.spec), args.runs_dir, args.out_dir)
+    done = summarize(_spec_json(args.sweep, "--sweep"), args.runs_dir, args.out_dir)
     fit = done["fit"]
     print(f"{len(done['rows'])} points -> {args.out_dir}" + (f"; alpha={fit['alpha']:.4f} E={fit['E']:.4f}"
                                                              if fit else ""))
 
 
 def cmd_summary_run_page(args: argparse.Namespace) -> None:
-    from nanogpt.report import write_run_page
+    from nanogpt.report.pages import write_run_page
 
     write_run_page(args.metrics, args.out, args.title, args.curve_png, args.run_dir)
     print(f"wrote {args.out}")
 
 
 def cmd_summary_sample_page(args: argparse.Namespace) -> None:
-    from nanogpt.report import write_sample_page
+    from nanogpt.report.pages import write_sample_page
 
     write_sample_page(args.sample, args.out, args.title, _spec_json(args.spec) if args.spec else None)
     print(f"wrote {args.out}")
 
 
 def cmd_summary_baselines(args: argparse.Namespace) -> None:
-    from nanogpt.summary import baselines
+    from nanogpt.report.summary import baselines
 
-    baselines(args.files, args.out)
+    baselines(args.files, args.out, args.hellaswag)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -392,18 +530,24 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
                         formatter_class=_HelpFormatter)
     _entry_args(sp)
     sp.add_argument("--source", help="the downloaded source (file or folder)")
-    sp.add_argument("--text", help="your own text file instead of a config entry (split by --val-fraction)")
+    sp.add_argument("--text", help="your own data instead of a config entry, as a `path:` entry takes it: a text "
+                    "file, or a .jsonl/.parquet/.csv file, a folder or a glob of documents")
     sp.add_argument("--tokenizer", choices=("char", "gpt2"),
-                    help=f"with --text: the tokenizer (default: {TEXT_DEFAULTS['tokenizer']})")
+                    help=f"with --text: the tokenizer (default: {TEXT_DEFAULTS['tokenizer']} for a text, "
+                    f"{CORPUS_DEFAULTS['tokenizer']} for documents)")
     sp.add_argument("--val-fraction", type=float,
-                    help=f"with --text: the share kept for validation (default: {TEXT_DEFAULTS['val_fraction']})")
+                    help=f"with --text: the share kept for validation (default: {TEXT_DEFAULTS['val_fraction']} of a "
+                    f"text, {CORPUS_DEFAULTS['val_fraction']} of the documents)")
+    sp.add_argument("--vocab-meta", nargs="*", metavar="META",
+                    help="the meta.json of each of the entry's vocab_from datasets, in order (default: "
+                    f"{paths.META.format(dataset='NAME')} of each)")
     sp.add_argument("--out-dir", required=True, help="folder for train.bin, val.bin and meta.json")
     sp.add_argument("--num-proc", type=int, default=1, help="tokenizer worker processes")
     sp.set_defaults(func=cmd_prepare)
 
 
 def add_train_command(sub: argparse._SubParsersAction) -> None:
-    from nanogpt.config import settings_help
+    from nanogpt.settings import settings_help
 
     sp = sub.add_parser("train", help="train a run (torchrun for several processes); extra --key=value override",
                         formatter_class=_HelpFormatter, epilog=settings_help())
@@ -425,11 +569,36 @@ def _step_spec_args(sp: argparse.ArgumentParser, what: str) -> None:
                                    "Snakemake rule passes): instead of the settings flags")
 
 
-def _setting(sp: argparse.ArgumentParser, flag: str, default: object, help: str, **kwargs) -> None:
-    """A settings flag: absent unless given (the settings fill in their own default, shown here)."""
-    shown = "none" if default is None else repr(default) if isinstance(default, str) and not default.isprintable() \
-        else default
-    sp.add_argument(flag, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kwargs)
+def _setting_flags(sp: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
+                   defaults: dict | None = None) -> None:
+    """One flag per declared setting of `cls` (nanogpt.settings), absent unless given: the settings fill in their
+    own default (or the command's, `defaults`), which the help shows."""
+    from nanogpt.settings import declared, default_of, field_types, show_default
+
+    types = field_types(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        default = (defaults or {}).get(f.name, default_of(f))
+        help = f"{declared(f).help} (default: {show_default(default)})"
+        sp.add_argument("--" + f.name.replace("_", "-"), default=argparse.SUPPRESS, help=help,
+                        type=_flag_type(types[f.name]))
+
+
+def _flag_type(kind: object):
+    """How a flag's text becomes the setting's type: int, float, int-or-none, true/false/auto, text."""
+    import typing
+
+    kinds = set(typing.get_args(kind) or (kind,))
+    if kinds == {int}:
+        return int
+    if kinds == {float}:
+        return float
+    if kinds == {int, type(None)}:
+        return _optional_int
+    if bool in kinds:
+        return _bool_or_auto
+    return str
 
 
 def add_sample_command(sub: argparse._SubParsersAction) -> None:
@@ -441,16 +610,25 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
     sp.add_argument("--name", help="the `samples:` entry's name (for its error messages)")
     sp.add_argument("--meta", help="the dataset's meta.json, or nanoGPT's meta.pkl (read as plain data: nothing in "
                                    "it runs) when the checkpoint lacks it")
-    _setting(sp, "--start", SAMPLE.start, "prompt text, or FILE:path")
-    _setting(sp, "--num-samples", SAMPLE.num_samples, "how many samples", type=int)
-    _setting(sp, "--max-new-tokens", SAMPLE.max_new_tokens, "tokens generated per sample", type=int)
-    _setting(sp, "--temperature", SAMPLE.temperature, "softmax temperature (lower: more likely tokens)", type=float)
-    _setting(sp, "--top-k", SAMPLE.top_k, "keep the k likeliest tokens ('none': all)", type=_optional_int)
-    _setting(sp, "--seed", SAMPLE.seed, "random seed", type=int)
-    _setting(sp, "--device", SAMPLE.device, "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
-    _setting(sp, "--dtype", SAMPLE.dtype, "float32, bfloat16, float16, or auto")
+    _setting_flags(sp, SampleSettings, skip=("model",))
     sp.add_argument("--out", help="write the samples here (default: stdout)")
+    sp.add_argument("--stream", action="store_true", help="print each sample as it is generated (same text)")
+    sp.add_argument("--interactive", action="store_true",
+                    help="read prompts from stdin, one a line, and stream num_samples continuations of each "
+                         "(default 1) until EOF (Ctrl-D)")
     sp.set_defaults(func=cmd_sample)
+
+
+def add_serve_command(sub: argparse._SubParsersAction) -> None:
+    sp = sub.add_parser("serve", help="answer POST /generate over HTTP (a minimal endpoint; stdlib only)",
+                        formatter_class=_HelpFormatter)
+    _model_source_args(sp, "model.pt of a run, a nanoGPT ckpt.pt, or a run folder")
+    sp.add_argument("--meta", help="the dataset's meta.json, or nanoGPT's meta.pkl, when the checkpoint lacks it")
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (another than 127.0.0.1 lets other "
+                                                        "machines in: there is no authentication)")
+    sp.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free port, printed)")
+    _setting_flags(sp, SampleSettings, skip=("model", "start"), defaults={"num_samples": 1})  # a request's defaults
+    sp.set_defaults(func=cmd_serve)
 
 
 def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
@@ -462,28 +640,45 @@ def add_eval_arguments(sp: argparse.ArgumentParser) -> None:
                     help="name recorded in the result (default: the checkpoint or init-from)")
     sp.add_argument("--dataset-name", dest="dataset", default=argparse.SUPPRESS,
                     help="name recorded in the result (default: the data folder's name)")
-    _setting(sp, "--batch-size", EVAL.batch_size, "sequences per batch", type=int)
-    _setting(sp, "--block-size", EVAL.block_size, "tokens per sequence (none: the model's)", type=_optional_int)
-    _setting(sp, "--eval-iters", EVAL.eval_iters, "batches per split", type=int)
-    _setting(sp, "--splits", EVAL.splits, "comma-separated splits to evaluate")
-    _setting(sp, "--seed", EVAL.seed, "random seed of the batch positions", type=int)
-    _setting(sp, "--device", EVAL.device, "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)")
-    _setting(sp, "--dtype", EVAL.dtype, "float32, bfloat16, float16, or auto")
-    _setting(sp, "--compile", EVAL.compile, "torch.compile the model: true, false, or auto (on for CUDA)",
-             type=_bool_or_auto)
+    _setting_flags(sp, EvalSettings)
+
+
+def add_hellaswag_command(sub: argparse._SubParsersAction) -> None:
+    from nanogpt.settings import HellaSwagSettings
+
+    sp = sub.add_parser("hellaswag", help="HellaSwag accuracy of a run or a GPT-2 (llm.c's completion-style scoring)",
+                        formatter_class=_HelpFormatter)
+    steps = sp.add_subparsers(dest="hellaswag_command", required=True)
+    f = steps.add_parser("fetch", help="download the items file, checksum-verified (or take it from the mirror)",
+                         formatter_class=_HelpFormatter)
+    f.add_argument("--source", required=True, help='{"url": ..., "sha256" or "git_blob_sha1": ...} as JSON')
+    f.add_argument("--mirror", help="local mirror directory (default: $NANOGPT_MIRROR)")
+    f.add_argument("--out", required=True, help="where the verified file goes")
+    f.set_defaults(func=cmd_hellaswag_fetch)
+    s = steps.add_parser("score", help="acc and acc_norm of a model on a HellaSwag jsonl file",
+                         formatter_class=_HelpFormatter)
+    _model_source_args(s, "model.pt of a run, or a nanoGPT ckpt.pt")
+    _step_spec_args(s, "HellaSwag `evals:` entry")
+    s.add_argument("--name", help="the `evals:` entry's name (recorded, and in error messages)")
+    s.add_argument("--items", required=True, help="HellaSwag's jsonl (results/hellaswag/hellaswag_val.jsonl)")
+    s.add_argument("--out", help="write the result JSON here (default: stdout)")
+    s.add_argument("--model-name", dest="model", default=argparse.SUPPRESS,
+                   help="name recorded in the result (default: the checkpoint or init-from)")
+    _setting_flags(s, HellaSwagSettings)
+    s.set_defaults(func=cmd_hellaswag_score)
 
 
 def cmd_restart(args: argparse.Namespace) -> None:
-    from nanogpt import checkpoint as ckpt_io
+    from nanogpt import trajectory
     from nanogpt.runlock import run_folder_lock
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"--run-dir {str(run_dir)!r} is not a folder: expected a run folder (results/runs/NAME)")
     with run_folder_lock(run_dir, wait_s=0):  # never under a running trainer
-        moved = ckpt_io.archive_for_restart(run_dir)
-    print(f"moved {len(moved)} file(s) to {run_dir / 'checkpoints' / ckpt_io.RESTARTED}/: the next training of "
-          "this run starts from iteration 0 (snakemake --cores all, or nanogpt train)")
+        archive = trajectory.archive_for_restart(run_dir)
+    print(f"moved the run's records to {archive}/: the next training of this run starts from iteration 0 "
+          "(snakemake --cores all, or nanogpt train)")
 
 
 def add_restart_command(sub: argparse._SubParsersAction) -> None:
@@ -537,11 +732,12 @@ def add_summary_command(sub: argparse._SubParsersAction) -> None:
     b = steps.add_parser("baselines", help="GPT-2 eval JSONs beside nanoGPT's published losses",
                          formatter_class=_HelpFormatter)
     b.add_argument("files", nargs="+", help="eval JSONs of gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+    b.add_argument("--hellaswag", nargs="*", default=[], help="HellaSwag result JSONs of the same sizes")
     b.add_argument("--out", required=True, help="the Markdown table to write")
     b.set_defaults(func=cmd_summary_baselines)
     w = steps.add_parser("sweep", help="a sweep's summary.csv/.md, plots, hparams events (and fit.json)",
                          formatter_class=_HelpFormatter)
-    w.add_argument("--spec", required=True, help="the sweep as JSON (the sweep rules' Pipeline.sweep_spec)")
+    w.add_argument("--sweep", required=True, help="the sweep's points as JSON (the sweep rules' Pipeline.sweep_spec)")
     w.add_argument("--runs-dir", default=paths.RUNS, help="where the points' run folders are")
     w.add_argument("--out-dir", required=True, help="the sweep's folder to write")
     w.set_defaults(func=cmd_summary_sweep)
@@ -569,6 +765,28 @@ def _page_parser(steps: argparse._SubParsersAction, name: str, help: str, source
     return page
 
 
+def cmd_schema(args: argparse.Namespace) -> None:
+    from nanogpt import fileio
+    from nanogpt.pipeline.schema import schema_yaml, settings_markdown
+
+    for path, text in ((args.out, schema_yaml()), (args.docs, settings_markdown())):
+        if path:
+            fileio.write_text(path, text)
+            print(f"wrote {path}")
+    if not (args.out or args.docs):
+        print(schema_yaml(), end="")
+
+
+def add_schema_command(sub: argparse._SubParsersAction) -> None:
+    from nanogpt.pipeline.schema import DOCS_PATH, SCHEMA_PATH
+
+    sp = sub.add_parser("schema", help="config.yaml's JSON schema and the settings reference, from the settings' "
+                                       "declarations", formatter_class=_HelpFormatter)
+    sp.add_argument("--out", help=f"write the schema here (the repository's copy: {SCHEMA_PATH}; default: stdout)")
+    sp.add_argument("--docs", help=f"write the settings reference here (the repository's: {DOCS_PATH})")
+    sp.set_defaults(func=cmd_schema)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """`nanogpt` and its subcommands; each subcommand's `func` runs it."""
     p = _Parser(prog="nanogpt", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter)
@@ -577,10 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_commands(sub)
     add_train_command(sub)
     add_sample_command(sub)
+    add_serve_command(sub)
     sp = sub.add_parser("eval", help="loss of a run or a pretrained GPT-2 on a prepared dataset",
                         formatter_class=_HelpFormatter)
     add_eval_arguments(sp)
     sp.set_defaults(func=cmd_eval)
+    add_hellaswag_command(sub)
     add_export_command(sub)
     add_restart_command(sub)
     sp = sub.add_parser("bench", help="time training iterations of a model shape (nanoGPT's bench.py); extra "
@@ -588,6 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(sp)
     sp.set_defaults(func=cmd_bench, overrides_allowed=True)
     add_summary_command(sub)
+    add_schema_command(sub)
     return p
 
 
@@ -628,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename and error.strerror:
         return f"{error.strerror}: {str(error.filename)!r}"
-    return " ".join(str(error).split())
+    return " ".join(str(error).splitlines())  # line breaks only: the spaces inside a quoted value stay
 
 
 if __name__ == "__main__":

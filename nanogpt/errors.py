@@ -7,6 +7,12 @@ from __future__ import annotations
 class UserError(ValueError):
     """A problem with the input, named with its value and what was expected."""
 
+    def __str__(self) -> str:
+        # One line wherever it is shown (the CLI, Snakemake's report of a Snakefile error), even when a value
+        # quoted in it holds a line break: a key or name read from a file can.
+        # Only line breaks go: the spaces of a quoted value ('  ') stay as they are.
+        return " ".join(super().__str__().splitlines())
+
 
 class ConfigError(UserError):
     """A bad setting in config.yaml or on the command line."""

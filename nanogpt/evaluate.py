@@ -7,11 +7,11 @@ import time
 
 import torch
 
-from nanogpt.config import EvalSettings
-from nanogpt.data import BatchSampler
+from nanogpt.data.prepare import BatchSampler
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT
 from nanogpt.runtime import CPU_FP32, Placement, resolve_compile
+from nanogpt.settings import EvalSettings
 
 
 @torch.no_grad()

@@ -142,6 +142,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
 def link_or_copy(src: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Make `dest` the same file as `src` (a hard link, else a copy), replacing `dest` atomically."""
+    if os.path.exists(dest) and os.path.samefile(src, dest):
+        return  # already: renaming a hard link over its twin is a no-op that would leave the temp link behind
     with atomic_path(dest) as tmp:
         try:
             tmp.unlink()
@@ -161,6 +163,16 @@ def write_json(dest: str | os.PathLike, obj: object) -> None:
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def git_blob_sha1_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The id git gives the file's content (`git hash-object`): sha1 of b"blob <size>\\0" + content. A file
+    published in a git repository is pinned by it where no sha256 is published."""
+    h = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
@@ -194,13 +206,25 @@ def short_repr(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def not_a_file(path: str | os.PathLike) -> str:
+    """What is at `path` instead of a regular file, for an error message: "does not exist", "is a folder", ..."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder"
+    return "is not a regular file" if path.exists() else "does not exist"
+
+
+def not_a_folder(path: str | os.PathLike) -> str:
+    """What is at `path` instead of a folder, for an error message."""
+    return "is a file, not a folder" if Path(path).exists() else "does not exist"
+
+
 def read_capped(path: str | os.PathLike, cap: int, what: str, error: type[UserError] = UserError) -> bytes:
     """The bytes of regular file `path`, refused (by its size, before reading) when larger than `cap`."""
     path = Path(path)
     label = f"{what} {str(path)!r}"
     if not path.is_file():
-        found = "is not a regular file" if path.exists() else "does not exist"
-        raise error(f"{label} {found}: expected a file")
+        raise error(f"{label} {not_a_file(path)}: expected a file")
     size, data = path.stat().st_size, b""
     if size <= cap:
         with open(path, "rb") as f:
@@ -285,7 +309,7 @@ def _check_config_file(path: Path) -> None:
                "templating); expected plain YAML or JSON settings, nothing to run")
     if YTE_KEY in text:
         raise ConfigError(refusal)
-    nodes, depth = _yaml_shape(text, refusal)
+    nodes, depth = _yaml_shape(text, refusal, label)
     if depth > JSON_MAX_DEPTH:
         raise ConfigError(f"{label} nests deeper than {JSON_MAX_DEPTH} levels: expected a config of a few levels")
     if nodes > CONFIG_MAX_NODES:
@@ -293,25 +317,40 @@ def _check_config_file(path: Path) -> None:
                           f"expected a config that does not grow past that limit when its aliases are expanded")
 
 
-def _yaml_shape(text: str, yte_refusal: str) -> tuple[int, int]:
+def _yaml_shape(text: str, yte_refusal: str, label: str = "config file") -> tuple[int, int]:
     """(nodes once aliases are expanded, deepest nesting) of a YAML text, from its parser events alone: nothing
-    is built, so this is linear in the text however its aliases multiply. Stops early past either limit."""
+    is built, so this is linear in the text however its aliases multiply. Stops early past either limit.
+
+    On the way, keys that cannot mean what was written are refused with their line: a key given twice in one
+    mapping (PyYAML keeps the last one silently), and a plain key YAML reads as a boolean or null (`on:`, `no:`,
+    `null:`)."""
     import yaml
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     anchored: dict[str, int] = {}
     open_nodes: list[list] = [[None, 0]]  # [anchor, nodes so far] of each collection being read
+    mappings: list[dict | None] = [None]  # per open collection: a mapping's keys so far (None: a sequence)
+    expecting_key: list[bool] = [False]  # per open collection: whether its next node is a mapping key
     deepest = 0
     try:
         for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.NodeEvent) and expecting_key[-1]:
+                _check_key(event, mappings[-1], label)
+            if isinstance(event, yaml.NodeEvent) and mappings[-1] is not None:
+                expecting_key[-1] = not expecting_key[-1]
             if isinstance(event, yaml.CollectionStartEvent):
                 open_nodes.append([event.anchor, 1])
+                is_mapping = isinstance(event, yaml.MappingStartEvent)
+                mappings.append({} if is_mapping else None)
+                expecting_key.append(is_mapping)
                 deepest = max(deepest, len(open_nodes) - 1)
                 if deepest > JSON_MAX_DEPTH:
                     return 0, deepest
                 continue
             if isinstance(event, yaml.CollectionEndEvent):
                 anchor, count = open_nodes.pop()
+                mappings.pop()
+                expecting_key.pop()
             elif isinstance(event, yaml.ScalarEvent):
                 if event.value == YTE_KEY:  # a key spelled with escapes ("\x5f_use_yte__") is the same key
                     raise ConfigError(yte_refusal)
@@ -328,5 +367,35 @@ def _yaml_shape(text: str, yte_refusal: str) -> tuple[int, int]:
     except yaml.YAMLError as e:
         if "nesting depth" in str(e):  # libyaml's own limit (1000 levels), met before ours can count them
             return 0, JSON_MAX_DEPTH + 1
-        # otherwise malformed: Snakemake's own loader says where
+        raise ConfigError(yaml_error_line(e, label)) from None
     return open_nodes[0][1], deepest
+
+
+# Plain (unquoted) scalars YAML 1.1 reads as booleans or null: as keys they cannot mean the word written.
+_NOT_TEXT_KEYS = {"yes", "no", "on", "off", "true", "false", "null", "~", ""}
+
+
+def _check_key(event: Any, keys: dict, label: str) -> None:
+    """One mapping key of a YAML text, as a parser event: refused if it repeats an earlier key of the same
+    mapping, or is a plain word YAML reads as a boolean or null."""
+    import yaml
+
+    line = event.start_mark.line + 1
+    if not isinstance(event, yaml.ScalarEvent):
+        return  # an alias or collection as a key: the loaders refuse those themselves
+    plain = event.implicit[0]  # unquoted and untagged: YAML resolves its type from the text
+    if plain and event.value.lower() in _NOT_TEXT_KEYS:
+        raise ConfigError(f"{label}, line {line}: key {event.value!r} reads as a YAML boolean or null, not as the "
+                          f"word: expected a name (quote it, \"{event.value}\", if the word is meant)")
+    if event.value in keys:
+        raise ConfigError(f"{label}, line {line}: key {event.value!r} is given twice in one mapping (first at line "
+                          f"{keys[event.value]}): expected each key once (YAML would keep only the last)")
+    keys[event.value] = line
+
+
+def yaml_error_line(error: Exception, label: str) -> str:
+    """One line for a PyYAML parse error: where (line, column) and what the parser met."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"{label} is malformed YAML{where} ({problem}): expected YAML or JSON settings"

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from nanogpt.config import GPTConfig
 from nanogpt.errors import ConfigError
+from nanogpt.settings import GPTConfig
 
 
 class KVCache:
@@ -370,6 +371,7 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
         cuda_graph: bool | None = None,
         window_refresh: int | None = None,
+        on_token: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Sample `max_new_tokens` tokens after `idx` (B, T); nanoGPT's sampling, same draws for a same seed
         within block_size tokens (and past it with `window_refresh=1`).
@@ -389,6 +391,8 @@ class GPT(nn.Module):
 
         `cuda_graph` (default: on CUDA): each cached step is one replay of a captured CUDA graph
         (nanogpt.decoding), instead of ~15 kernel launches per layer issued from Python.
+
+        `on_token` is called with each new token (B,) as soon as it is drawn (streaming); it draws nothing.
         """
         from nanogpt.decoding import StaticDecodeStep
 
@@ -418,6 +422,8 @@ class GPT(nn.Module):
             else:  # one new token at position L - 1 - start
                 logits, _ = self(out[:, L - 1 : L], cache=cache)
             out[:, L : L + 1] = sample_next(logits[:, -1, :], temperature, top_k, generator)
+            if on_token is not None:
+                on_token(out[:, L])
         return out
 
     def _window_refresh(self, value: int | None) -> int:

@@ -14,9 +14,9 @@ import math
 
 import torch
 
-from nanogpt.config import TrainSettings
 from nanogpt.errors import CheckpointError
 from nanogpt.model import GPT
+from nanogpt.settings import TrainSettings
 
 
 class MuonAdamW:

@@ -7,6 +7,8 @@ Paths are relative to the working directory snakemake runs in.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 RESULTS = "results"
 LOGS = "logs"
 
@@ -31,6 +33,8 @@ CLI_RUN_DIR = "out/{run}"  # `nanogpt train` without --out-dir (nanoGPT's out/),
 # samples, evals, report
 SAMPLE = f"{RESULTS}/samples/{{sample}}.txt"
 EVAL = f"{RESULTS}/eval/{{model}}/{{dataset}}.json"
+TASK_EVAL = f"{RESULTS}/evals/{{eval}}.json"  # a task's `evals:` entry (HellaSwag), by its name
+HELLASWAG_ITEMS = f"{RESULTS}/hellaswag/{{file}}"  # the checksummed items file, by its source's file name
 LOSS_CURVE = f"{RESULTS}/plots/{{run}}_loss.png"
 SUMMARY_CSV = f"{RESULTS}/summary.csv"
 SUMMARY_MD = f"{RESULTS}/summary.md"
@@ -51,3 +55,13 @@ def benchmark(rule: str, wildcards: str = "") -> str:
     """A rule's Snakemake `benchmark:` file (wall time, memory): beside the logs, apart from benchmarks/."""
     return f"{LOGS}/benchmarks/{rule}/{wildcards}.tsv" if wildcards else f"{LOGS}/benchmarks/{rule}.tsv"
 
+
+
+def pipeline_run_folder(path: str | Path) -> Path | None:
+    """The pipeline's run folder (or the runs folder itself) that `path` is or lies in, else None: a folder
+    holding PIPELINE_MARKER, or one under RUNS of the working directory. Nothing but the train rule writes there."""
+    path = Path(path).expanduser().resolve()
+    runs = Path(RUNS).resolve()
+    if path == runs or runs in path.parents:
+        return path if path == runs else runs / path.relative_to(runs).parts[0]
+    return next((p for p in [path, *path.parents] if (p / PIPELINE_MARKER).is_file()), None)

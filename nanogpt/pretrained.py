@@ -36,7 +36,7 @@ def _local_source(name_or_dir: str, mirror: str | os.PathLike | None = None) -> 
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
         return path
-    from nanogpt.tokenizer import mirror_dir
+    from nanogpt.data.tokenizer import mirror_dir
 
     folder = mirror_dir(mirror)
     if folder is not None and "/" not in name_or_dir and (folder / name_or_dir / "config.json").is_file():
@@ -185,7 +185,8 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
               mirror: str | os.PathLike | None = None) -> Path:
     """Write a Hugging Face GPT-2 folder that reproduces our model's logits, and its tokenizer when known.
 
-    config.json + model.safetensors (+ generation_config.json), and tokenizer.json + tokenizer_config.json for
+    config.json + model.safetensors + generation_config.json (max_length = block_size: prompt and continuation
+    within the context), and tokenizer.json + tokenizer_config.json for
     the tokenizer described by `meta` (a dataset's meta.json dict) or, for a checkpoint path, its `dataset_meta`;
     a checkpoint without one and a GPT-2-sized vocabulary gets GPT-2 BPE (nanoGPT's fallback too), anything else
     is exported without a tokenizer. Every check runs before anything is written; the folder is written to a temp
@@ -193,9 +194,9 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
     """
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from nanogpt import interop
+    from nanogpt import exportdir, interop
 
-    interop.check_out_dir(out_dir, "config.json", "Hugging Face")
+    exportdir.check_out_dir(out_dir, "config.json", "Hugging Face")
     if isinstance(model_or_checkpoint, GPT):
         model = model_or_checkpoint
     else:
@@ -226,6 +227,9 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
     if missing or unexpected:
         raise PretrainedError(f"cannot export: HF GPT-2 expects {missing[:3]}, got extra {unexpected[:3]}")
     hf.tie_weights()
+    # The model has n_positions = block_size position embeddings: generating past them is an IndexError, so the
+    # generation default (pipeline("text-generation") would add 256 new tokens) stops at the context instead.
+    hf.generation_config.max_length = c.block_size
 
     def write(tmp: Path) -> None:
         hf.save_pretrained(tmp)
@@ -235,4 +239,4 @@ def export_hf(model_or_checkpoint: GPT | str | os.PathLike, out_dir: str | os.Pa
             if written.is_file():
                 written.chmod(file_mode())
 
-    return interop.write_folder(out_dir, "config.json", "Hugging Face", write)
+    return exportdir.write_folder(out_dir, "config.json", "Hugging Face", write)

@@ -77,6 +77,19 @@ def setup_distributed(backend: str, device: torch.device) -> Dist:
     return Dist(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", "0")), world_size=world)
 
 
+def rank_placement(d: Dist, device: torch.device) -> str:
+    """One rank's line for the log: its device and the GPU it owns under CUDA_VISIBLE_DEVICES (the entry at its
+    local rank, as pick_device chooses cuda:<local rank>), so a job's log shows which GPU each rank took."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        gpu = "CUDA_VISIBLE_DEVICES unset"
+    else:
+        entries = [e.strip() for e in visible.split(",") if e.strip()]
+        own = entries[d.local_rank] if d.local_rank < len(entries) else "none"
+        gpu = f"GPU {own} of CUDA_VISIBLE_DEVICES={visible}"
+    return f"rank {d.rank} of {d.world_size} (local rank {d.local_rank}): device {device}, {gpu}"
+
+
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 

@@ -6,17 +6,19 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
-from nanogpt.config import SampleSettings, is_pretrained_source
+from nanogpt.config import is_pretrained_source
+from nanogpt.data.tokenizer import CharTokenizer, Tokenizer, from_meta, gpt2_tokenizer
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.model import GPT
 from nanogpt.runtime import CPU_FP32, Placement
-from nanogpt.tokenizer import CharTokenizer, Tokenizer, from_meta, gpt2_tokenizer
+from nanogpt.settings import SampleSettings
 
 SEPARATOR = "\n---------------\n"
 log = logging.getLogger(__name__)
@@ -28,7 +30,8 @@ def read_prompt(start: str) -> str:
     if start.startswith("FILE:"):
         path = Path(start[5:])
         if not path.is_file():
-            raise ConfigError(f"prompt file {str(path)!r} (from start={start!r}) does not exist: expected a text file")
+            raise ConfigError(f"prompt file {str(path)!r} (from start={start!r}) {fileio.not_a_file(path)}: "
+                              "expected a text file")
         return fileio.read_text_capped(path, fileio.PROMPT_MAX_BYTES, "prompt file", ConfigError)
     return start
 
@@ -82,7 +85,7 @@ def _read_meta(path: Path) -> dict:
     refused over its size limit (fileio.METADATA_MAX_BYTES, interop.META_PKL_MAX_BYTES) before it is read."""
     label = f"--meta {str(path)!r}"
     if not path.is_file():
-        raise ConfigError(f"{label} does not exist: expected a dataset's meta.json or nanoGPT's meta.pkl")
+        raise ConfigError(f"{label} {fileio.not_a_file(path)}: expected a dataset's meta.json or nanoGPT's meta.pkl")
     data = fileio.read_capped(path, fileio.METADATA_MAX_BYTES, "--meta", ConfigError)
     if path.suffix == ".pkl" or data[:1] == b"\x80":  # pickle protocol 2+ starts with PROTO (0x80)
         from nanogpt.interop import load_plain_pickle, meta_from_nanogpt
@@ -100,27 +103,107 @@ def _read_meta(path: Path) -> dict:
 
 
 def generate_samples(model: GPT, tok: Tokenizer, settings: SampleSettings, placement: Placement | None = None,
-                     use_cache: bool = True) -> tuple[list[str], float]:
+                     use_cache: bool = True, write: Callable[[str], None] | None = None) -> tuple[list[str], float]:
     """Generate `num_samples` continuations of the prompt (on the CPU in fp32 unless placed); returns them and
-    the tokens/s achieved."""
+    the tokens/s achieved. With `write`, each sample's text also goes to it as it is drawn, SEPARATOR between
+    two samples: together the very text the samples join to (the draws are the same)."""
     s = settings
-    prompt = read_prompt(s.start)
+    ids = encode_prompt(tok, read_prompt(s.start))
+    placement = placement or CPU_FP32
+    model.eval().to(placement.device)
+    generator = torch.Generator(device=placement.device).manual_seed(s.seed)
+    samples = []
+    t0 = time.perf_counter()
+    for i in range(s.num_samples):
+        if write is not None and i:
+            write(SEPARATOR)
+        stream = TextStream(tok, write, ids, echo=True) if write is not None else None
+        samples.append(tok.decode(draw_continuation(model, ids, s, placement, generator, stream, use_cache)))
+    elapsed = time.perf_counter() - t0
+    return samples, s.num_samples * s.max_new_tokens / elapsed
+
+
+def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
     ids = tok.encode(prompt)
     if not ids:
         raise ConfigError("the prompt encodes to no tokens: expected a non-empty start string")
-    placement = placement or CPU_FP32
-    device = placement.device
-    precision = generation_precision(model.eval().to(device), placement)
-    generator = torch.Generator(device=device).manual_seed(s.seed)
-    x = torch.tensor(ids, dtype=torch.long, device=device)[None, :]
-    samples = []
-    t0 = time.perf_counter()
-    for _ in range(s.num_samples):
-        with precision:
-            y = model.generate(x, s.max_new_tokens, s.temperature, s.top_k, use_cache=use_cache, generator=generator)
-        samples.append(tok.decode(y[0].tolist()))
-    elapsed = time.perf_counter() - t0
-    return samples, s.num_samples * s.max_new_tokens / elapsed
+    return ids
+
+
+def draw_continuation(model: GPT, ids: list[int], s: SampleSettings, placement: Placement, generator: torch.Generator,
+              stream: TextStream | None, use_cache: bool = True) -> list[int]:
+    """The prompt's ids and `max_new_tokens` drawn after them (each written to `stream` as it comes)."""
+    x = torch.tensor(ids, dtype=torch.long, device=placement.device)[None, :]
+    on_token = None if stream is None else lambda token: stream.push(token.tolist())
+    with generation_precision(model, placement):
+        y = model.generate(x, s.max_new_tokens, s.temperature, s.top_k, use_cache=use_cache, generator=generator,
+                           on_token=on_token)
+    if stream is not None:
+        stream.finish()
+    return y[0].tolist()
+
+
+class TextStream:
+    """The text of a growing token sequence, written as soon as it is settled.
+
+    A byte-level BPE token may end inside a UTF-8 character: the text decoded so far then ends in U+FFFD, which is
+    held back until a later token completes the character (or the end flushes it). Text after a settled point
+    decodes on its own, so only the tokens since the last settled point are decoded again at each token.
+    """
+
+    def __init__(self, tok: Tokenizer, write: Callable[[str], None], prompt: list[int], echo: bool):
+        self.tok, self.write = tok, write
+        self.pending: list[int] = []  # tokens since the last settled point
+        self.written = 0  # characters of decode(pending) already written
+        if echo:
+            self.push(prompt)
+        else:  # the prompt counts as written: only the continuation is shown
+            self.pending, self.written = list(prompt), len(tok.decode(prompt))
+
+    def push(self, ids: list[int]) -> None:
+        self.pending.extend(ids)
+        text = self.tok.decode(self.pending)
+        settled = len(text.rstrip("\ufffd"))
+        if settled > self.written:
+            self.write(text[self.written : settled])
+            self.written = settled
+        if settled == len(text):
+            self.pending, self.written = [], 0
+
+    def finish(self) -> None:
+        """Whatever is held back, as the whole sequence decodes it (a truncated character stays U+FFFD)."""
+        text = self.tok.decode(self.pending)
+        if len(text) > self.written:
+            self.write(text[self.written :])
+        self.pending, self.written = [], 0
+
+
+def interactive(model: GPT, tok: Tokenizer, settings: SampleSettings, placement: Placement,
+                prompts: Iterable[str], write: Callable[[str], None], report: Callable[[str], None]) -> int:
+    """For each prompt, `num_samples` continuations streamed to `write` (the prompt itself not repeated), each
+    ended by a newline; returns how many prompts were answered. One generator seeded once: a session typed again
+    gives the same text. A prompt that cannot be used (a character outside a char vocabulary) is reported and
+    skipped; Ctrl-C stops the continuation being written and waits for the next prompt."""
+    model.eval().to(placement.device)
+    generator = torch.Generator(device=placement.device).manual_seed(settings.seed)
+    answered = 0
+    for prompt in prompts:
+        if not prompt:
+            continue
+        try:
+            ids = encode_prompt(tok, read_prompt(prompt))
+        except UserError as e:
+            report(str(e))
+            continue
+        for _ in range(settings.num_samples):
+            try:
+                draw_continuation(model, ids, settings, placement, generator, TextStream(tok, write, ids, echo=False))
+            except KeyboardInterrupt:
+                write("\n")
+                break
+            write("\n")
+        answered += 1
+    return answered
 
 
 def generation_precision(model: GPT, placement: Placement) -> contextlib.AbstractContextManager:

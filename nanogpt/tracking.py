@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from nanogpt.config import RunConfig, TrainSettings
+from nanogpt.config import RunConfig
 from nanogpt.errors import ConfigError
-from nanogpt.report import flat
+from nanogpt.report.pages import flat
+from nanogpt.settings import TrainSettings
 
 EVENTS_GLOB = "events.out.tfevents.*"
-LEGACY_DIR = "tb"  # where runs wrote their events before they went into the run folder itself
 LOSS_TAGS = ["loss/train", "loss/train_eval", "loss/val"]
 LAYOUT = {
     "nanogpt": {
@@ -48,9 +48,9 @@ def event_files(folder: str | os.PathLike) -> list[Path]:
 
 
 def is_run_folder(folder: str | os.PathLike) -> bool:
-    """One of our training runs: TensorBoard events (in the folder or its legacy tb/) and a model.pt."""
+    """One of our training runs: TensorBoard events and a model.pt."""
     folder = Path(folder)
-    return (folder / "model.pt").is_file() and bool(event_files(folder) or event_files(folder / LEGACY_DIR))
+    return (folder / "model.pt").is_file() and bool(event_files(folder))
 
 
 def flat_settings(d: dict, prefix: str = "") -> dict[str, bool | int | float | str]:
@@ -106,11 +106,8 @@ class Tracker:
         if importlib.util.find_spec("tensorboard") is not None:  # optional where only torch is installed (a GPU box)
             from torch.utils.tensorboard import SummaryWriter
 
-            _adopt_legacy_events(out_dir)
-            if start_iter == 0:  # a fresh start: earlier events are another trajectory's (and their settings)
-                for old in event_files(out_dir):
-                    old.unlink()
-            # TensorBoard drops the events at steps >= purge_step that earlier attempts wrote.
+            # TensorBoard drops the events at steps >= purge_step that earlier attempts of this trajectory wrote
+            # (another trajectory's events were set aside with its record: nanogpt.trajectory). None is deleted.
             self.tb = SummaryWriter(log_dir=str(out_dir), purge_step=start_iter)
             self.tb.add_custom_scalars(LAYOUT)
         self.wandb = _start_wandb(run, self.name) if run.train.wandb_log else None
@@ -138,15 +135,6 @@ class Tracker:
         if self.wandb is not None:
             self.wandb.finish(exit_code=exit_code)
             self.wandb = None
-
-
-def _adopt_legacy_events(out_dir: Path) -> None:
-    """Move a run's events from tb/ (the earlier layout) into the run folder, where TensorBoard names it."""
-    legacy = out_dir / LEGACY_DIR
-    for path in event_files(legacy):
-        os.replace(path, out_dir / path.name)
-    if legacy.is_dir() and not any(legacy.iterdir()):
-        legacy.rmdir()
 
 
 def _start_wandb(run: RunConfig, name: str):

@@ -25,9 +25,10 @@ import torch
 import torch.distributed as dist
 
 from nanogpt import checkpoint as ckpt_io
-from nanogpt import fileio, threads
-from nanogpt.config import PRETRAINED_NAMES, RunConfig, TrainSettings, is_pretrained_source
-from nanogpt.data import BatchSampler, load_meta
+from nanogpt import fileio, threads, trajectory
+from nanogpt.config import PRETRAINED_NAMES, RunConfig, is_pretrained_source
+from nanogpt.data.prepare import BatchSampler, load_meta
+from nanogpt.data.tokenizer import vocab_remap
 from nanogpt.errors import ConfigError
 from nanogpt.launch import report_checkpoint_saved
 from nanogpt.model import GPT
@@ -41,11 +42,12 @@ from nanogpt.runtime import (
     peak_flops_for,
     pick_device,
     place,
+    rank_placement,
     resolve_compile,
     seed_device_rng,
     setup_distributed,
 )
-from nanogpt.tokenizer import vocab_remap
+from nanogpt.settings import TrainSettings
 from nanogpt.tracking import Tracker, check_wandb
 
 # Default checkpoint cadence: at most this fraction of the wall time is spent writing periodic checkpoints.
@@ -138,16 +140,19 @@ def _initial_model(run: RunConfig, meta: dict, log, mirror: str | None = None) -
         from nanogpt.pretrained import load_pretrained
 
         model, model_tok = load_pretrained(source, dropout=run.model.dropout, mirror=mirror), {"kind": "gpt2"}
+        model_dataset = None
     elif source.endswith(".pt"):
         ckpt = ckpt_io.load(source)
         model = ckpt_io.model_from_checkpoint(ckpt, dropout=run.model.dropout)
         model_tok = (ckpt.get("dataset_meta") or {}).get("tokenizer")
+        model_dataset = (ckpt.get("dataset_meta") or {}).get("dataset")
     else:
         raise ConfigError(
             f"init_from={source!r}: expected scratch, resume, one of {', '.join(PRETRAINED_NAMES)}, "
             "a local Hugging Face GPT-2 directory, or a .pt checkpoint"
         )
-    rows = vocab_remap(model_tok, meta["tokenizer"], f"init_from={source!r}")
+    rows = vocab_remap(model_tok, meta["tokenizer"], f"init_from={source!r}", dataset=meta.get("dataset"),
+                       model_dataset=model_dataset if isinstance(model_dataset, str) else None)
     if rows is not None:
         log(f"the dataset's {len(rows)} characters are all in the model's vocabulary of {model.config.vocab_size}: "
             "its embedding rows are reordered to the dataset's ids")
@@ -163,43 +168,55 @@ def _initial_model(run: RunConfig, meta: dict, log, mirror: str | None = None) -
 
 def _resume_point(ckpt_dir: Path, out_dir: Path, fingerprints: list[str], t: TrainSettings, d: Dist,
                   log) -> Path | None:
-    """The checkpoint to resume from (brought back from set_aside/ when its settings came back); rank 0 sets
-    aside every live checkpoint that does not belong to this trajectory, each under its own fingerprint."""
+    """The checkpoint to resume from. Rank 0 first shows this trajectory's record in the run folder (another one
+    is set aside whole, this one's comes back whole: nanogpt.trajectory), then moves every live checkpoint that
+    is not a resume point out of the way: another trajectory's to its record, this one's beyond max_iters to
+    checkpoints/held/, unreadable ones to checkpoints/unreadable/."""
+    if d.enabled:
+        dist.barrier()  # every rank has read the run folder (init_from: resume) before rank 0 moves anything
+    if d.is_master:
+        trajectory.activate(out_dir, fingerprints, log)
+    if d.enabled:
+        dist.barrier()  # the record is in place before any rank chooses
     chosen, refused = ckpt_io.choose_resume(ckpt_dir, fingerprints, t.max_iters)
     if d.enabled:
         dist.barrier()  # every rank has chosen before rank 0 moves anything
     if d.is_master:
         for path, reason, fingerprint in refused:
-            dest = ckpt_io.set_aside(path, ckpt_dir, fingerprint, t.keep_checkpoints)
+            if fingerprint is None:
+                dest = ckpt_io.move_unreadable(path, ckpt_dir)
+            elif fingerprint in fingerprints:
+                dest = ckpt_io.move_into(path, ckpt_dir / ckpt_io.HELD)
+            else:
+                dest = ckpt_io.move_into(path, out_dir / trajectory.SET_ASIDE / fingerprint / trajectory.CHECKPOINTS)
             log(f"setting aside {path.name} ({reason}) -> {dest.parent}/")
         best = out_dir / "best.pt"
-        if chosen is None and best.is_file():  # a fresh start: the old best model is not this run's
-            dest = ckpt_io.set_aside(best, ckpt_dir, _fingerprint_of(best), t.keep_checkpoints)
+        if chosen is None and best.is_file():  # a fresh start: the old best model is not this attempt's
+            dest = ckpt_io.move_into(best, ckpt_dir / ckpt_io.HELD)
             log(f"setting aside {best.name} (from an earlier start) -> {dest.parent}/")
         if chosen is not None and chosen.parent != ckpt_dir:
-            log(f"these settings came back: resuming their checkpoint {chosen.name} from {chosen.parent}/")
-            ckpt_io.restore(chosen.parent, ckpt_dir, out_dir, t.max_iters)
+            log(f"resuming held checkpoint {chosen.name} (within max_iters={t.max_iters} now)")
+            ckpt_io.unhold(ckpt_dir, out_dir, t.max_iters)
     if d.enabled:
         dist.barrier()  # rank 0's moves are done before anyone loads
     return None if chosen is None else ckpt_dir / chosen.name
 
 
-def _fingerprint_of(path: Path) -> str | None:
-    try:
-        return ckpt_io.peek(path).get("fingerprint")
-    except ckpt_io.CheckpointError:
-        return None
-
-
-def _resume_origin(ckpt_dir: Path, settings_fingerprint: str) -> str:
-    """init_from: resume continues this run folder's trajectory of the same settings: its fingerprint."""
-    found = ckpt_io.newest_with_settings(ckpt_dir, settings_fingerprint)
-    if found is None:
-        raise ConfigError(
-            f"init_from='resume' but {ckpt_dir} holds no checkpoint made with these settings: expected a finished "
-            "or interrupted run of the same settings to continue (train it first with init_from: scratch)"
-        )
-    return found
+def _resume_origin(run_dir: Path, settings_fingerprint: str) -> str:
+    """init_from: resume continues this run folder's trajectory of the same settings (shown or set aside, any
+    initial weights): the fingerprint of its newest checkpoint."""
+    for _, path in trajectory.checkpoints_of(run_dir):
+        try:
+            info = ckpt_io.peek(path)
+        except ckpt_io.CheckpointError:
+            continue
+        if info.get("settings_fingerprint") == settings_fingerprint and info.get("fingerprint"):
+            return info["fingerprint"]
+    raise ConfigError(
+        f"init_from='resume' but {run_dir / trajectory.CHECKPOINTS} holds no checkpoint made with these settings: "
+        "expected a finished or interrupted run of the same settings to continue (train it first with init_from: "
+        "scratch)"
+    )
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -261,6 +278,8 @@ def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLik
         die_with_parent()  # torchrun puts its workers in their own session: a killed pipeline must take them along
     device = run_device(run, int(os.environ.get("LOCAL_RANK", "0")), needs_gpu)
     d = setup_distributed(run.launch.backend, device)  # after the rank's GPU is chosen: NCCL uses that one
+    if d.enabled:
+        log(rank_placement(d, device))  # every rank's own line (the others are silent from here on)
     try:
         lock = run_folder_lock(out_dir, log) if d.is_master else contextlib.nullcontext()
         with lock:
@@ -304,12 +323,12 @@ class Trainer:
         self.sampler = BatchSampler(data_dir, run.model.block_size, self.t.batch_size, self.t.seed, self.device)
         self.settings_fingerprint = run.settings_fingerprint(self.meta)
         if run.init_from == "resume":
-            self.fingerprint = _resume_origin(self.ckpt_dir, self.settings_fingerprint)
+            self.fingerprint = _resume_origin(out_dir, self.settings_fingerprint)
             accepted = [self.fingerprint]
         else:
             identity = init_identity(run.init_from)
             self.fingerprint = run.fingerprint(self.meta, identity)
-            accepted = [self.fingerprint, run.legacy_fingerprint(self.meta, identity)]  # an upgrade resumes
+            accepted = [self.fingerprint]
         self.accepted_fingerprints = [f for f in accepted if f]
         self._build_state()
         self.peak = self.t.peak_flops or peak_flops_for(self.device, self.dtype)
@@ -337,6 +356,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, t, self.device.type, self.dtype)  # AdamW, or Muon + AdamW
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=(self.dtype == torch.float16))
         self.iter_num, self.best_val_loss, self.earlier_wall_s = 0, float("inf"), 0.0
+        self.resumed_config = None if state is None else state.get("config")  # the final state kept as it was
         if state is not None:
             self.earlier_wall_s = float(state.get("wall_time_s") or 0.0)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -431,6 +451,7 @@ class Trainer:
         """Train from iter_num to max_iters; evaluate, log and checkpoint once in a while; then finish()."""
         t = self.t
         self.t_start = t_start
+        self.start_iter = self.iter_num
         self._open_logs()
         self.last_eval: dict[str, float] = {}
         self.step_times: list[float] = []
@@ -532,7 +553,7 @@ class Trainer:
                 self.running_mfu = avg
         mfu = mfu_or_none(self.running_mfu) if self.running_mfu else None
         self.log(f"iter {self.iter_num}: loss {self.last_loss:.4f}, time {dt * 1000:.2f}ms, "
-                 f"mfu {f'{mfu:.3f}' if mfu else 'n/a'}")
+                 f"mfu {f'{mfu * 100:.2f}%' if mfu else 'n/a'}")  # nanoGPT's percentage
         if (line := self.progress.update(self.iter_num, self.last_loss, dt)) is not None:
             self.log(line)  # the console's throttled view (nanogpt.progress)
         if self.tracker:
@@ -588,16 +609,26 @@ class Trainer:
             "world_size": self.d.world_size,
             "provenance": provenance(self.run.to_dict(), self.meta),
         }
+        if self.iter_num == self.start_iter:  # nothing trained this time (it came back finished): its own numbers
+            metrics.update(self._earlier_step_numbers())
         if self.tracker:
             self.tracker.finish(metrics, self.iter_num)
         self._close_logs(exit_code=0)
         if self.d.is_master:
+            trajectory.write_marker(self.out_dir, self.fingerprint, metrics=metrics)
             fileio.write_json(self.out_dir / "metrics.json", metrics)
             self.save_final()
             self.log(f"done: val loss {_fmt(metrics['val_loss'])} after {self.iter_num} iters, "
                      f"median {_fmt(metrics['median_ms_per_iter'], '.1f')} ms/iter, wall {metrics['wall_time_s']:.0f}s")
         return metrics
 
+    def _earlier_step_numbers(self) -> dict:
+        """The speed and last step loss this trajectory recorded when it reached this iteration (its
+        trajectory.json, which comes back with it; metrics.json may have been deleted by Snakemake before the job)."""
+        earlier = trajectory.read_marker(self.out_dir).get("metrics")
+        if not isinstance(earlier, dict) or earlier.get("iters") != self.iter_num:
+            return {}
+        return {k: earlier.get(k) for k in ("median_ms_per_iter", "tokens_per_sec", "mfu", "last_step_loss")}
 
     def save_final(self) -> None:
         model_pt = self.out_dir / "model.pt"
@@ -605,7 +636,8 @@ class Trainer:
             ckpt_io.save(self.checkpoint(), model_pt)
             return
         final = ckpt_io.checkpoint_path(self.ckpt_dir, self.iter_num)
-        ckpt_io.save(self.checkpoint(), final)
+        if self.iter_num > self.start_iter or self.resumed_config != self.run.to_dict() or not final.is_file():
+            ckpt_io.save(self.checkpoint(), final)
         ckpt_io.prune(self.ckpt_dir, self.t.keep_checkpoints)
         fileio.link_or_copy(final, model_pt)
 

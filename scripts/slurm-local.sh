@@ -15,8 +15,12 @@
 # No cgroups, no slurmdbd: `sacct` does not work here, so the Snakemake profile must use
 # `slurm-status-command: squeue` (MinJobAge=300 below keeps finished jobs visible to squeue;
 # the plugin requires MinJobAge >= 3 x slurm-init-seconds-before-status-checks).
-# The node offers all CPUs (nproc) and 80% of MemTotal, in one partition `debug` (Default=YES).
-# Files: /etc/slurm/slurm.conf, state in /var/lib/slurm, logs in /var/log/slurm, pid files in /run.
+# The node offers all CPUs (nproc) and 80% of MemTotal, in one partition `debug` (Default=YES), and two fake
+# GPUs (gres gpu:2) so that GPU requests schedule as on a GPU node: SLURM gives a `--gpus=2` job
+# CUDA_VISIBLE_DEVICES=0,1, while torch still sees no CUDA (runs with `device: cpu` train on the CPU with gloo).
+# Their device files /run/nanogpt-fakegpu0 and 1 are symbolic links to /dev/null (slurmd wants a character
+# device; a link needs no mknod), made by `up`; gres.conf names them with AutoDetect=off (no NVML here).
+# Files: /etc/slurm/{slurm,gres}.conf, state in /var/lib/slurm, logs in /var/log/slurm, pid files in /run.
 #
 # Two nodes (up2), for the multi-node train job (tests/test_multinode.py): its own slurmctld (port 6827) and
 # two slurmd (`slurmd -N <host>-n1|-n2`, ports 6828/6829), each node 1 CPU and 40% of MemTotal, all on
@@ -33,6 +37,8 @@ set -euo pipefail
 
 PARTITION=debug
 CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
+FAKE_GPUS=2   # the single node's fake GPUs: /run/nanogpt-fakegpu0 .. 1
 LOGDIR=/var/log/slurm
 PIDS=(/run/slurmd.pid /run/slurmctld.pid /run/munge/munged.pid)
 CONF2=/etc/slurm-2node/slurm.conf
@@ -128,17 +134,38 @@ SlurmdLogFile=${LOGDIR}/slurmd.log
 # no cgroups anywhere (task/affinity binds tasks to cores without them)
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/affinity
+# fake GPUs (gres.conf): a job's --gpus sets its CUDA_VISIBLE_DEVICES; nothing limits device access
+GresTypes=gpu
 $(common_conf)
-NodeName=${host} NodeAddr=127.0.0.1 CPUs=${ncpu} RealMemory=${mem_mb} State=UNKNOWN
+NodeName=${host} NodeAddr=127.0.0.1 CPUs=${ncpu} RealMemory=${mem_mb} Gres=gpu:${FAKE_GPUS} State=UNKNOWN
 PartitionName=${PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
   mkdir -p /etc/slurm
-  if [ -f "$CONF" ] && cmp -s "$tmp" "$CONF"; then
-    rm -f "$tmp"
+  install_if_changed "$tmp" "$CONF"
+  tmp=$(mktemp)
+  cat > "$tmp" <<EOF
+# Written by scripts/slurm-local.sh: fake GPUs (links to /dev/null), no autodetection.
+AutoDetect=off
+NodeName=${host} Name=gpu File=/run/nanogpt-fakegpu[0-$(( FAKE_GPUS - 1 ))]
+EOF
+  install_if_changed "$tmp" "$GRES_CONF"
+}
+
+install_if_changed() {  # install_if_changed TMP DEST: move TMP to DEST (mode 0644); prints "changed" if it differed
+  if [ -f "$2" ] && cmp -s "$1" "$2"; then
+    rm -f "$1"
   else
-    install -m 0644 "$tmp" "$CONF"; rm -f "$tmp"
+    install -m 0644 "$1" "$2"; rm -f "$1"
     echo changed
   fi
+}
+
+make_fake_gpus() {  # the fake GPUs' device files (/run does not survive a reboot): links to /dev/null, harmless
+  local i dev
+  for i in $(seq 0 $(( FAKE_GPUS - 1 ))); do
+    dev=/run/nanogpt-fakegpu$i
+    [ -c "$dev" ] || ln -sfn /dev/null "$dev" || die "could not create $dev (a link to /dev/null)"
+  done
 }
 
 stop_pidfile() {  # stop_pidfile PIDFILE: SIGTERM, wait up to 10 s, SIGKILL; remove the pid file
@@ -177,6 +204,7 @@ cmd_up() {
   t0=$(date +%s)
   install_packages
   changed=$(write_conf)
+  make_fake_gpus
   install -d -o slurm -g slurm /var/lib/slurm /var/lib/slurm/slurmctld "$LOGDIR"
   install -d /var/lib/slurm/slurmd
 
@@ -187,7 +215,7 @@ cmd_up() {
     return 0
   fi
   if [ -n "$changed" ]; then
-    say "wrote $CONF ($(nproc) CPUs, $(awk -F= '/^NodeName/{for(i=1;i<=NF;i++) if($i ~ /RealMemory/) print $(i+1)}' "$CONF" | awk '{print $1}') MB)"
+    say "wrote $CONF and $GRES_CONF ($(nproc) CPUs, $(awk -F= '/^NodeName/{for(i=1;i<=NF;i++) if($i ~ /RealMemory/) print $(i+1)}' "$CONF" | awk '{print $1}') MB, $FAKE_GPUS fake GPUs)"
     # a new config (CPU count, memory, host) needs fresh daemons
     stop_pidfile /run/slurmd.pid
     stop_pidfile /run/slurmctld.pid

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nanogpt.tokenizer import BUNDLED_DIR
+from nanogpt.data.tokenizer import BUNDLED_DIR
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from nanogpt.config import DatasetSettings
-from nanogpt.data import prepare_text, token_dtype
+from nanogpt.data.prepare import prepare_text, token_dtype
+from nanogpt.data.tokenizer import GPT2_EOT, from_meta, gpt2_tokenizer
 from nanogpt.errors import ConfigError
-from nanogpt.tokenizer import GPT2_EOT, from_meta, gpt2_tokenizer
+from nanogpt.settings import DatasetSettings
 
 
 def test_known_encodings(mirror_env):

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import SHAKESPEARE_SHA256, SHAKESPEARE_URL, make_pipeline, run_snakemake, tiny_config
 from nanogpt import fileio
-from nanogpt.data import ChecksumError, fetch
-from nanogpt.tokenizer import BUNDLED_DIR, GPT2_FILES, _gpt2_encoding, find_local, gpt2_tokenizer
+from nanogpt.data.prepare import ChecksumError, fetch
+from nanogpt.data.tokenizer import BUNDLED_DIR, GPT2_FILES, _gpt2_encoding, find_local, gpt2_tokenizer
 
 BUNDLED_INPUT = BUNDLED_DIR / "tinyshakespeare" / "input.txt"
 UNREACHABLE = "http://127.0.0.1:9"  # port 9 (discard): a connection is refused at once

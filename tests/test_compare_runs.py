@@ -1,4 +1,4 @@
-"""Comparing runs (issue #23, items 7 and 8), through the pipeline: the summary shows the settings that differ
+"""Comparing runs, through the pipeline: the summary shows the settings that differ
 between the runs, TensorBoard's HParams experiment lists those settings first, sweeps on disk reach the summary
 page, and the report of any target (the default one, a sweep) renders without a docutils error."""
 
@@ -10,8 +10,8 @@ import pandas as pd
 from test_report_scaling import PNG_1X1, embedded_pages, finished_run, pipeline_with_data
 
 from conftest import run_snakemake, tiny_config
-from nanogpt.curves import load_events
-from nanogpt.pipeline import Pipeline
+from nanogpt.pipeline.entries import Pipeline
+from nanogpt.report.curves import load_events
 
 SWEEP = {"lrs": {"base": "tiny", "grid": {"learning_rate": [0.001, 0.003]}}}
 
@@ -83,7 +83,7 @@ def test_summary_hparams_and_reports_compare_runs(tmp_path):
 
 
 def test_differing_settings_names_columns_unambiguously():
-    from nanogpt.summary import differing_settings
+    from nanogpt.report.summary import differing_settings
 
     a = {"dataset": "d", "model": {"dropout": 0.0, "n_layer": 2}, "train": {"dropout": 0.1, "learning_rate": 1e-3}}
     b = json.loads(json.dumps(a))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import SHAKESPEARE_SHA256, SHAKESPEARE_URL
-from nanogpt.data import BatchSampler, ChecksumError, fetch, prepare_text
-from nanogpt.tokenizer import CharTokenizer, from_meta
+from nanogpt.data.prepare import BatchSampler, ChecksumError, fetch, prepare_text
+from nanogpt.data.tokenizer import CharTokenizer, from_meta
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import SHAKESPEARE_SHA256, SHAKESPEARE_URL, make_pipeline, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
-from nanogpt.config import EvalSettings
 from nanogpt.evaluate import evaluate
-from nanogpt.jobs import Jobs
-from nanogpt.pipeline import Pipeline
+from nanogpt.pipeline.entries import Pipeline
+from nanogpt.pipeline.jobs import Jobs
 from nanogpt.pretrained import load_pretrained
-from nanogpt.summary import collect, eval_row
+from nanogpt.report.summary import collect, eval_row
+from nanogpt.settings import EvalSettings
 
 VOCAB = 50257  # the BPE dataset's vocabulary
 

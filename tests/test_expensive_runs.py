@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,21 @@ import torch
 
 from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt import checkpoint as ckpt_io
-from nanogpt.config import RunConfig, TrainSettings, resolve_run
+from nanogpt import trajectory
+from nanogpt.config import RunConfig, resolve_run
 from nanogpt.errors import DataError
-from nanogpt.sweep_summary import check_point_result
+from nanogpt.pipeline.jobs import Untracked
+from nanogpt.report.sweeps import check_point_result
+from nanogpt.settings import (
+    ARCHS,
+    OPTIMIZERS,
+    ModelSettings,
+    TrainSettings,
+    declared,
+    default_of,
+    field_types,
+    same_value,
+)
 
 NOTHING = "Nothing to be done"
 
@@ -64,13 +77,13 @@ def changed(pipeline: Path, **train) -> dict:
 
 # ---- changes that cannot change the weights -------------------------------------------------------------------
 def test_neutral_and_cadence_changes_rerun_nothing(pipeline):
-    """A setting written out at its default, logging/eval/checkpoint cadence, compile, wandb, the launch and
-    resources: snakemake schedules no job, and model.pt stays the same file."""
+    """A setting written out at its default, logging/eval/checkpoint cadence, compile, wandb, the launch,
+    resources, and Muon's settings in this AdamW run: snakemake schedules no job, and model.pt stays the same file."""
     model = pipeline / "results/runs/tiny/model.pt"
     before = (model.stat().st_ino, model.stat().st_mtime_ns)
     config = changed(pipeline, grad_clip=1.0, seed=1337, log_interval=5, eval_interval=4, eval_iters=3,
                      checkpoint_interval=7, keep_checkpoints=3, compile=False, always_save_checkpoint=False,
-                     wandb_log=True, wandb_project="other")
+                     wandb_log=True, wandb_project="other", muon_lr=0.05, muon_momentum=0.9)
     config["runs"]["tiny"]["model"]["vocab_size"] = None  # the dataset's: its default
     config["runs"]["tiny"]["launch"]["backend"] = "gloo"
     config["runs"]["tiny"]["resources"]["mem_mb"] = 2000
@@ -106,12 +119,49 @@ def test_a_setting_added_with_a_neutral_default_keeps_every_fingerprint():
     assert smoothed.fingerprint({"v": 1}, "scratch") != run.fingerprint({"v": 1}, "scratch")
 
 
-def test_checkpoints_of_the_previous_version_are_resumed():
-    """The fingerprint before the canonical form (every setting, defaults included) is still accepted; its value
-    for this run was computed with that version's code."""
-    entry = {"dataset": "shakespeare_char", "model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 32},
-             "train": {"learning_rate": 1e-3, "max_iters": 20, "log_interval": 1}}
-    assert resolve_run(entry, "x").legacy_fingerprint({"vocab_size": 65, "x": 1}, "scratch") == "9daffce36aa2747d"
+def other_value(f: dataclasses.Field, kind: object) -> object:
+    """A valid value of a declared setting other than its default."""
+    d, default = declared(f), default_of(f)
+    if d.choices is not None:
+        return next(c for c in d.choices if not same_value(c, default))
+    if kind is bool:
+        return not default
+    if f.name == "device":
+        return "cpu"
+    if kind in (str, str | None):
+        return "other"
+    if default is None:
+        return 2 if int in typing.get_args(kind) else 2e12
+    if isinstance(default, int):
+        return default + 1
+    high = d.le if d.le is not None else d.lt
+    return default + (high - default) * 0.01 if high is not None else default * 2
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_setting_changes_the_trajectory_exactly_when_it_can_change_the_weights(optimizer, arch):
+    """Each model and train setting, moved off its default in a run of each optimizer and architecture: the
+    fingerprint and the train rule's tracked trajectory change exactly when the setting is declared to change
+    weights and the run's recipe uses it (Muon's settings in an AdamW run do not)."""
+    entry = tiny_config()["runs"]["tiny"]
+    entry = {**entry, "model": {**entry["model"], "arch": arch}, "train": {**entry["train"], "optimizer": optimizer,
+                                                                             "learning_rate": 0.5, "min_lr": 0.0}}
+    base = resolve_run(entry, "tiny")
+    for section, cls in (("model", ModelSettings), ("train", TrainSettings)):
+        types = field_types(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in ("optimizer", "arch", "max_iters", "eval_only", "n_head", "n_embd"):
+                continue  # the recipe itself; a run's length and eval_only are checked apart; shape pairs below
+            value = other_value(f, types[f.name])
+            if same_value(value, getattr(getattr(base, section), f.name)):
+                continue
+            changed = resolve_run({**entry, section: {**entry[section], f.name: value}}, "tiny")
+            d = declared(f)
+            used = d.used_with is None or same_value(getattr(changed.train, d.used_with[0]), d.used_with[1])
+            moves = changed.fingerprint({"v": 1}, "scratch") != base.fingerprint({"v": 1}, "scratch")
+            assert moves == (d.trajectory and used), f"{section}.{f.name}={value!r} with {optimizer}/{arch}"
+            assert (changed.trajectory() != base.trajectory()) == (d.trajectory and used), f.name
 
 
 def test_wandb_without_the_package_fails_before_any_job(pipeline, tmp_path):
@@ -172,22 +222,8 @@ def test_a_detour_and_back_resumes_the_original_trajectory(pipeline):
     assert "these settings came back" in log and not any(line.startswith("iter ") for line in log.splitlines())
     assert (pipeline / "results/runs/tiny/train.log.1").is_file()  # the detour's attempt, kept
     assert same_weights(weights(pipeline / "results/runs/tiny/model.pt"), original)
-    aside = [p.name for p in (pipeline / "results/runs/tiny/checkpoints/set_aside").iterdir()]
+    aside = [p.name for p in (pipeline / "results/runs/tiny/set_aside").iterdir()]
     assert len(aside) == 1  # the detour's trajectory, kept under its own fingerprint
-
-
-def test_set_aside_keeps_each_trajectory_apart_and_bounded(tmp_path):
-    ckpt_dir = tmp_path / "checkpoints"
-    ckpt_dir.mkdir()
-    for fp in range(6):
-        for it in (5, 10, 15):
-            path = ckpt_dir / f"ckpt_{it:08d}.pt"
-            path.write_bytes(b"x")
-            ckpt_io.set_aside(path, ckpt_dir, f"fp{fp}", keep=2)
-    folders = sorted(p.name for p in (ckpt_dir / ckpt_io.SET_ASIDE).iterdir())
-    assert folders == ["fp2", "fp3", "fp4", "fp5"]  # SET_ASIDE_TRAJECTORIES newest
-    assert sorted(p.name for p in (ckpt_dir / ckpt_io.SET_ASIDE / "fp5").iterdir()) == [
-        "ckpt_00000010.pt", "ckpt_00000015.pt"]
 
 
 def test_restart_starts_a_run_over_and_keeps_the_old_state(pipeline):
@@ -195,8 +231,9 @@ def test_restart_starts_a_run_over_and_keeps_the_old_state(pipeline):
     proc = subprocess.run([str(BIN / "nanogpt"), "restart", "--run-dir", str(run_dir)], capture_output=True,
                           text=True, cwd=pipeline, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    archived = run_dir / "checkpoints" / ckpt_io.RESTARTED
-    assert (archived / "ckpt_00000020.pt").is_file() and not (run_dir / "model.pt").exists()
+    archived = run_dir / trajectory.SET_ASIDE / trajectory.RESTARTED
+    assert (archived / "checkpoints" / "ckpt_00000020.pt").is_file() and not (run_dir / "model.pt").exists()
+    assert list(archived.glob("events.out.tfevents.*")) and (archived / "history.jsonl").is_file()
     run_snakemake(pipeline)
     log = (pipeline / "results/runs/tiny/train.log").read_text()
     assert "resuming" not in log and "iter 1:" in log
@@ -237,7 +274,7 @@ def test_wall_time_counts_every_attempt(tmp_path):
     from nanogpt.train import train
 
     data = tmp_path / "data"
-    from nanogpt.data import prepare_text
+    from nanogpt.data.prepare import prepare_text
 
     prepare_text(Path(__file__).parents[1] / "nanogpt/assets/tinyshakespeare/input.txt", data)
     spec = tiny_config()["runs"]["tiny"]
@@ -250,3 +287,17 @@ def test_wall_time_counts_every_attempt(tmp_path):
     own = time.time() - t0  # the second attempt alone
     assert second["iters"] == 8 and abs(second["wall_time_s"] - (first["wall_time_s"] + own)) < 0.5
     assert ckpt_io.load(tmp_path / "r" / "model.pt")["wall_time_s"] >= first["wall_time_s"]
+
+
+def test_snakemake_records_no_untracked_parameter():
+    """The train, sample, eval and data rules pass their resolved settings as `Untracked` parameters, which
+    Snakemake's persistence leaves out of its params record (only builtin types are recorded); the tracked
+    parameters are plain strings. If a Snakemake upgrade starts recording other objects, every cadence change
+    would retrain every run: this fails first, naming the cause."""
+    from snakemake.persistence import UNREPRESENTABLE, PersistenceBase
+
+    probe = type("Probe", (), {name: getattr(PersistenceBase, name)
+                               for name in ("_serialize_param_builtin", "_serialize_param_pandas")})()
+    record = probe._serialize_param_pandas  # what Persistence._params applies to each parameter
+    assert record(Untracked("--spec {}")) is UNREPRESENTABLE, "Snakemake now records Untracked params: see nanogpt.pipeline.jobs"
+    assert record('{"dataset": "d"}') == repr('{"dataset": "d"}')

@@ -15,11 +15,12 @@ import torch
 
 from conftest import BIN, REPO, tiny_config
 from nanogpt import launch, runtime
-from nanogpt.config import EvalSettings, resolve_run
-from nanogpt.data import prepare_text
+from nanogpt.config import resolve_run
+from nanogpt.data.prepare import prepare_text
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.runtime import Dist, pick_device, resolve_compile, seed_device_rng, setup_distributed
+from nanogpt.settings import EvalSettings
 from nanogpt.train import Trainer, train
 
 SHAKESPEARE = REPO / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt"

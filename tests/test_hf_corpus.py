@@ -1,4 +1,4 @@
-"""Document corpora through `datasets` (nanogpt.hf_corpus): generated parquet/jsonl corpora, offline."""
+"""Document corpora through `datasets` (nanogpt.data.hf_corpus): generated parquet/jsonl corpora, offline."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 
 from conftest import make_pipeline, run_snakemake, tiny_config
 from nanogpt import fileio
-from nanogpt.config import DatasetSettings, check_dataset
+from nanogpt.data.entry import check_dataset
+from nanogpt.data.hf_corpus import CorpusError, download_hf, prepare_hf, val_mask
+from nanogpt.data.tokenizer import GPT2_EOT, gpt2_tokenizer
 from nanogpt.errors import ConfigError
-from nanogpt.hf_corpus import CorpusError, download_hf, prepare_hf, val_mask
-from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer
+from nanogpt.settings import DatasetSettings
 
 N_DOCS = 3000
 WORDS = ["the", "cat", "sat", "on", "mat", "naïve", "café", "日本", "GPT-2", "\n", "  ", "1234", "!?"]

@@ -17,10 +17,11 @@ import torch
 
 from nanogpt import checkpoint as ckpt_io
 from nanogpt.cli import main as cli_main
-from nanogpt.config import SampleSettings, resolve_run
+from nanogpt.config import resolve_run
+from nanogpt.data.tokenizer import CharTokenizer, gpt2_tokenizer
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import SEPARATOR, generate_samples, load_model_and_tokenizer
-from nanogpt.tokenizer import CharTokenizer, gpt2_tokenizer
+from nanogpt.settings import SampleSettings
 
 CORPUS = "ROMEO:\nTo be, or not to be? That is the question!\n  Whether 'tis nobler; in the mind: to suffer.\t-x\n" \
     "Or to take arms against a sea of troubles, and by opposing end them. We can wait.\n"

@@ -14,10 +14,10 @@ import torch
 
 from conftest import BIN, REPO, make_pipeline, run_snakemake, tiny_config, write_config
 from nanogpt.config import inherit_runs, resolve_run, settings_warnings
+from nanogpt.data.tokenizer import CharTokenizer, vocab_remap
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, GPTConfig
-from nanogpt.pipeline import Pipeline
-from nanogpt.tokenizer import CharTokenizer, vocab_remap
+from nanogpt.pipeline.entries import Pipeline
 
 SHAKESPEARE = REPO / "nanogpt" / "assets" / "tinyshakespeare" / "input.txt"
 

@@ -32,8 +32,13 @@ def two_run_config() -> dict:
 
 def test_tiny_pipeline_end_to_end(pipeline_dir):
     write_config(pipeline_dir, two_run_config())
-    run_snakemake(pipeline_dir)
+    built = run_snakemake(pipeline_dir).stderr
     res = pipeline_dir / "results"
+    # snakemake ends with where the files a user wants are, for both runs
+    block = built[built.index("Your outputs:"):].splitlines()
+    assert "  model   results/runs/tiny/model.pt" in block and "  sample  results/samples/other.txt" in block
+    assert "  curve   results/plots/tiny_loss.png" in block and "  summary results/summary.md" in block
+    assert "  report  snakemake --report report.html" in block
     data = res / "data" / "shakespeare_char"
     meta = json.loads((data / "meta.json").read_text())
     assert (meta["train_tokens"], meta["val_tokens"], meta["vocab_size"]) == (1_003_854, 111_540, 65)

@@ -22,11 +22,12 @@ from test_generate import eager_fixed_shape_step, reference_generate, reference_
 
 from conftest import BIN, REPO, make_pipeline, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
-from nanogpt.config import GPTConfig, resolve_run
-from nanogpt.data import download, prepare
+from nanogpt.config import resolve_run
+from nanogpt.data.prepare import download, prepare
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, KVCache
 from nanogpt.optim import MuonAdamW, build_optimizer, set_lr
+from nanogpt.settings import GPTConfig
 from nanogpt.train import train
 
 RECIPE = {"model": {"arch": "modern"}, "train": {"optimizer": "muon", "muon_lr": 0.02}}
@@ -84,7 +85,7 @@ def test_new_settings_at_their_defaults_change_no_fingerprint() -> None:
                                        "match_rms_adamw"),
     ("train", "muon_momentum", 1.0, r"runs.tiny.train.muon_momentum=1.0: expected a number in [0, 1)"),
     ("train", "muon_lr", 0.0, "runs.tiny.train.muon_lr=0.0: expected a number in (0, 10]"),
-    ("train", "muon_weight_decay", -0.1, "runs.tiny.train.muon_weight_decay=-0.1: expected a number >= 0"),
+    ("train", "muon_weight_decay", -0.1, "runs.tiny.train.muon_weight_decay=-0.1: expected a number in [0, 100]"),
 ])
 def test_wrong_names_and_values_are_one_line_errors(section: str, key: str, value, message: str) -> None:
     entry = tiny_run(recipe={})
@@ -316,7 +317,7 @@ def test_recipe_entries_and_the_recipes_sweep_run_through_snakemake(tmp_path) ->
     """config.yaml's `recipes` sweep (4 points: adamw/muon x gpt2/modern around shakespeare_char_cpu_fast), its
     iterations cut to a few, trains, samples the modern + muon point and plots through snakemake; both recipe
     entries resolve into training jobs (dry run)."""
-    from nanogpt.sweep_summary import val_seconds
+    from nanogpt.report.sweeps import val_seconds
 
     repo = yaml.safe_load((REPO / "config.yaml").read_text())
     short = {"max_iters": 6, "lr_decay_iters": 6, "warmup_iters": 2, "eval_interval": 3, "eval_iters": 2,

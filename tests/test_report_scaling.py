@@ -1,4 +1,4 @@
-"""The report stays small and cheap with many runs (issue #27): 30 synthetic finished runs, more than
+"""The report stays small and cheap with many runs: 30 synthetic finished runs, more than
 INLINE_PNG_MAX_RUNS, go through the real run_page and summary jobs and `snakemake --report`; each run page carries an
 SVG thumbnail of its curve instead of a PNG, and the report grows by a bounded amount per run."""
 
@@ -10,8 +10,8 @@ import re
 
 from conftest import make_pipeline, run_snakemake, tiny_config
 from nanogpt.config import resolve_run
-from nanogpt.curves import svg_curve
-from nanogpt.report import INLINE_PNG_MAX_RUNS, write_run_page
+from nanogpt.report.curves import svg_curve
+from nanogpt.report.pages import INLINE_PNG_MAX_RUNS, write_run_page
 
 N_RUNS = 30
 PNG_1X1 = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg==")

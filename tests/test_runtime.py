@@ -1,5 +1,5 @@
 """GPU-readiness checks that run on the CPU: batches, RNG state across device counts, MFU under DDP, dtype and
-peak-FLOP/s tables, TF32 setup, the launcher's GPU slots, and the gpt2_124m runs of config.yaml (issue #13)."""
+peak-FLOP/s tables, TF32 setup, the launcher's GPU slots, and the gpt2_124m runs of config.yaml."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ import yaml
 from conftest import BIN, REPO, tiny_config
 from nanogpt import launch, runtime
 from nanogpt.config import resolve_run
-from nanogpt.data import BatchSampler, prepare_text
-from nanogpt.jobs import Jobs
-from nanogpt.pipeline import Pipeline
+from nanogpt.data.prepare import BatchSampler, prepare_text
+from nanogpt.data.tokenizer import BUNDLED_DIR
+from nanogpt.pipeline.entries import Pipeline
+from nanogpt.pipeline.jobs import Jobs
 from nanogpt.runtime import (
     Dist,
     gpu_has_native_bf16,
@@ -34,7 +35,6 @@ from nanogpt.runtime import (
     pick_dtype,
     setup_device,
 )
-from nanogpt.tokenizer import BUNDLED_DIR
 from nanogpt.train import Trainer, _rng_state, _set_rng_state, _StopFlag, train
 
 SHAKESPEARE = BUNDLED_DIR / "tinyshakespeare" / "input.txt"
@@ -87,7 +87,8 @@ def test_mfu_counts_only_this_ranks_micro_batches(char_data, tmp_path):
     run = resolve_run(spec, "tiny")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        trainer = Trainer(run, char_data, tmp_path / "run", Dist(rank=0, world_size=2), lambda *a: None)
+        lines: list[str] = []
+        trainer = Trainer(run, char_data, tmp_path / "run", Dist(rank=0, world_size=2), lines.append)
         assert trainer.accum == 2
         metrics = trainer.fit(time.time())
     finally:
@@ -99,6 +100,8 @@ def test_mfu_counts_only_this_ranks_micro_batches(char_data, tmp_path):
             mfu = trainer.raw_model.estimate_mfu(run.train.batch_size * 2, row["dt"], 1e12)
             expected = mfu if expected is None else 0.9 * expected + 0.1 * mfu
     assert metrics["mfu"] == pytest.approx(expected, rel=1e-9) and 0 < expected < 1
+    last = next(line for line in reversed(lines) if line.startswith("iter 12:"))
+    assert last.endswith(f"mfu {expected * 100:.2f}%")  # a percentage in train.log, as nanoGPT prints it
 
 
 # ---- row 4: RNG state -----------------------------------------------------------------------------------------
@@ -194,6 +197,22 @@ def test_tf32_getters_work_after_setup(monkeypatch, precision_restored):
     assert torch.backends.cuda.matmul.allow_tf32 is True
     assert torch.backends.cudnn.allow_tf32 is True
     assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # the newer view agrees
+
+
+@pytest.mark.parametrize("visible, local_rank, gpu", [
+    ("0,1", 1, "GPU 1 of CUDA_VISIBLE_DEVICES=0,1"),  # SLURM's --gpus=2: each rank owns the entry at its local rank
+    ("3,5", 0, "GPU 3 of CUDA_VISIBLE_DEVICES=3,5"),
+    ("2", 1, "GPU none of CUDA_VISIBLE_DEVICES=2"),  # more ranks than entries: this one owns none
+    (None, 0, "CUDA_VISIBLE_DEVICES unset"),
+])
+def test_each_rank_names_the_gpu_at_its_local_rank(visible, local_rank, gpu, monkeypatch):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    d = runtime.Dist(rank=local_rank + 2, local_rank=local_rank, world_size=4)
+    assert runtime.rank_placement(d, torch.device("cpu")) == (
+        f"rank {local_rank + 2} of 4 (local rank {local_rank}): device cpu, {gpu}")
 
 
 def test_mfu_above_one_is_not_reported():

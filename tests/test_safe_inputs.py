@@ -21,15 +21,15 @@ import yaml
 
 from conftest import make_pipeline, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
-from nanogpt import fileio, interop
+from nanogpt import exportdir, fileio, interop
 from nanogpt.cli import main
-from nanogpt.config import check_dataset
-from nanogpt.data import load_meta, prepare_text
+from nanogpt.data.entry import check_dataset
+from nanogpt.data.hf_corpus import CorpusError, download_hf, prepare_hf, read_manifest
+from nanogpt.data.prepare import load_meta, prepare_text
+from nanogpt.data.tokenizer import CharTokenizer, from_meta
 from nanogpt.errors import ConfigError, DataError, DiskFullError
-from nanogpt.hf_corpus import CorpusError, download_hf, prepare_hf, read_manifest
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import _read_meta
-from nanogpt.tokenizer import CharTokenizer, from_meta
 
 FAST_S = 2.0  # a crafted input must be refused well within this
 CORPUS = "ROMEO:\nTo be, or not to be? That is the question.\nJULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\n" * 4
@@ -56,7 +56,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 def hidden(folder: Path) -> list[str]:
     """Dot-entries of a folder other than an export's record: temp folders an export must not leave behind."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != interop.EXPORT_RECORD)
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != exportdir.EXPORT_RECORD)
 
 
 def timed_refusal(error: type[BaseException], call, *args, **kwargs) -> str:
@@ -137,22 +137,22 @@ def test_export_force_writes_beside_foreign_files(ckpt, tmp_path, capsys):
     assert main(export("nanogpt", ckpt, out_dir, "--force")) == 0
     assert (out_dir / "train.log").read_text() == "log\n" and (out_dir / "data" / "input.txt").read_text() == "corpus\n"
     assert torch.load(out_dir / "ckpt.pt", weights_only=True)["iter_num"] == 3  # as nanoGPT's torch.load reads it
-    record = json.loads((out_dir / interop.EXPORT_RECORD).read_text())
+    record = json.loads((out_dir / exportdir.EXPORT_RECORD).read_text())
     assert record["format"] == "nanogpt" and record["files"] == ["ckpt.pt", "meta.pkl"]
     assert main(export("nanogpt", ckpt, out_dir)) == 0
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(
-        [interop.EXPORT_RECORD, "ckpt.pt", "data", "meta.pkl", "train.log"])
+        [exportdir.EXPORT_RECORD, "ckpt.pt", "data", "meta.pkl", "train.log"])
     assert hidden(out_dir) == [] and hidden(tmp_path) == []
 
 
 def test_reexport_replaces_only_what_the_export_wrote(ckpt, tmp_path, capsys):
     out = tmp_path / "hf"
     assert main(export("hf", ckpt, out)) == 0
-    ours = json.loads((out / interop.EXPORT_RECORD).read_text())["files"]
+    ours = json.loads((out / exportdir.EXPORT_RECORD).read_text())["files"]
     assert "config.json" in ours and "model.safetensors" in ours and "tokenizer.json" in ours
     # a plain re-export swaps the whole folder (nothing else is in it)
     assert main(export("hf", ckpt, out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([*ours, interop.EXPORT_RECORD])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*ours, exportdir.EXPORT_RECORD])
     # a user's file added to the export survives a re-export
     (out / "README.md").write_text("model card")
     assert main(export("hf", ckpt, out)) == 0
@@ -162,7 +162,7 @@ def test_reexport_replaces_only_what_the_export_wrote(ckpt, tmp_path, capsys):
     assert "holds an earlier 'hf' export" in line
     assert main(export("nanogpt", ckpt, out, "--force")) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "ckpt.pt", "meta.pkl",
-                                                            interop.EXPORT_RECORD])
+                                                            exportdir.EXPORT_RECORD])
     assert hidden(tmp_path) == [] and hidden(out) == []
 
 
@@ -213,7 +213,7 @@ def test_full_disk_during_export_is_one_line(ckpt, tmp_path, capsys, monkeypatch
     assert f"no space left on the device holding {str(tmp_path / 'hf')!r}" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     with pytest.raises(DiskFullError):
-        interop.write_folder(tmp_path / "x", "ckpt.pt", "nanoGPT", lambda tmp: full())
+        exportdir.write_folder(tmp_path / "x", "ckpt.pt", "nanoGPT", lambda tmp: full())
 
 
 def test_export_removes_temp_folders_of_dead_exports(ckpt, tmp_path):
@@ -242,7 +242,7 @@ def test_source_text_not_utf8(tmp_path, capsys):
 
 
 def test_failed_prepare_leaves_no_meta_json_vouching_for_new_bins(tmp_path, monkeypatch):
-    from nanogpt import data
+    from nanogpt.data.prepare import prepare as data
 
     out = tmp_path / "data"
     good = tmp_path / "good.txt"
@@ -463,7 +463,7 @@ def test_oversized_metadata_is_refused_by_its_size(tmp_path, capsys, ckpt):
     out = tmp_path / "export"
     out.mkdir()
     (out / "ckpt.pt").write_bytes(b"x")
-    sparse_file(out / interop.EXPORT_RECORD, fileio.SMALL_JSON_MAX_BYTES + 1)
+    sparse_file(out / exportdir.EXPORT_RECORD, fileio.SMALL_JSON_MAX_BYTES + 1)
     line = one_line_error(capsys, *export("nanogpt", ckpt, out))
     assert "unreadable .nanogpt-export.json" in line and (out / "ckpt.pt").read_bytes() == b"x"
 
@@ -509,7 +509,7 @@ def test_manifest_structure_is_checked(tmp_path, manifest, needle):
     path = tmp_path / "source.json"
     path.write_text(json.dumps(manifest))
     message = timed_refusal(CorpusError, read_manifest, path)
-    assert message.startswith(f"manifest {str(path)!r}") and needle in message and "rerun the download" in message
+    assert message.startswith(f"{str(path)!r} (the download step's list of data files)") and needle in message and "rerun the download" in message
 
 
 def test_bad_meta_json_values_are_short_in_messages(tmp_path):

@@ -1,18 +1,26 @@
-"""One home for each setting: the dataclasses in nanogpt.config. The JSON schema of config.yaml and the
-command-line defaults must agree with them, so a setting is typed, defaulted and validated in one place."""
+"""One home for each setting: its declaration in nanogpt.settings. The JSON schema of config.yaml, the
+command-line flags and the settings reference come from it, so a setting is typed, defaulted, bounded and
+documented in one line."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import typing
 
 import jsonschema
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import BIN, REPO
 from nanogpt.cli import build_parser
-from nanogpt.config import (
+from nanogpt.pipeline.entries import Pipeline
+from nanogpt.pipeline.schema import DOCS_PATH, SCHEMA_PATH, config_schema, schema_yaml, settings_markdown
+from nanogpt.settings import (
     ARCHS,
     CORPUS_DEFAULTS,
     DTYPES,
@@ -21,14 +29,19 @@ from nanogpt.config import (
     TEXT_DEFAULTS,
     DatasetSettings,
     EvalSettings,
+    HellaSwagSettings,
     LaunchSettings,
     ModelSettings,
+    Resources,
     SampleSettings,
     TrainSettings,
+    declared,
+    field_types,
+    show_default,
 )
-from nanogpt.pipeline import Pipeline
 
-JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "NoneType": "null"}
+JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "NoneType": "null",
+              "tuple[str, ...]": "array"}
 
 
 def json_type(annotation: str) -> set[str]:
@@ -50,10 +63,15 @@ ENTRY = "additionalProperties"
 
 @pytest.mark.parametrize("cls,props,extra", [
     (SampleSettings, SCHEMA["samples"][ENTRY]["properties"], set()),
-    (EvalSettings, SCHEMA["evals"][ENTRY]["properties"], {"model", "datasets", "resources"}),
+    # `evals:` entries hold either the loss settings or, with `task: hellaswag`, HellaSwag's
+    (EvalSettings, SCHEMA["evals"][ENTRY]["properties"], {"model", "datasets", "resources", "task", "source", "limit"}),
+    (HellaSwagSettings, SCHEMA["evals"][ENTRY]["properties"],
+     {"model", "datasets", "resources", "task", "source", "batch_size", "eval_iters", "block_size", "splits", "seed",
+      "compile"}),
     (LaunchSettings, SCHEMA["runs"][ENTRY]["properties"]["launch"]["properties"], set()),
     (TrainSettings, SCHEMA["runs"][ENTRY]["properties"]["train"]["properties"], set()),
     (ModelSettings, SCHEMA["runs"][ENTRY]["properties"]["model"]["properties"], set()),
+    (Resources, SCHEMA["runs"][ENTRY]["properties"]["resources"]["properties"], set()),
 ])
 def test_schema_has_exactly_the_settings_with_their_types(cls, props, extra):
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -63,6 +81,27 @@ def test_schema_has_exactly_the_settings_with_their_types(cls, props, extra):
             assert props[name]["type"] == "array"
             continue
         assert schema_types(props[name]) == json_type(field.type), name
+
+
+def test_committed_schema_and_settings_reference_are_generated_from_the_declarations():
+    """workflow/schemas/config.schema.yaml and docs/settings.md are what `nanogpt schema` writes today: a setting
+    declared without regenerating them fails here (run `nanogpt schema --out ... --docs ...`)."""
+    assert (REPO / SCHEMA_PATH).read_text() == schema_yaml(), f"stale {SCHEMA_PATH}: run nanogpt schema"
+    assert (REPO / DOCS_PATH).read_text() == settings_markdown(), f"stale {DOCS_PATH}: run nanogpt schema --docs"
+
+
+def test_every_setting_is_declared_with_help_and_every_number_with_bounds():
+    for cls in (ModelSettings, TrainSettings, LaunchSettings, Resources, SampleSettings, EvalSettings,
+                HellaSwagSettings, DatasetSettings):
+        types = field_types(cls)
+        for f in dataclasses.fields(cls):
+            if cls is DatasetSettings and f.name in ("name", "kind"):
+                continue  # the entry's name, and what its source is: not settings
+            d = declared(f)
+            assert d.help, f"{cls.__name__}.{f.name} has no help"
+            kinds = set(typing.get_args(types[f.name]) or (types[f.name],)) - {type(None)}
+            if kinds <= {int, float}:
+                assert (d.ge, d.gt) != (None, None) and (d.le, d.lt) != (None, None), f"{f.name} is unbounded"
 
 
 @pytest.mark.parametrize("command,cls", [("sample", SampleSettings), ("eval", EvalSettings)])
@@ -75,8 +114,7 @@ def test_command_line_flags_are_the_settings(command, cls):
         if field.default is dataclasses.MISSING:
             continue
         assert flags[field.name].default is argparse.SUPPRESS, field.name
-        shown = "none" if field.default is None else field.default
-        assert flags[field.name].help.endswith((f"(default: {shown})", f"(default: {shown!r})")), field.name
+        assert flags[field.name].help.endswith(f"(default: {show_default(field.default)})"), field.name
 
 
 def test_dataset_schema_has_the_dataset_settings():
@@ -109,7 +147,7 @@ def test_schema_choices_are_the_settings_choices(prop, choices):
 def test_shipped_config_fits_the_schema_and_a_mistyped_setting_does_not():
     """The schema types every run setting: config.yaml (with YAML's '6e-4' strings read as numbers) fits it, and a
     setting of the wrong type fails it even where nothing else would look."""
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = config_schema()
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     jsonschema.validate(Pipeline(config).typed_config(), schema)
     exponent = {**config, "runs": {"r": {"dataset": "shakespeare_char", "train": {"learning_rate": "6e-4"}}}}
@@ -119,3 +157,37 @@ def test_shipped_config_fits_the_schema_and_a_mistyped_setting_does_not():
         bad = {**config, "runs": {"r": {"dataset": "shakespeare_char", section: value}}}
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(Pipeline(bad).typed_config(), schema)
+
+
+def test_a_setting_declared_in_one_line_is_everywhere(tmp_path):
+    """Duplicating the line that declares learning_rate under a new name, in a copy of the checkout, is all it
+    takes: the new setting is on `train --help`, config.yaml may set it (`snakemake -n` plans the run), a value out
+    of learning_rate's range is refused in one line naming it, and `--probe_rate=V` overrides it."""
+    copy = tmp_path / "checkout"
+    for name in ("nanogpt", "workflow"):
+        shutil.copytree(REPO / name, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, copy / name)
+    settings = copy / "nanogpt" / "settings.py"
+    line = next(ln for ln in settings.read_text().splitlines() if ln.strip().startswith("learning_rate:"))
+    settings.write_text(settings.read_text().replace(line, line + "\n" + line.replace("learning_rate", "probe_rate")))
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+
+    assert "--probe_rate=0.0006" in run(sys.executable, "-m", "nanogpt.cli", "train", "--help").stdout
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["runs"]["shakespeare_char_cpu"]["train"]["probe_rate"] = 0.02
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    planned = run(str(BIN / "snakemake"), "-n", "--cores", "1")
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    config["runs"]["shakespeare_char_cpu"]["train"]["probe_rate"] = 11.0
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    refused = run(str(BIN / "snakemake"), "-n", "--cores", "1")
+    assert refused.returncode != 0
+    assert "runs.shakespeare_char_cpu.train.probe_rate=11.0: expected a number in (0, 10]" in (
+        refused.stdout + refused.stderr)
+    override = run(sys.executable, "-c", "from nanogpt.config import resolve_run; from nanogpt.configfile import parse_overrides; "
+                   "print(resolve_run({'dataset': 'd'}, 'r', parse_overrides(['--probe_rate=0.02'])).train.probe_rate)")
+    assert override.stdout.strip() == "0.02", override.stderr

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import make_pipeline, run_snakemake, tiny_config, write_config
-from nanogpt import sweep_summary, sweeps
-from nanogpt.config import NAME_PATTERN, resolve_run
+from nanogpt.config import resolve_run
 from nanogpt.errors import ConfigError
-from nanogpt.jobs import Jobs
-from nanogpt.pipeline import Pipeline
+from nanogpt.names import NAME_PATTERN
+from nanogpt.pipeline.entries import Pipeline, sweeps
+from nanogpt.pipeline.jobs import Jobs
+from nanogpt.report.pages import sweeps as sweep_summary
 
 
 def with_sweeps(sweep_cfg: dict, targets: list[str] | None = None) -> dict:
@@ -105,7 +106,7 @@ BAD = [
     ({"base": "nope", "grid": {"learning_rate": [0.1]}}, r"sweeps\.s\.base='nope': not a run, expected one of \['tiny'\]"),
     ({"base": "tiny"}, r"sweeps\.s: no points"),
     ({"base": "tiny", "grid": {"n_head": [3]}}, r"sweeps\.s: point s-n_head_3: .*not divisible by model\.n_head=3"),
-    ({"base": "tiny", "grid": {"learning_rate": [-1.0]}}, r"point s-learning_rate_-1\.0: .*expected a positive number"),
+    ({"base": "tiny", "grid": {"learning_rate": [-1.0]}}, r"point s-learning_rate_-1\.0: .*expected a number in \(0, 10\]"),
     ({"base": "tiny", "points": [{"learning_rate": 1.0e-3}, {"train.learning_rate": 0.001}]},
      r"points 's-learning_rate_0\.001' and 's-train\.learning_rate_0\.001' are the same run"),
     ({"base": "tiny", "grid": {"learning_rate": [0.1]}, "fixed": {"train.learning_rate": 0.2}}, r"given twice"),
@@ -117,7 +118,7 @@ BAD = [
     ({"base": "tiny", "grid": {"n_embd": [16]}, "scaling": {"tokens": 20}}, r"sweeps\.s\.scaling=.*expected one of"),
     ({"base": "tiny", "grid": {"learning_rate": [[0.1]]}}, r"expected a single value"),
     ({"base": "tiny", "grid": {"n_embd": [16]}, "fixed": {"resources.cpus_per_task": 0}},
-     r"resources\.cpus_per_task=0: expected a positive integer"),
+     r"resources\.cpus_per_task=0: expected an integer in \[1, 4096\], or null"),
 ]
 
 

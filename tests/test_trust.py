@@ -23,7 +23,7 @@ from conftest import BIN, make_pipeline, run_snakemake, tiny_config, write_confi
 from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
 from nanogpt.config import resolve_run
-from nanogpt.data import prepare_text
+from nanogpt.data.prepare import prepare_text
 from nanogpt.errors import BusyError, DataError, DiskFullError
 from nanogpt.runlock import run_folder_lock
 from nanogpt.train import train
@@ -40,7 +40,7 @@ RUN = {
 @pytest.fixture(scope="module")
 def chars(tmp_path_factory) -> Path:
     """A small prepared char dataset (the first 60k characters of the bundled tiny Shakespeare)."""
-    from nanogpt.data import fetch
+    from nanogpt.data.prepare import fetch
 
     root = tmp_path_factory.mktemp("chars")
     text = root / "input.txt"
@@ -103,8 +103,21 @@ def test_shorter_max_iters_never_uses_a_later_checkpoint(chars, tmp_path, refere
     state = torch.load(out / "model.pt", weights_only=True)
     assert state["iter_num"] == 20
     assert_same(state["model"], reference_20)
-    # kept under its own trajectory's fingerprint (the same settings: lengthened again, it would come back)
-    assert [p.name for p in (out / "checkpoints" / "set_aside").glob("*/ckpt_00000023.pt")] == ["ckpt_00000023.pt"]
+    # held in its own trajectory's checkpoints (the same settings: lengthened again, it would come back)
+    assert [p.name for p in (out / "checkpoints" / "held").glob("ckpt_*.pt")] == ["ckpt_00000023.pt"]
+
+
+def test_lengthened_again_the_held_checkpoint_is_resumed(chars, tmp_path):
+    """30 stopped at 23, rerun as 20 (23 held in checkpoints/held/), then as 30 again: resumed from 23, and the
+    weights equal an uninterrupted 30-iteration run."""
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    train_until(run_config(max_iters=30), chars, out, stop_at=23)
+    train_until(run_config(max_iters=20), chars, out)
+    log = "\n".join(train_until(run_config(max_iters=30), chars, out))
+    assert "resuming held checkpoint ckpt_00000023.pt" in log and "(iter 23)" in log, log
+    assert not (out / "checkpoints" / "held").exists()
+    train(run_config(max_iters=30), chars, straight, log=lambda m: None)
+    assert_same(weights(out / "model.pt"), weights(straight / "model.pt"))
 
 
 def test_only_a_sigterm_checkpoint_beyond_max_iters_starts_fresh(chars, tmp_path, reference_20):
@@ -248,7 +261,7 @@ def pipeline_config(dataset: dict) -> dict:
 def small_texts(tmp_path_factory) -> tuple[Path, str]:
     """A mirror with two texts: `a.txt` without some letters (a smaller vocabulary) and `b.txt` with them."""
     root = tmp_path_factory.mktemp("texts")
-    from nanogpt.data import fetch
+    from nanogpt.data.prepare import fetch
 
     fetch("https://example.invalid/input.txt",
           "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", root / "full.txt")
@@ -268,7 +281,8 @@ def test_changed_split_retrains_from_scratch_bit_for_bit(small_texts, tmp_path):
     out = run_snakemake(work, env=env)
     assert "rule prepare" in out.stdout + out.stderr
     log = (work / "logs/train/tiny.log").read_text()
-    assert "setting aside ckpt_00000015.pt (made with other settings, data or initial weights)" in log, log
+    assert "setting aside the run folder's record (made with other settings, data or initial weights)" in log, log
+    assert (work / "results/runs/tiny/set_aside").is_dir()  # the other split's whole record, kept apart
     assert "resuming" not in log
 
     fresh = make_pipeline(tmp_path / "fresh", pipeline_config(dataset_entry("b.txt", mirror, 0.2)))
@@ -424,7 +438,7 @@ def test_outputs_honour_the_umask(tmp_path):
 
 
 def test_data_errors_name_the_file(chars, tmp_path):
-    from nanogpt.data import BatchSampler
+    from nanogpt.data.prepare import BatchSampler
 
     data = copy_data(chars, tmp_path / "data")
     (data / "val.bin").unlink()

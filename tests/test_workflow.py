@@ -16,10 +16,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import BIN, REPO, run_snakemake
 from nanogpt.cli import main as cli_main
-from nanogpt.config import DatasetSettings
-from nanogpt.data import prepare_text
-from nanogpt.pipeline import coerce_config_overrides
+from nanogpt.data.prepare import prepare_text
+from nanogpt.pipeline.entries import coerce_config_overrides
 from nanogpt.sample import SEPARATOR
+from nanogpt.settings import DatasetSettings
 
 
 def run(*cmd: str, cwd=REPO) -> subprocess.CompletedProcess:
@@ -107,7 +107,7 @@ def test_summary_error_is_one_line(tmp_path, capsys):
 
 def test_hf_corpus_does_not_import_data():
     """No import cycle: data.py dispatches to hf_corpus.py, never the other way round."""
-    code = "import sys, nanogpt.hf_corpus; print('nanogpt.data' in sys.modules)"
+    code = "import sys, nanogpt.data.hf_corpus; print('nanogpt.data.prepare' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
@@ -155,6 +155,6 @@ def test_every_flag_has_help():
     summary_steps = next(a for a in commands["summary"]._actions if a.dest == "summary_command").choices
     for name, parser in [*commands.items(), *summary_steps.items()]:
         for action in parser._actions:
-            if action.dest in ("command", "summary_command"):  # the subcommand choice itself
+            if action.dest in ("command", "summary_command", "hellaswag_command"):  # the subcommand choice itself
                 continue
             assert action.help, f"nanogpt {name}: {action.option_strings or action.dest} has no help"

@@ -1,6 +1,6 @@
 # Helpers the rules share (Snakemake's lint keeps functions apart from rules).
 from nanogpt.paths import SWEEP_DIR
-from nanogpt.sweeps import SCALING_FILES, SWEEP_FILES
+from nanogpt.pipeline.sweeps import SCALING_FILES, SWEEP_FILES
 
 
 def sweep_outputs(scaling: bool = False) -> dict:

@@ -1,7 +1,7 @@
 # Datasets: the download step (local rules: on a cluster they run on the login node, compute jobs never touch
 # the network), then tokenization. `source:` entries download one checksummed file (source.txt); `hf:` and
-# `files:` entries resolve to data files and a manifest (source.json): see nanogpt/hf_corpus.py.
-from nanogpt.hf_corpus import local_inputs
+# `files:` entries resolve to data files and a manifest (source.json): see nanogpt/data/hf_corpus.py.
+from nanogpt.data.hf_corpus import local_inputs
 
 
 localrules:
@@ -22,11 +22,11 @@ rule download:
     conda:
         "../envs/nanogpt.yaml"
     params:
-        spec=lambda w: P.spec("datasets", w.dataset),
+        identity=lambda w: P.dataset_identity(w.dataset),  # tracked, with the mirror: a change downloads again
         mirror=J.mirror_arg(),
+        args=lambda w: J.dataset_args(w.dataset),  # untracked: the resolved entry and the mirror
     shell:
-        "nanogpt download --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
-        "--out {output:q} > {log:q} 2>&1"
+        "nanogpt download {params.args} --out {output:q} > {log:q} 2>&1"
 
 
 use rule download as download_hf with:
@@ -40,9 +40,11 @@ use rule download as download_hf with:
 
 
 rule prepare:
-    """Tokenize a dataset's source into train.bin, val.bin and meta.json (written last)."""
+    """Tokenize a dataset's source into train.bin, val.bin and meta.json (written last); its warnings (a validation
+    split too small to measure on) go to the console as well as the log."""
     input:
-        lambda w: P.source_path(w.dataset),
+        source=lambda w: P.source_path(w.dataset),
+        vocab=lambda w: P.vocab_metas(w.dataset),  # vocab_from: the datasets whose characters it holds
     output:
         train=paths.TRAIN_BIN,
         val=paths.VAL_BIN,
@@ -55,9 +57,11 @@ rule prepare:
         "../envs/nanogpt.yaml"
     threads: 2  # --num-proc: tokenizer worker processes
     params:
-        spec=lambda w: P.spec("datasets", w.dataset),
+        identity=lambda w: P.dataset_identity(w.dataset),  # tracked, with the mirror: a change re-prepares
         mirror=J.mirror_arg(),
+        args=lambda w: J.dataset_args(w.dataset),  # untracked: the resolved entry and the mirror
         out_dir=lambda w: paths.DATA_DIR.format(dataset=w.dataset),
+        vocab=lambda w, input: J.vocab_meta_arg(input.vocab),
     shell:
-        "nanogpt prepare --name {wildcards.dataset:q} --spec {params.spec:q} {params.mirror} "
-        "--source {input:q} --out-dir {params.out_dir:q} --num-proc {threads} > {log:q} 2>&1"
+        "nanogpt prepare {params.args} {params.vocab} --source {input.source:q} --out-dir {params.out_dir:q} "
+        "--num-proc {threads} > {log:q} 2>&1; grep -h 'warning:' {log:q} >&2 || true"

@@ -11,7 +11,7 @@
 # INLINE_PNG_MAX_RUNS targeted runs the pages draw an SVG thumbnail instead of embedding the PNG.
 import shlex
 
-from nanogpt.report import INLINE_PNG_MAX_RUNS
+from nanogpt.report.pages import INLINE_PNG_MAX_RUNS
 
 
 localrules:

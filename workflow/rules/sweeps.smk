@@ -1,4 +1,4 @@
-# Sweeps and scaling studies (config.yaml `sweeps:`, nanogpt/sweeps.py). Each point of a sweep is an ordinary
+# Sweeps and scaling studies (config.yaml `sweeps:`, nanogpt/pipeline/sweeps.py). Each point of a sweep is an ordinary
 # run, results/runs/<point>/, trained by the train rule as a job of its own (concurrently as cores allow; one
 # SLURM job each). These rules only gather the current points: results/sweeps/{sweep}/summary.csv/.md, the val
 # loss against each swept setting, all val-loss curves overlaid, TensorBoard HParams events (tb/), and for a
@@ -31,7 +31,7 @@ rule sweep:
         out_dir=lambda w: SWEEP_DIR.format(sweep=w.sweep),
         runs_dir=paths.RUNS,
     shell:
-        "nanogpt summary sweep --spec {params.spec:q} --runs-dir {params.runs_dir:q} "
+        "nanogpt summary sweep --sweep {params.spec:q} --runs-dir {params.runs_dir:q} "
         "--out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 

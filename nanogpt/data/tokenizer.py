@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from nanogpt.errors import ConfigError
-from nanogpt.fileio import sha256_file, short_repr
+from nanogpt.fileio import not_a_folder, sha256_file, short_repr
 
 # The original GPT-2 BPE files and the sha256 tiktoken itself expects of them.
 GPT2_FILES = {
@@ -122,7 +122,8 @@ def mirror_dir(explicit: str | os.PathLike | None = None) -> Path | None:
         return None
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise ConfigError(f"mirror directory {str(path)!r} does not exist: expected a directory of downloaded files")
+        raise ConfigError(f"mirror directory {str(path)!r} {not_a_folder(path)}: expected a directory of "
+                          "downloaded files")
     return path
 
 
@@ -232,7 +233,8 @@ def from_meta(meta: object, mirror: str | os.PathLike | None = None, label: str 
     raise ConfigError(f"{label}: tokenizer {found}: expected a 'tokenizer' entry of kind 'char' or 'gpt2'")
 
 
-def vocab_remap(model_tok: dict | None, data_tok: dict, label: str) -> list[int] | None:
+def vocab_remap(model_tok: dict | None, data_tok: dict, label: str, dataset: str | None = None,
+                model_dataset: str | None = None) -> list[int] | None:
     """How a model trained with `model_tok` reads a dataset tokenized with `data_tok` (both meta.json entries).
 
     None: the same ids (or the model records no tokenizer: nanoGPT checkpoints). A list: the char model's row for
@@ -252,5 +254,8 @@ def vocab_remap(model_tok: dict | None, data_tok: dict, label: str) -> list[int]
     if missing:
         shown = "".join(missing[:20])
         raise ConfigError(f"{label}: {len(missing)} character(s) of the dataset are not in the model's vocabulary "
-                          f"({shown!r}): expected a dataset whose characters the model knows")
+                          f"({shown!r}): expected a dataset whose characters the model knows, or give "
+                          f"{f'datasets.{model_dataset}' if model_dataset else 'the dataset the model was trained on'} "
+                          f"`vocab_from: [{dataset or '<this dataset>'}]` and train the model again (its vocabulary then "
+                          "holds these characters too)")
     return [rows[ch] for ch in data_tok["chars"]]

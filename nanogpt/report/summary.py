@@ -9,12 +9,13 @@ from __future__ import annotations
 import html
 import json
 import math
+import numbers
 import os
 import sys
 from pathlib import Path
 
 from nanogpt import fileio
-from nanogpt.report import cell, flat, table, write_page
+from nanogpt.report.pages import cell, flat, table, write_page
 
 # nanoGPT README, "baselines": OpenAI GPT-2 checkpoints on OpenWebText (train loss, val loss).
 PUBLISHED_OWT = {
@@ -24,8 +25,12 @@ PUBLISHED_OWT = {
     "gpt2-xl": (2.56, 2.54),
 }
 PUBLISHED_PARAMS = {"gpt2": "124M", "gpt2-medium": "350M", "gpt2-large": "774M", "gpt2-xl": "1558M"}
+# HellaSwag validation acc_norm of the OpenAI GPT-2 checkpoints: (llm.c's completion-style scoring, which ours
+# follows; lm-evaluation-harness's multiple-choice scoring), from llm.c's dev/data/hellaswag.py.
+PUBLISHED_HELLASWAG = {"gpt2": (0.2955, 0.3114), "gpt2-xl": (0.4893, 0.5089)}
+HELLASWAG_COLUMNS = ["hellaswag_acc_norm", "hellaswag_acc", "hellaswag_items", "hellaswag_limit"]
 COLUMNS = ["kind", "model", "dataset", "train_loss", "val_loss", "val_perplexity", "published_train_loss",
-           "published_val_loss", "params", "iters", "eval_iters", "batch_size", "block_size", "tokens_per_sec",
+           "published_val_loss", *HELLASWAG_COLUMNS, "params", "iters", "eval_iters", "batch_size", "block_size", "tokens_per_sec",
            "mfu", "wall_time_s", "device", "dtype", "file"]
 
 
@@ -69,6 +74,37 @@ def eval_row(path: Path) -> dict | None:
     return row
 
 
+def hellaswag_results(root: Path) -> dict[str, dict]:
+    """model -> its HellaSwag result under results/evals/: a full one before a `limit`ed one, else the last
+    by file name."""
+    found: dict[str, dict] = {}
+    for path in sorted(root.glob("evals/*.json")):
+        e = _read_json(path)
+        if not e or e.get("task") != "hellaswag" or not isinstance(e.get("model"), str):
+            continue
+        e["file"] = str(path)
+        old = found.get(e["model"])
+        if old is None or not e.get("limit") or old.get("limit"):
+            found[e["model"]] = e
+    return found
+
+
+def add_hellaswag(rows: list[dict], results: dict[str, dict]) -> list[dict]:
+    """HellaSwag beside val loss: on every row of the same model, else on a row of its own."""
+    def columns(e: dict) -> dict:
+        return {"hellaswag_acc_norm": e.get("acc_norm"), "hellaswag_acc": e.get("acc"),
+                "hellaswag_items": e.get("items"), "hellaswag_limit": e.get("limit")}
+
+    for row in rows:
+        if row["model"] in results:
+            row.update(columns(results[row["model"]]))
+    shown = {row["model"] for row in rows}
+    own = [{"kind": "hellaswag", "model": m, "dataset": "hellaswag", **columns(e), "params": e.get("params"),
+            "device": e.get("device"), "dtype": e.get("dtype"), "wall_time_s": e.get("wall_time_s"), "file": e["file"]}
+           for m, e in results.items() if m not in shown]
+    return rows + own
+
+
 # Settings that have a column of their own already.
 OWN_COLUMN = {"dataset", "train.batch_size", "train.eval_iters", "model.block_size"}
 
@@ -97,6 +133,7 @@ def collect(results: str | os.PathLike = "results"):
         values = dict(flat(cfg))
         r.update({col: _plain(values.get(key)) for col, key in settings.items()})
     rows = runs + [r for p in sorted(root.glob("eval/*/*.json")) if (r := eval_row(p))]
+    rows = add_hellaswag(rows, hellaswag_results(root))
     at = COLUMNS.index("dataset") + 1
     df = pd.DataFrame(rows, columns=COLUMNS[:at] + list(settings) + COLUMNS[at:])
     df.attrs["run_settings"] = configs  # each run's resolved settings, for the HParams experiment
@@ -130,17 +167,35 @@ def write_table(results: str | os.PathLike, csv: str | os.PathLike, md: str | os
     with fileio.atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     shown = [c for c in df.columns if c != "file"]
-    body = to_markdown(df, shown) if len(df) else "_no runs or evaluations yet_\n"
+    body = to_markdown(for_display(df), shown) if len(df) else "_no runs or evaluations yet_\n"
     fileio.write_text(md, "# nanogpt-workflow summary\n\nLosses are mean cross-entropy (nats/token). "
-                      "`published_*`: nanoGPT README's GPT-2 baselines on OpenWebText.\n\n" + body)
-    write_html(df, Path(md).with_suffix(".html"), results)  # what `snakemake --report` shows inline
+                      "`published_*`: nanoGPT README's GPT-2 baselines on OpenWebText. " + HELLASWAG_NOTE + "\n\n"
+                      + body)
+    write_html(for_display(df), Path(md).with_suffix(".html"), results)  # what `snakemake --report` shows inline
     return len(df)
 
 
-RUN_COLUMNS = ["model", "dataset", "train_loss", "val_loss", "val_perplexity", "iters", "batch_size", "block_size",
-               "tokens_per_sec", "mfu", "wall_time_s", "device", "dtype"]
+def for_display(df):
+    """The table as people read it (summary.csv keeps the numbers): `mfu` as a percentage, as nanoGPT logs it,
+    and `wall_time_s` with one decimal whatever its size."""
+    shown = df.copy()
+    formats = {"mfu": lambda v: f"{v * 100:.2f}%", "wall_time_s": lambda v: f"{v:,.1f}"}
+    for column, fmt in formats.items():
+        if column in shown.columns:
+            shown[column] = shown[column].map(lambda v, fmt=fmt: fmt(v) if _is_number(v) else None).astype(object)
+    return shown
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+HELLASWAG_NOTE = ("`hellaswag_*`: HellaSwag validation accuracy, completion-style (llm.c's scoring); "
+                  "`hellaswag_limit`: scored on the first N items only.")
+RUN_COLUMNS = ["model", "dataset", "train_loss", "val_loss", "val_perplexity", *HELLASWAG_COLUMNS, "iters",
+               "batch_size", "block_size", "tokens_per_sec", "mfu", "wall_time_s", "device", "dtype"]
 EVAL_COLUMNS = ["model", "dataset", "train_loss", "val_loss", "val_perplexity", "published_train_loss",
-                "published_val_loss", "eval_iters", "batch_size", "block_size", "device", "dtype"]
+                "published_val_loss", *HELLASWAG_COLUMNS, "eval_iters", "batch_size", "block_size", "device", "dtype"]
 
 
 def write_html(df, out: str | os.PathLike, results: str | os.PathLike | None = None) -> None:
@@ -152,8 +207,9 @@ def write_html(df, out: str | os.PathLike, results: str | os.PathLike | None = N
         return f"<h2>{title}</h2>" + table(records, cols, cell)
 
     parts = ["<p>Losses are mean cross-entropy (nats/token) over <code>eval_iters</code> random batches per split; "
-             "<code>published_*</code>: nanoGPT README's GPT-2 baselines on OpenWebText.</p>"]
-    runs, evals = df[df["kind"] == "run"], df[df["kind"] == "eval"]
+             "<code>published_*</code>: nanoGPT README's GPT-2 baselines on OpenWebText. "
+             f"{html.escape(HELLASWAG_NOTE).replace('`', '')}</p>"]
+    runs, evals = df[df["kind"] == "run"], df[df["kind"].isin(["eval", "hellaswag"])]
     if len(runs):
         settings = list(df.attrs.get("setting_columns", {}))
         parts.append(section("Training runs", runs, RUN_COLUMNS[:2] + settings + RUN_COLUMNS[2:]))
@@ -174,7 +230,7 @@ def sweep_sections(results: Path) -> list[str]:
     shows every sweep that was run, listed under `targets.sweeps` or not."""
     import pandas as pd
 
-    from nanogpt.report import image
+    from nanogpt.report.pages import image
 
     parts = []
     for csv in sorted(results.glob("sweeps/*/summary.csv")):
@@ -192,14 +248,23 @@ def sweep_sections(results: Path) -> list[str]:
     return parts
 
 
-def baselines(files: list[str], out: str | os.PathLike) -> None:
-    """The nanoGPT README table with our measured losses beside the published ones."""
-    lines = ["| model | params | train loss (ours) | val loss (ours) | train loss (nanoGPT) | val loss (nanoGPT) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+def baselines(files: list[str], out: str | os.PathLike, hellaswag_files: list[str] | None = None) -> None:
+    """The nanoGPT README table with our measured losses beside the published ones, and HellaSwag where
+    `hellaswag_files` holds a size's result."""
+    lines = ["| model | params | train loss (ours) | val loss (ours) | train loss (nanoGPT) | val loss (nanoGPT) | "
+             "HellaSwag acc_norm (ours) | HellaSwag acc_norm (llm.c) | HellaSwag acc_norm (lm-eval-harness) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    scores = {e["model"]: e for f in hellaswag_files or [] if (e := _read_json(Path(f))) and "model" in e}
     for f in files:
         e = _read_json(Path(f)) or {}
         model = e.get("model", Path(f).parent.name)
         pub = PUBLISHED_OWT.get(model, (None, None))
+        ours, hs_pub = scores.get(model, {}), PUBLISHED_HELLASWAG.get(model, (None, None))
+        limit = f" (first {ours['limit']} items)" if ours.get("limit") else ""
         lines.append(f"| {model} | {PUBLISHED_PARAMS.get(model, cell(e.get('params')))} | "
-                     f"{cell(e.get('train_loss'))} | {cell(e.get('val_loss'))} | {cell(pub[0])} | {cell(pub[1])} |")
-    fileio.write_text(out, "\n".join(lines) + "\n")
+                     f"{cell(e.get('train_loss'))} | {cell(e.get('val_loss'))} | {cell(pub[0])} | {cell(pub[1])} | "
+                     f"{cell(ours.get('acc_norm'))}{limit} | {cell(hs_pub[0])} | {cell(hs_pub[1])} |")
+    notes = ["", "HellaSwag: validation acc_norm, completion-style as llm.c scores it (each ending's mean token loss "
+                 "given the context); llm.c's numbers from its dev/data/hellaswag.py, lm-evaluation-harness's "
+                 "(multiple-choice style) as llm.c quotes them."]
+    fileio.write_text(out, "\n".join(lines + notes) + "\n")

@@ -19,23 +19,30 @@ import yaml
 from nanogpt import paths
 from nanogpt.config import (
     PRETRAINED_NAMES,
-    EvalSettings,
     RunConfig,
-    SampleSettings,
-    check_dataset,
-    check_name,
-    dataset_kind,
-    floats_from_strings,
     inherit_runs,
-    non_defaults,
     resolve_eval,
+    resolve_resources,
     resolve_run,
     resolve_sample,
     settings_warnings,
-    suggest,
 )
+from nanogpt.configfile import floats_from_strings
+from nanogpt.data.entry import check_dataset, dataset_kind
 from nanogpt.errors import ConfigError
-from nanogpt.sweeps import Sweep, expand_sweeps, sweep_files
+from nanogpt.hellaswag import (
+    DEFAULT_SOURCE,
+    HellaSwagSettings,
+    is_task_entry,
+    items_file_name,
+    missing_characters,
+    read_items,
+    resolve_settings,
+)
+from nanogpt.names import check_name, suggest
+from nanogpt.pipeline.schema import check_against_schema, check_top_level_keys
+from nanogpt.pipeline.sweeps import Sweep, expand_sweeps, sweep_files
+from nanogpt.settings import EvalSettings, SampleSettings, non_defaults
 from nanogpt.tracking import check_wandb
 
 
@@ -87,6 +94,7 @@ class Pipeline:
     _runs: dict[str, RunConfig] = field(default_factory=dict, repr=False)  # resolved once per name
     _sweeps: dict[str, Sweep] | None = field(default=None, repr=False)  # expanded once
     _inherited: dict | None = field(default=None, repr=False)  # runs with base: applied, once
+    _warned: set[str] = field(default_factory=set, repr=False)  # runs whose settings warnings were printed
 
     def _section(self, name: str) -> dict:
         """A top-level mapping of config.yaml (targets, datasets, runs, samples, evals), or {} when absent."""
@@ -112,6 +120,31 @@ class Pipeline:
             return str(self.dataset(name)["path"])
         return (paths.SOURCE_TXT if kind == "source" else paths.SOURCE_JSON).format(dataset=name)
 
+    def vocab_metas(self, name: str) -> list[str]:
+        """The meta.json of each dataset whose characters this one's vocabulary holds (`vocab_from`): inputs of its
+        prepare step, so they are prepared first and preparing one again prepares this one again."""
+        names = self.dataset(name).get("vocab_from") or []
+        return [paths.META.format(dataset=other) for other in names]
+
+    def _check_vocab_from(self, name: str) -> None:
+        """`vocab_from` names other char datasets, and no chain of them leads back to this one."""
+        seen, todo = [name], list(self.datasets()[name].get("vocab_from") or [])
+        while todo:
+            other = todo.pop(0)
+            if other not in self.datasets():
+                raise ConfigError(f"datasets.{seen[-1]}.vocab_from: {other!r} is not a dataset, expected one of "
+                                  f"{sorted(self.datasets())}")
+            if other == name:
+                raise ConfigError(f"datasets.{name}.vocab_from: a cycle ({' -> '.join([*seen, other])}): expected "
+                                  "datasets that do not take their characters from this one")
+            spec = self.datasets()[other]
+            if check_dataset(spec, other).tokenizer != "char":
+                raise ConfigError(f"datasets.{seen[-1]}.vocab_from: {other!r} is not a char dataset: expected "
+                                  "datasets with tokenizer: char")
+            if other not in seen:
+                seen.append(other)
+                todo += spec.get("vocab_from") or []
+
     def data_files(self, name: str) -> dict[str, str]:
         return {"train": paths.TRAIN_BIN.format(dataset=name), "val": paths.VAL_BIN.format(dataset=name),
                 "meta": paths.META.format(dataset=name)}
@@ -119,8 +152,8 @@ class Pipeline:
     def dataset_names_pattern(self, *kinds: str) -> str:
         """A wildcard regex matching the datasets of these kinds (config.dataset_kind: source, hf, files, corpus):
         it picks the rule that downloads each one, download or download_hf (a `path:` text needs neither)."""
-        names = [n for n, spec in self.datasets().items() if dataset_kind(spec) in kinds]
-        return "|".join(names) if names else "(?!)"  # (?!) matches nothing
+        names = [re.escape(n) for n, spec in self.datasets().items() if dataset_kind(spec) in kinds]
+        return "|".join(names) if names else "(?!)"  # (?!) matches nothing; escaped: "a.b" must not match "axb"
 
     @staticmethod
     def _check_local_path(name: str, spec: dict) -> None:
@@ -132,8 +165,16 @@ class Pipeline:
             raise ConfigError(f"datasets.{name}.path={spec['path']!r} matches no file: expected a text file, a "
                               "folder or a glob of .jsonl/.parquet/.txt files (relative to the working directory)")
 
-    def spec(self, section: str, name: str) -> str:
-        return json.dumps(self.config[section][name], sort_keys=True)
+    def dataset_identity(self, name: str) -> str:
+        """What the data rules' rerun depends on (their tracked parameter, with the mirror): the entry as written."""
+        return json.dumps(self.dataset(name), sort_keys=True)
+
+    def dataset_spec(self, name: str) -> str:
+        """The dataset as `nanogpt download/prepare --spec` take it: its source as written and every setting
+        resolved (the kind's defaults filled in)."""
+        settings = asdict(check_dataset(self.dataset(name), name))
+        resolved = {k: v for k, v in settings.items() if k not in ("name", "kind")}
+        return json.dumps({**self.dataset(name), **resolved}, sort_keys=True)
 
     # ---- runs -----------------------------------------------------------------------------------------
     def runs(self) -> dict:
@@ -156,11 +197,10 @@ class Pipeline:
         return self._runs[name]
 
     def run_spec(self, name: str) -> str:
-        """The run's resolved settings as `nanogpt train --spec` takes them: those that differ from their
-        defaults (the trainer fills in the rest), so the printed shell line stays short."""
-        d = self.run(name).non_defaults()
-        if "init_from" in d:
-            d["init_from"] = self._init_source(d["init_from"])
+        """The run as `nanogpt train --spec` takes it: every setting resolved, and where its initial weights come
+        from (`init_from` resolved to a file, folder or hub id)."""
+        d = self.run(name).to_dict()
+        d["init_from"] = self._init_source(d["init_from"])
         return json.dumps(d, sort_keys=True)
 
     def run_trajectory(self, name: str) -> str:
@@ -182,10 +222,24 @@ class Pipeline:
         """The train rule's inputs: the prepared data, and the model.pt of a run it is initialised from (so that
         run trains first, and retraining it retrains this one)."""
         run = self.run(name)
+        self.warn_about_settings(name)  # the run is in the DAG: Snakemake asks for its inputs
         inputs = list(self.data_files(run.dataset).values())
         if run.init_from in self.runs():
             inputs.append(paths.MODEL.format(run=run.init_from))
         return inputs
+
+    def warn_about_settings(self, name: str) -> None:
+        """The run's settings that disagree (config.settings_warnings), printed once per snakemake process.
+
+        Called from the train rule's inputs, that is while Snakemake builds the DAG of what was asked for (before
+        any job starts, `-n` included): a run nobody asked to build, such as the points of an untargeted sweep or
+        an entry kept for later, is not warned about, and neither is anything under `--lint`.
+        """
+        if name in self._warned:
+            return
+        self._warned.add(name)
+        for warning in settings_warnings(self.run(name), name):
+            print(f"nanogpt: warning: {warning}", file=sys.stderr)
 
     def _check_init_chain(self, name: str) -> None:
         """init_from a run: never the run itself, directly or through others (Snakemake would see a cycle)."""
@@ -249,13 +303,17 @@ class Pipeline:
 
     # ---- validation and targets -----------------------------------------------------------------------
     def check(self) -> None:
-        """Every entry, before any job starts: names, settings and cross-references the JSON schema cannot express."""
+        """Every entry, before any job starts: names, settings and cross-references the JSON schema cannot express,
+        then the schema itself."""
+        check_top_level_keys(self.config)
         for section in ("datasets", "runs", "samples", "evals", "pretrained"):
             for name in self._section(section):
-                check_name(name, f"{section}.{name}: {section.removesuffix('s')}")
+                check_name(name, f"{section}: {section.removesuffix('s')}")  # the raw name only as its repr
         for name, spec in self.datasets().items():
             check_dataset(spec, name)
             self._check_local_path(name, spec)
+        for name in self.datasets():
+            self._check_vocab_from(name)
         self.check_sweeps()
         for name in self.runs():
             run = self.run(name)
@@ -263,16 +321,19 @@ class Pipeline:
                 hint = suggest(run.dataset, list(self.datasets()))
                 raise ConfigError(f"runs.{name}.dataset={run.dataset!r}: no such dataset{hint}, expected one of "
                                   f"{sorted(self.datasets())}")
+            resolve_resources(self.runs()[name], f"runs.{name}")
             check_wandb(run.train, f"runs.{name}.train")  # before any job, not inside the train job
             self._check_init_chain(name)
-            for warning in settings_warnings(run, name):
-                print(f"nanogpt: warning: {warning}", file=sys.stderr)
         for name, entry in self.samples().items():
             self.model_checkpoint(resolve_sample(entry, f"samples.{name}").model)
         for name, entry in self.evals().items():
             if not isinstance(entry, dict) or "model" not in entry:
                 raise ConfigError(f"evals.{name}={entry!r}: expected a mapping with 'model' and 'datasets'")
+            if is_task_entry(entry):
+                self._check_task_eval(name)
+                continue
             resolve_eval(entry, f"evals.{name}")
+            resolve_resources(entry, f"evals.{name}")
             self.model_checkpoint(entry["model"])
             if not isinstance(entry.get("datasets"), list) or not entry["datasets"]:
                 raise ConfigError(f"evals.{name}.datasets={entry.get('datasets')!r}: expected a list of dataset names")
@@ -288,6 +349,7 @@ class Pipeline:
             for name in names:
                 if name not in self._section(section):
                     raise ConfigError(f"targets.{section}: {name!r} is not defined under `{section}`")
+        check_against_schema(self.typed_config())  # the structure the checks above leave to the schema
 
     def typed_config(self) -> dict:
         """config.yaml as the settings read it, for the JSON schema: YAML 1.1 reads an exponent without a dot
@@ -320,6 +382,8 @@ class Pipeline:
 
     def eval_files(self, name: str) -> list[str]:
         entry = self.evals()[name]
+        if is_task_entry(entry):
+            return [paths.TASK_EVAL.format(eval=name)]
         return [paths.EVAL.format(model=entry["model"], dataset=ds) for ds in entry.get("datasets", [])]
 
     def eval_entry(self, model: str, dataset: str) -> dict:
@@ -352,6 +416,92 @@ class Pipeline:
         ckpt = self.model_checkpoint(model)
         return [*self.data_files(dataset).values(), *([ckpt] if ckpt else [])]
 
+    # ---- task evals (HellaSwag) -----------------------------------------------------------------------
+    def task_eval(self, name: str) -> dict:
+        entry = self.evals().get(name)
+        if not is_task_entry(entry):
+            tasks = sorted(n for n, e in self.evals().items() if is_task_entry(e))
+            raise ConfigError(f"unknown task eval {name!r}: expected one of {tasks} (entries with `task:`)")
+        return entry
+
+    def hellaswag_settings(self, name: str) -> HellaSwagSettings:
+        """The entry's settings; dtype auto means the run's own train dtype (a gpt2* model: the device's)."""
+        entry = self.task_eval(name)
+        settings = resolve_settings(entry, f"evals.{name}")
+        if settings.dtype == "auto" and entry["model"] in self.runs():
+            settings.dtype = self.run(entry["model"]).train.dtype
+        return settings
+
+    def items_source(self, name: str) -> dict:
+        """Where the entry's items come from: its `source:`, else HellaSwag's validation file."""
+        return self.task_eval(name).get("source") or DEFAULT_SOURCE
+
+    def items_file(self, name: str) -> str:
+        return paths.HELLASWAG_ITEMS.format(file=items_file_name(self.items_source(name)))
+
+    def source_of_items_file(self, file: str) -> dict:
+        """The source that the download_hellaswag rule fetches to results/hellaswag/{file}."""
+        sources = [self.items_source(n) for n, e in self.evals().items() if is_task_entry(e)]
+        return next((s for s in sources if items_file_name(s) == file), DEFAULT_SOURCE)
+
+    def hellaswag_inputs(self, name: str) -> list[str]:
+        ckpt = self.model_checkpoint(self.task_eval(name)["model"])
+        return [self.items_file(name), *([ckpt] if ckpt else [])]
+
+    def hellaswag_spec(self, name: str) -> str:
+        """The resolved entry as `nanogpt hellaswag score --spec` takes it: its settings, the model's name and
+        where it comes from (`model_source`)."""
+        model = self.task_eval(name)["model"]
+        return json.dumps({**asdict(self.hellaswag_settings(name)), "model": model, **self.model_source(model)},
+                          sort_keys=True)
+
+    def hellaswag_identity(self, name: str) -> str:
+        """The hellaswag rule's tracked parameter: the model's source, the settings off their defaults and the
+        items' checksum."""
+        model, source = self.task_eval(name)["model"], self.items_source(name)
+        return json.dumps({"source": self.model_source(model), "settings": non_defaults(self.hellaswag_settings(name)),
+                           "items": {k: v for k, v in source.items() if k != "url"}}, sort_keys=True)
+
+    def _check_task_eval(self, name: str) -> None:
+        """A task entry's settings, model and items source; one items file name per checksum; a character-level
+        run whose vocabulary cannot spell the items is refused here, before any job."""
+        entry = self.task_eval(name)
+        self.hellaswag_settings(name)
+        self.model_checkpoint(entry["model"])
+        source, file = self.items_source(name), items_file_name(self.items_source(name))
+        if self.source_of_items_file(file) != source:
+            raise ConfigError(f"evals.{name}.source: file name {file!r} is another entry's source with another "
+                              "checksum: expected one source per file name")
+        if entry["model"] in self.runs():
+            self._check_char_run(name, entry["model"], self.items_file(name))
+
+    def _check_char_run(self, name: str, run: str, items: str) -> None:
+        """A run on a character dataset scores HellaSwag only if its characters spell every item: checked once
+        its dataset is prepared (meta.json) and the items downloaded, refused until then."""
+        dataset = self.run(run).dataset
+        if check_dataset(self.dataset(dataset), dataset).tokenizer != "char":
+            return
+        meta_path = paths.META.format(dataset=dataset)
+        where = f"evals.{name}: run {run!r} is character-level (datasets.{dataset}.tokenizer=char)"
+        if not (os.path.isfile(meta_path) and os.path.isfile(items)):
+            raise ConfigError(f"{where} and its vocabulary cannot be checked against the items yet: expected a "
+                              f"GPT-2-tokenized run or a gpt2* model (or, with this entry left out, build {meta_path} "
+                              f"and {items} first)")
+        from nanogpt.fileio import METADATA_MAX_BYTES, load_json_capped
+        from nanogpt.hellaswag import describe_missing
+
+        meta = load_json_capped(meta_path, METADATA_MAX_BYTES, "dataset metadata", ConfigError)
+        chars = set((meta.get("tokenizer") or {}).get("chars") or []) if isinstance(meta, dict) else set()
+        missing = missing_characters(read_items(items)[0], chars)
+        if missing:
+            raise ConfigError(f"{where} and its vocabulary lacks {describe_missing(missing)} that the items use: "
+                              "expected a GPT-2-tokenized run or a gpt2* model")
+
+    def gpt2_hellaswag_files(self) -> list[str]:
+        """The GPT-2 sizes' full HellaSwag results (entries without `limit`), for the baselines table."""
+        return [paths.TASK_EVAL.format(eval=n) for n, e in self.evals().items()
+                if is_task_entry(e) and e["model"] in PRETRAINED_NAMES and not e.get("limit")]
+
     # ---- summary --------------------------------------------------------------------------------------
     def summary_inputs(self) -> dict[str, list[str]]:
         """What the summary waits for: the targeted runs (metrics + loss curve) and evals."""
@@ -365,7 +515,7 @@ class Pipeline:
 
     # ---- sweeps ---------------------------------------------------------------------------------------
     def sweeps(self) -> dict[str, Sweep]:
-        """Every sweep, expanded once into its points (named runs; see nanogpt/sweeps.py)."""
+        """Every sweep, expanded once into its points (named runs; see nanogpt/pipeline/sweeps.py)."""
         if self._sweeps is None:
             self._sweeps = expand_sweeps(self.config.get("sweeps"), self._base_runs())
         return self._sweeps

@@ -3,7 +3,7 @@
 Config time (imported by the Snakefile, so nothing heavy at import): `expand_sweeps` turns config.yaml's
 `sweeps:` into one run entry per point, named from its values, so the existing train rule trains each point
 as a run of its own (its own job, resume, metrics, TensorBoard). The job-time half (the table, the plots,
-the HParams events and the power-law fit) is nanogpt/sweep_summary.py, `nanogpt summary sweep`.
+the HParams events and the power-law fit) is nanogpt/report/sweeps.py, `nanogpt summary sweep`.
 """
 
 from __future__ import annotations
@@ -16,24 +16,17 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from nanogpt.config import (
-    LaunchSettings,
-    ModelSettings,
-    RunConfig,
-    TrainSettings,
-    apply_override,
-    check_name,
-    floats_from_strings,
-    resolve_run,
-    suggest,
-)
+from nanogpt.config import RunConfig, apply_override, resolve_resources, resolve_run
+from nanogpt.configfile import floats_from_strings
 from nanogpt.errors import ConfigError
+from nanogpt.names import check_name, suggest
 from nanogpt.paths import SWEEP_DIR
+from nanogpt.settings import RUN_SECTIONS, Resources
 
 SWEEP_KEYS = ("base", "grid", "points", "fixed", "scaling")
 SCALING_KEYS = ("tokens_per_param", "flops")
-RESOURCE_KEYS = ("gpus", "cpus_per_task", "mem_mb", "runtime", "slurm_partition", "slurm_extra")
-SECTIONS = {"model": ModelSettings, "train": TrainSettings, "launch": LaunchSettings}
+RESOURCE_KEYS = tuple(f.name for f in fields(Resources))
+SECTIONS = RUN_SECTIONS
 DERIVED = ("train.max_iters", "train.lr_decay_iters")  # what a scaling sweep sets from each model size
 _PLAIN_VALUE = re.compile(r"[A-Za-z0-9.]+")
 # What a sweep job writes, by the sweep rules' output names (besides the tb/ folder of hparams events).
@@ -209,17 +202,6 @@ def _lookup(run: RunConfig, entry: dict, key: str) -> Any:
     return getattr(getattr(run, section), sub) if section else getattr(run, key)
 
 
-def _check_resources(entry: dict, where: str) -> None:
-    for key, value in (entry.get("resources") or {}).items():
-        if key.startswith("slurm_"):
-            ok = isinstance(value, str)
-        else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= (0 if key == "gpus" else 1)
-        if not ok:
-            raise ConfigError(f"{where}.resources.{key}={value!r}: expected "
-                              f"{'a string' if key.startswith('slurm_') else 'a positive integer'}")
-
-
 def _iterations(scaling: dict, params: int, tokens_per_iter: int) -> int:
     """Iterations that train on R x N tokens, or on C / 6N tokens (training FLOPs ~ 6 N D)."""
     tokens = scaling["tokens_per_param"] * params if "tokens_per_param" in scaling else scaling["flops"] / (6 * params)
@@ -245,7 +227,7 @@ def _build_point(sweep: str, values: dict, base: dict, fixed: dict, scaling: dic
                                   "fewer (set warmup_iters in fixed)")
             entry.setdefault("train", {}).update(max_iters=iters, lr_decay_iters=iters)
             run = resolve_run(entry, name)
-        _check_resources(entry, f"runs.{name}")
+        resolve_resources(entry, f"runs.{name}")
     except ConfigError as e:
         raise ConfigError(f"{where}: point {name}: {e}") from None
     settings = {k: _lookup(run, entry, canonical_key(k, where)) for k in keys}
@@ -266,7 +248,7 @@ def _no_duplicates(points: list[Point], where: str) -> None:
 def expand_sweep(name: str, spec: Any, runs: dict) -> Sweep:
     """One `sweeps:` entry -> its points as complete run entries; every error is one line, before any job."""
     where = f"sweeps.{name}"
-    check_name(name, f"{where}: sweep")
+    check_name(name, "sweeps: sweep")  # the raw name only as its repr: it may hold a line break
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}={spec!r}: expected a mapping with base and grid and/or points")
     for key in spec:

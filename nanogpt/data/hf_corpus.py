@@ -33,9 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from nanogpt import fileio
-from nanogpt.config import ConfigError, DatasetSettings, as_files_spec, dataset_kind
-from nanogpt.errors import ChecksumError
-from nanogpt.tokenizer import GPT2_EOT, gpt2_tokenizer, mirror_dir, token_dtype
+from nanogpt.data.entry import as_files_spec, dataset_kind
+from nanogpt.data.tokenizer import GPT2_EOT, gpt2_tokenizer, mirror_dir, token_dtype
+from nanogpt.errors import ChecksumError, ConfigError
+from nanogpt.settings import DatasetSettings
 
 # file format (config `files.format` or file suffix) -> `datasets` packaged builder
 BUILDERS = {"parquet": "parquet", "json": "json", "jsonl": "json", "text": "text", "txt": "text", "csv": "csv"}
@@ -236,9 +237,13 @@ def _parquet_rows(record: dict, text_column: str) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with fsspec.open(record["path"], "rb") as fh:
-        footer = pq.ParquetFile(fh)
-        schema, rows = footer.schema_arrow, footer.metadata.num_rows
+    try:
+        with fsspec.open(record["path"], "rb") as fh:
+            footer = pq.ParquetFile(fh)
+            schema, rows = footer.schema_arrow, footer.metadata.num_rows
+    except (pa.ArrowException, OSError) as e:  # not parquet at all, or cut short: ArrowInvalid names no file
+        raise CorpusError(f"data file {record['path']!r} cannot be read as parquet ({_first_line(e)}): expected a "
+                          "parquet file (its footer names its columns and rows)") from None
     if text_column not in schema.names:
         raise CorpusError(f"data file {record['path']!r}: text_column={text_column!r} is not a column of the corpus: "
                           f"expected one of {schema.names[:10]}")
@@ -312,9 +317,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
     """source.json as the download step writes it, checked before anything trusts it: at most
     fileio.METADATA_MAX_BYTES, a known format and a list of file records with a string path."""
     path = Path(path)
-    label = f"manifest {str(path)!r}"
+    label = f"{str(path)!r} (the download step's list of data files)"
     try:
-        manifest = fileio.load_json_capped(path, fileio.METADATA_MAX_BYTES, "manifest", CorpusError)
+        manifest = fileio.load_json_capped(path, fileio.METADATA_MAX_BYTES, "the download step's list of data files",
+                                           CorpusError)
     except CorpusError as e:
         raise CorpusError(f"{e}; {RERUN_DOWNLOAD}") from None
     formats = sorted(set(BUILDERS.values()))

@@ -89,7 +89,7 @@ def curve_html(curve_png: str | os.PathLike | None, run_dir: str | os.PathLike |
     if curve_png is not None and Path(curve_png).is_file():
         return image(Path(curve_png))
     if run_dir is not None:
-        from nanogpt.curves import read_curves, svg_curve
+        from nanogpt.report.curves import read_curves, svg_curve
 
         return svg_curve(read_curves(run_dir), title)
     return ""

@@ -1,15 +1,16 @@
 """How each job runs, given the pipeline's resolved entries: its scheduler resources, the launcher (torchrun,
 srun across nodes) and its command-line arguments. The other half of what the Snakefile needs; `Pipeline`
-(nanogpt/pipeline.py) holds the entries themselves: lookup, checks, targets and inputs.
+(nanogpt/pipeline/entries.py) holds the entries themselves: lookup, checks, targets and inputs.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable
 
 from nanogpt import paths
-from nanogpt.pipeline import Pipeline
+from nanogpt.pipeline.entries import Pipeline
 
 
 class Untracked:
@@ -71,9 +72,17 @@ class Jobs:
         return int((self.p.runs()[name].get("resources") or {}).get("gpus", 0))
 
     def eval_resources(self, model: str, dataset: str) -> dict:
-        res = self.p.eval_entry(model, dataset).get("resources") or {}
+        return self._eval_resources(self.p.eval_entry(model, dataset))
+
+    def task_eval_resources(self, name: str) -> dict:
+        return self._eval_resources(self.p.task_eval(name))
+
+    @staticmethod
+    def _eval_resources(entry: dict) -> dict:
+        res = entry.get("resources") or {}
         return {"gpu": int(res.get("gpus", 0)), "mem_mb": int(res.get("mem_mb", 16000)),
-                "runtime": int(res.get("runtime", 60)), "cpus_per_task": int(res.get("cpus_per_task", 2))}
+                "runtime": int(res.get("runtime", 60)), "cpus_per_task": int(res.get("cpus_per_task", 2)),
+                "slurm_partition": res.get("slurm_partition"), "slurm_extra": res.get("slurm_extra")}
 
     def rule_resources(self, rule: str) -> dict[str, Callable | int]:
         """A GPU-capable rule's whole `resources:` (`resources: **J.rule_resources("train")`): one function of the
@@ -97,9 +106,16 @@ class Jobs:
             def lookup(w) -> dict:
                 return self.eval_resources(w.model, w.dataset)
 
-            keys, fixed = {k: k for k in ("gpu", "mem_mb", "runtime", "cpus_per_task")}, {}
+            keys = {k: k for k in ("gpu", "mem_mb", "runtime", "cpus_per_task", "slurm_partition", "slurm_extra")}
+            fixed = {}
+        elif rule == "hellaswag":
+            def lookup(w) -> dict:
+                return self.task_eval_resources(w.eval)
+
+            keys = {k: k for k in ("gpu", "mem_mb", "runtime", "cpus_per_task", "slurm_partition", "slurm_extra")}
+            fixed = {}
         else:
-            raise ValueError(f"no resources for rule {rule!r}: expected train or evaluate")
+            raise ValueError(f"no resources for rule {rule!r}: expected train, evaluate or hellaswag")
 
         def per_job(key: str) -> Callable:
             return lambda wildcards: lookup(wildcards).get(key)
@@ -145,11 +161,22 @@ class Jobs:
         mirror = self.p.config.get("mirror")
         return shlex.join(["--mirror", str(mirror)]) if mirror else ""
 
+    @staticmethod
+    def vocab_meta_arg(metas: list[str]) -> Untracked:
+        """`--vocab-meta META...` for a dataset with `vocab_from`, else nothing: untracked, as those files are the
+        prepare step's tracked inputs (and a dataset without them keeps the parameters it was prepared with)."""
+        return Untracked(shlex.join(["--vocab-meta", *metas]) if metas else "")
+
     def _step_args(self, spec: str, *args: str) -> Untracked:
         """One job's arguments, as every entry's step takes them: its resolved settings as `--spec` JSON, then
         its own (name, folders), then the mirror; untracked (each rule tracks the settings that decide its output
         apart)."""
         return Untracked(" ".join(filter(None, [shlex.join(["--spec", spec, *args]), self.mirror_arg()])))
+
+    def dataset_args(self, name: str) -> Untracked:
+        """`nanogpt download/prepare`'s arguments for the data rules (their tracked parameters are the entry as
+        written and the mirror)."""
+        return self._step_args(self.p.dataset_spec(name), "--name", name)
 
     def train_args(self, name: str) -> Untracked:
         """`nanogpt train`'s arguments for the train rule (its tracked parameter is run_trajectory)."""
@@ -169,3 +196,11 @@ class Jobs:
     def eval_args(self, model: str, dataset: str) -> Untracked:
         """`nanogpt eval`'s arguments for the evaluate rule (its tracked parameter is eval_identity)."""
         return self._step_args(self.p.eval_spec(model, dataset), "--data-dir", paths.DATA_DIR.format(dataset=dataset))
+
+    def hellaswag_args(self, name: str) -> Untracked:
+        """`nanogpt hellaswag score`'s arguments (the rule's tracked parameter is hellaswag_identity)."""
+        return self._step_args(self.p.hellaswag_spec(name), "--name", name, "--items", self.p.items_file(name))
+
+    def items_source_spec(self, file: str) -> str:
+        """The download_hellaswag rule's source (tracked: a new checksum downloads again)."""
+        return json.dumps(self.p.source_of_items_file(file), sort_keys=True)

@@ -1,7 +1,7 @@
 """A sweep's results, at job time (`nanogpt summary sweep`, the sweep rules): one row per current point, the
 val loss against each swept setting, all points' curves, TensorBoard HParams events and, for a scaling study,
 the fit of L(N) = E + A * N^-alpha to the final validation losses. The config-time half (expanding a sweep
-into runs) is nanogpt/sweeps.py.
+into runs) is nanogpt/pipeline/sweeps.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 from nanogpt.config import resolve_run
 from nanogpt.errors import DataError
 from nanogpt.fileio import SMALL_JSON_MAX_BYTES, load_json_capped
-from nanogpt.report import flat
-from nanogpt.sweeps import format_value
+from nanogpt.pipeline.sweeps import format_value
+from nanogpt.report.pages import flat
 
 
 # ---- the power-law fit ------------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def val_seconds(run_dir: str | Path) -> dict[int, float]:
     run_dir = Path(run_dir)
     if not any(run_dir.glob("events.out.tfevents.*")):
         return {}
-    from nanogpt.curves import load_events
+    from nanogpt.report.curves import load_events
 
     acc = load_events(run_dir)
     if "loss/val" not in acc.Tags().get("scalars", []):
@@ -251,7 +251,7 @@ def _markdown(spec: dict, rows: list[dict], fit: dict | None) -> str:
     """summary.md: the table (best point in bold), the fit for scaling sweeps, and the plots."""
     import pandas as pd
 
-    from nanogpt.summary import to_markdown
+    from nanogpt.report.summary import to_markdown
 
     df = pd.DataFrame([{**r, **{k: format_value(r[k]) for k in spec["keys"]},
                         "run": f"**{r['run']}**" if r["best"] else r["run"], "best": "best" if r["best"] else ""}
@@ -285,7 +285,7 @@ def summarize(spec: dict, runs_dir: str | Path, out_dir: str | Path) -> dict:
     import pandas as pd
 
     from nanogpt import fileio
-    from nanogpt.curves import read_curves
+    from nanogpt.report.curves import read_curves
 
     out = Path(out_dir)
     rows = load_rows(spec, runs_dir)
