@@ -31,7 +31,7 @@ GPT2_FILES = {
 GPT2_EOT = 50256
 GPT2_VOCAB = 50257
 # Small public files shipped with the package (see its README.md): a built-in, checksummed mirror.
-BUNDLED_DIR = Path(__file__).resolve().parent / "assets"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "assets"
 
 
 def token_dtype(vocab_size: int, requested: str | None = None) -> np.dtype:
