@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEP = """
 import json, statistics, sys, time, torch
 sys.path.insert(0, {root!r})
-from nanogpt.config import GPTConfig
+from nanogpt.settings import GPTConfig
 from nanogpt.model import GPT
 from nanogpt.runtime import pick_dtype
 torch.set_num_threads({threads})

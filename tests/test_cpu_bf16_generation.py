@@ -8,11 +8,11 @@ import copy
 import pytest
 import torch
 
-from nanogpt.config import GPTConfig, SampleSettings
+from nanogpt.data.tokenizer import CharTokenizer
 from nanogpt.model import GPT, KVCache
 from nanogpt.runtime import CPU_FP32, Placement
 from nanogpt.sample import generate_samples, generation_precision
-from nanogpt.tokenizer import CharTokenizer
+from nanogpt.settings import GPTConfig, SampleSettings
 
 VOCAB = 40
 CPU_BF16 = Placement(torch.device("cpu"), torch.bfloat16)

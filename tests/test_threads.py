@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO, tiny_config
 from nanogpt import threads
 from nanogpt.config import resolve_run
-from nanogpt.data import download, prepare
+from nanogpt.data.prepare import download, prepare
 from nanogpt.errors import ConfigError
 from nanogpt.train import train
 
