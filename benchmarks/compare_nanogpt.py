@@ -31,10 +31,20 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from nanogpt.threads import set_wait_policy  # noqa: E402
+
+# The in-process sampling runs under our CLI's OpenMP waits (a bounded spin), both sides alike: libgomp reads
+# them once, when torch loads. They are then taken out again, so that nanoGPT's training subprocess runs with
+# libgomp's defaults (ours sets its own).
+_ENV_BEFORE = set(os.environ)
+set_wait_policy()
+import torch  # noqa: E402
+
+for _name in set(os.environ) - _ENV_BEFORE:
+    del os.environ[_name]
 
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -134,7 +135,7 @@ def draw_continuation(model: GPT, ids: list[int], s: SampleSettings, placement: 
     """The prompt's ids and `max_new_tokens` drawn after them (each written to `stream` as it comes)."""
     x = torch.tensor(ids, dtype=torch.long, device=placement.device)[None, :]
     on_token = None if stream is None else lambda token: stream.push(token.tolist())
-    with placement.autocast():
+    with generation_precision(model, placement):
         y = model.generate(x, s.max_new_tokens, s.temperature, s.top_k, use_cache=use_cache, generator=generator,
                            on_token=on_token)
     if stream is not None:
@@ -203,6 +204,16 @@ def interactive(model: GPT, tok: Tokenizer, settings: SampleSettings, placement:
             write("\n")
         answered += 1
     return answered
+
+
+def generation_precision(model: GPT, placement: Placement) -> contextlib.AbstractContextManager:
+    """The context to generate in. bf16 on a CPU casts the model's weights to bf16 once, in place (as the
+    device move): each token then streams half the bytes of fp32 weights, and no op is recast per token
+    (autocast recasts every activation around the fp32 layer norms). Elsewhere: the placement's autocast."""
+    if placement.device.type == "cpu" and placement.dtype == torch.bfloat16:
+        model.to(torch.bfloat16)
+        return contextlib.nullcontext()
+    return placement.autocast()
 
 
 def write_samples(dest: str | os.PathLike, samples: list[str]) -> None:

@@ -1,18 +1,22 @@
 """How many torch threads a CPU run uses, and how its OpenMP threads wait (issue #23, item 10: a busy machine).
 
 torch's CPU wheel runs its intra-op threads on GNU OpenMP (libgomp; KMP_BLOCKTIME is Intel OpenMP's and does
-nothing here). By default libgomp threads spin at every barrier. When another process takes a core, the spinning
-thread keeps its core while its descheduled sibling waits in the run queue, and every parallel region (hundreds
-per training step) waits for it. On 2 shared cores, 2 threads made the CPU config 6-70x slower than 1 thread.
-Two settings fix this (benchmarks/README.md, "A busy machine"):
+nothing here). By default a libgomp thread spins 300,000 times (milliseconds) at every barrier before it sleeps.
+When another process takes a core, the spinning thread keeps its core while its descheduled sibling waits in the
+run queue, and every parallel region (hundreds per training step) waits for it. On 2 shared cores, 2 threads
+made the CPU config 6-70x slower than 1 thread. Two settings (benchmarks/README.md, "A busy machine" and "CPU
+threads and waits"):
 
 - `OMP_WAIT_POLICY=PASSIVE`: waiting threads sleep, so a loaded 2-thread run stayed within 2x of 1 thread. It
   must be in the environment before torch is imported (libgomp reads it once, at load): `set_wait_policy`.
-- one thread when the model's matmuls are too small to split: once waits are passive, the CPU config gained
-  nothing beyond noise from a second thread, loaded or not (a quiet machine's 1.3x needs spinning waits).
+  A bounded spin (GOMP_SPINCOUNT 100 to 10,000) was measured too: no faster than PASSIVE on a busy machine,
+  and up to 3x slower (benchmarks/wait_policy.py); untested on a quiet one.
+- one thread per MATMUL_WORK_PER_THREAD multiply-adds of the model's matmuls, within the CPUs the process was
+  given: the CPU config (128 wide) on 2 cores uses both, a 64-wide model one.
 
 The choice depends only on the CPUs the process was given and the model's shape, never on the load at start,
-so a run's thread count (and its floating-point results) is the same at every attempt on the same machine.
+so a run's thread count (and its floating-point results) is the same at every attempt on the same machine; a
+resumed run keeps the count its checkpoint recorded (nanogpt.train), wherever it resumes.
 """
 
 from __future__ import annotations
@@ -25,10 +29,9 @@ from pathlib import Path
 from nanogpt.errors import ConfigError
 
 # Multiply-adds of one n_embd x n_embd matmul over a micro-batch (batch_size * block_size * n_embd^2) per
-# thread: below this a second thread gains nothing once waits are passive. The CPU config (12 x 64 tokens,
-# 128 wide) is 12.6M and 384 wide at the same tokens 113M (both measured on 2 busy cores: one thread was as
-# fast); nanoGPT's GPU Shakespeare config (64 x 256 tokens, 384 wide) is 2.4G, i.e. every core.
-MATMUL_WORK_PER_THREAD = 2**27
+# thread. The CPU config (12 x 64 tokens, 128 wide) is 12.6M: on a quiet 2-core machine 2 passive threads took
+# 39.4 ms a step against 44.3 on one; 64 wide (3.1M) was faster on one thread, passive or loaded.
+MATMUL_WORK_PER_THREAD = 2**22
 THREADS_ENV = "NANOGPT_THREADS"  # overrides `auto` for every run (a benchmark's fixed thread count; a shared box)
 WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
 CGROUP_ROOT = Path("/sys/fs/cgroup")

@@ -313,8 +313,10 @@ class Trainer:
         self.t_start = time.time()  # fit() moves it back to the process's start
         self.placement = place(device or run_device(run, d.local_rank), self.t.dtype, run.model.n_embd)
         self.device, self.dtype, self.ctx = self.placement.device, self.placement.dtype, self.placement.autocast()
+        self.cpu_threads = None  # torch's threads on a CPU: recorded in checkpoints, kept by a resume
         if self.device.type == "cpu":  # threads that degrade gracefully on a shared machine (nanogpt.threads)
-            threads.apply_threads("auto", run.model.n_embd, self.t.batch_size * run.model.block_size)
+            tokens = self.t.batch_size * run.model.block_size
+            self.cpu_threads = threads.apply_threads("auto", run.model.n_embd, tokens)
         self.accum = check_world_size(self.t.gradient_accumulation_steps, d.world_size)
         self.tokens_per_iter = self.t.gradient_accumulation_steps * self.t.batch_size * run.model.block_size
         self.meta = load_meta(data_dir)
@@ -334,7 +336,8 @@ class Trainer:
         self.flops_per_iter = (self.raw_model.flops_per_token() * self.raw_model.config.block_size
                                * self.t.batch_size * self.accum)
         log(f"device {self.device}, dtype {self.placement.dtype_name}, world size {d.world_size}, "
-            f"{self.raw_model.get_num_params() / 1e6:.2f}M parameters, {self.tokens_per_iter:,} tokens/iter")
+            f"{self.raw_model.get_num_params() / 1e6:.2f}M parameters, {self.tokens_per_iter:,} tokens/iter"
+            + (f", {self.cpu_threads} threads" if self.cpu_threads else ""))
 
     def _build_state(self) -> None:
         """Model, optimizer and scaler: from this trajectory's newest checkpoint, else from init_from."""
@@ -362,6 +365,7 @@ class Trainer:
             self.iter_num, self.best_val_loss = int(state["iter_num"]), float(state["best_val_loss"])
             if "rng" in state:
                 _set_rng_state(state["rng"], self.device)
+            self._keep_threads(state.get("cpu_threads"))
         self.compiled = resolve_compile(t.compile, self.device)
         # fullgraph: the model compiles as one graph; a future graph break is an error, not a silent slowdown
         self.model = torch.compile(model, fullgraph=True) if self.compiled else model
@@ -370,6 +374,17 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DDP(self.model, device_ids=ids)
+
+    def _keep_threads(self, recorded: int | None) -> None:
+        """A resumed CPU run keeps the thread count it started with: some kernels' float results depend on it,
+        so resuming on another core count (or $OMP_NUM_THREADS) stays bit-identical to an uninterrupted run."""
+        if self.device.type != "cpu" or not isinstance(recorded, int) or recorded < 1:
+            return
+        if recorded == self.cpu_threads:
+            return
+        self.log(f"threads: {recorded}, as this run's checkpoint recorded (auto chose {self.cpu_threads})")
+        torch.set_num_threads(recorded)
+        self.cpu_threads = recorded
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def checkpoint(self, with_optimizer: bool = True) -> dict:
@@ -384,6 +399,7 @@ class Trainer:
             "fingerprint": self.fingerprint,
             "settings_fingerprint": self.settings_fingerprint,
             "dataset_meta": self.meta,  # the tokenizer travels with the weights
+            "cpu_threads": self.cpu_threads,
         }
         if with_optimizer:
             ckpt.update(optimizer=self.optimizer.state_dict(), rng=_rng_state(self.device),

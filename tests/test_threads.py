@@ -1,8 +1,10 @@
 """nanogpt/threads.py: torch threads from the CPUs a process was given and the model's size, and the OpenMP wait
-policy (issue #23, item 10: a busy machine). No training here: benchmarks/busy_machine.py measures the effect."""
+policy (issue #23, item 10: a busy machine). benchmarks/busy_machine.py measures the effect; the one training
+here checks that a resumed run keeps its recorded thread count."""
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -11,10 +13,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO
+from conftest import REPO, tiny_config
 from nanogpt import threads
 from nanogpt.config import resolve_run
+from nanogpt.data.prepare import download, prepare
 from nanogpt.errors import ConfigError
+from nanogpt.train import train
 
 CPUS = len(os.sched_getaffinity(0))
 
@@ -62,10 +66,16 @@ def run_threads(name: str, available: int, requested: int | str | None = "auto")
                                   available)
 
 
-def test_cpu_config_trains_on_one_thread_even_with_more_cores():
-    """The default run's matmuls (12 x 64 tokens, 128 wide) gain nothing from a second passive thread."""
-    assert run_threads("shakespeare_char_cpu", available=2) == 1
-    assert run_threads("shakespeare_char_cpu", available=64) == 1
+def test_cpu_config_trains_on_every_core_of_a_laptop():
+    """The default run's matmuls (12 x 64 tokens, 128 wide: 12.6M multiply-adds) use 2 cores, not 64."""
+    assert run_threads("shakespeare_char_cpu", available=1) == 1
+    assert run_threads("shakespeare_char_cpu", available=2) == 2
+    assert run_threads("shakespeare_char_cpu", available=64) == 3
+
+
+def test_narrow_models_train_on_one_thread():
+    """64 wide at the CPU config's tokens (3.1M multiply-adds) was faster on one thread than on two."""
+    assert threads.choose_threads("auto", 64, 12 * 64, available=2) == 1
 
 
 def test_large_models_use_every_available_cpu():
@@ -77,7 +87,7 @@ def test_large_models_use_every_available_cpu():
 
 def test_threads_grow_with_matmul_work():
     per_thread = threads.MATMUL_WORK_PER_THREAD
-    assert threads.choose_threads(None, 128, 768, 16) == 1
+    assert threads.choose_threads(None, 64, 768, 16) == 1
     assert threads.choose_threads("auto", 64, per_thread // 64**2 * 3, 16) == 3
     assert threads.choose_threads("auto", 64, per_thread // 64**2 * 3, 2) == 2
 
@@ -102,7 +112,7 @@ def torch_threads():
 
 
 def test_apply_threads_sets_torch(torch_threads):
-    assert threads.apply_threads("auto", 128, 768, environ={}) == 1
+    assert threads.apply_threads("auto", 64, 768, environ={}) == 1
     assert torch.get_num_threads() == 1
     assert threads.apply_threads(2, 128, 768, environ={}) == 2
     assert torch.get_num_threads() == 2
@@ -115,7 +125,7 @@ def test_env_overrides_auto_but_not_an_explicit_number(torch_threads):
     assert threads.apply_threads(1, 128, 768, environ=env) == 1
     with pytest.raises(ConfigError, match="NANOGPT_THREADS='many'"):
         threads.apply_threads("auto", 128, 768, environ={threads.THREADS_ENV: "many"})
-    assert threads.apply_threads("auto", 128, 768, environ={threads.THREADS_ENV: ""}) == 1  # empty: unset
+    assert threads.apply_threads("auto", 64, 768, environ={threads.THREADS_ENV: ""}) == 1  # empty: unset
 
 
 def test_set_wait_policy_keeps_the_users_choice():
@@ -136,3 +146,33 @@ def test_torch_runs_on_gnu_openmp():
     assert "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
     assert list(lib.glob("libgomp*")) and not list(lib.glob("libiomp*"))
 
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """tiny Shakespeare, char-level, prepared from the bundled copy."""
+    spec = tiny_config()["datasets"]["shakespeare_char"]
+    work = tmp_path_factory.mktemp("data")
+    download(spec, work / "input.txt")
+    prepare(spec, work / "input.txt", work / "shakespeare_char")
+    return work / "shakespeare_char"
+
+
+def test_resume_keeps_the_recorded_threads_and_stays_bit_identical(data_dir, tmp_path, monkeypatch):
+    """8 iterations on 2 threads, resumed to 12 where auto would pick 1 thread, end with the weights of 12 in
+    one go on 2 threads: the checkpoint's thread count wins (float results depend on it)."""
+    entry = copy.deepcopy(tiny_config()["runs"]["tiny"])
+    entry["train"].update(max_iters=12, lr_decay_iters=12, eval_interval=8, checkpoint_interval=4)
+    monkeypatch.setenv(threads.THREADS_ENV, "2")
+    train(resolve_run(entry, "tiny"), data_dir, tmp_path / "whole", log=lambda *a: None)
+    first = {**entry, "train": {**entry["train"], "max_iters": 8}}
+    train(resolve_run(first, "tiny"), data_dir, tmp_path / "two", log=lambda *a: None)
+    assert torch.load(tmp_path / "two" / "model.pt", weights_only=True)["cpu_threads"] == 2
+    monkeypatch.setenv(threads.THREADS_ENV, "1")
+    log: list[str] = []
+    train(resolve_run(entry, "tiny"), data_dir, tmp_path / "two", log=log.append)
+    assert any(line.startswith("threads: 2, as this run's checkpoint recorded") for line in log)
+    assert torch.get_num_threads() == 2
+    whole, resumed = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("whole", "two"))
+    assert resumed["cpu_threads"] == 2
+    assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])

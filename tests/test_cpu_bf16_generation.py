@@ -1,0 +1,74 @@
+"""Generation from bf16 weights on the CPU (nanogpt.sample.generation_precision): the weights are cast once, and
+the logits stay close to the fp32 model's. Small random models, so the bounds are about bf16, not training."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from nanogpt.data.tokenizer import CharTokenizer
+from nanogpt.model import GPT, KVCache
+from nanogpt.runtime import CPU_FP32, Placement
+from nanogpt.sample import generate_samples, generation_precision
+from nanogpt.settings import GPTConfig, SampleSettings
+
+VOCAB = 40
+CPU_BF16 = Placement(torch.device("cpu"), torch.bfloat16)
+
+
+def random_model(arch: str, seed: int = 0) -> GPT:
+    """2 layers x 64 wide, every weight drawn at GPT-2's init scale (the zero biases too, so they count)."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=32, vocab_size=VOCAB, n_layer=2, n_head=4, n_embd=64, arch=arch, bias=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_bf16_weights_logits_match_fp32(arch):
+    """Every position's logits within 5% of the logits' spread, and the same top token almost everywhere."""
+    fp32 = random_model(arch)
+    bf16 = copy.deepcopy(fp32)
+    assert isinstance(generation_precision(bf16, CPU_BF16), type(generation_precision(fp32, CPU_FP32)))
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+    assert all(p.dtype == torch.float32 for p in fp32.parameters())  # the fp32 placement leaves weights alone
+    idx = torch.randint(0, VOCAB, (3, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, _ = fp32(idx, all_logits=True)
+        got, _ = bf16(idx, all_logits=True)
+    assert got.dtype == torch.bfloat16
+    err = (got.float() - want).abs().max().item()
+    spread = want.std().item()
+    assert 0 < err < 0.05 * spread, (err, spread)  # not 0: the weights really are bf16
+    agree = (got.float().argmax(-1) == want.argmax(-1)).float().mean().item()
+    assert agree >= 0.95, agree
+
+
+def test_bf16_cached_decoding_matches_its_full_forward():
+    """The KV cache in bf16 gives the logits of a full bf16 forward over the same tokens (bf16 rounding only)."""
+    model = random_model("gpt2")
+    generation_precision(model, CPU_BF16)
+    idx = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(2))
+    cache = KVCache(len(model.transformer.h), 32)
+    with torch.no_grad():
+        model(idx[:, :10], cache=cache)
+        steps = [model(idx[:, t : t + 1], cache=cache)[0][:, -1].float() for t in range(10, 20)]
+        full, _ = model(idx, all_logits=True)
+    assert cache.k[0].dtype == torch.bfloat16
+    for t, logits in zip(range(10, 20), steps, strict=True):
+        torch.testing.assert_close(logits, full[:, t].float(), atol=0.03, rtol=0.03)
+
+
+def test_bf16_samples_are_reproducible_and_mostly_the_fp32_ones():
+    """Same seed, same samples; and on this model the bf16 text agrees with fp32's from its start."""
+    tok = CharTokenizer([chr(ord("a") + i) if i < 26 else chr(ord("A") + i - 26) for i in range(VOCAB)])
+    settings = SampleSettings(model="tiny", start="abc", num_samples=2, max_new_tokens=25, seed=5)
+    fp32_text, _ = generate_samples(random_model("gpt2"), tok, settings)
+    first, _ = generate_samples(random_model("gpt2"), tok, settings, CPU_BF16)
+    again, _ = generate_samples(random_model("gpt2"), tok, settings, CPU_BF16)
+    assert first == again
+    assert first[0][:8] == fp32_text[0][:8]  # the prompt, then the first 5 new tokens drawn alike
