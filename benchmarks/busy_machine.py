@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/busy_machine.py --iters 100     # a quick look
     .venv/bin/python benchmarks/busy_machine.py --rounds 2      # every run twice, arm order rotated
 
-Issue #23, item 10: with other work on the 2 cores, the default run (2 threads) took 54 minutes where 1 thread took
+With other work on the 2 cores, the default run (2 threads) took 54 minutes where 1 thread took
 263 s. Each arm trains nanoGPT's README CPU config (4 x 128, block 64, batch 12) for --iters iterations as a fresh
 process, once on the machine as it is ("unloaded": no load added; other users' processes are measured and reported) and
 once with one busy-loop process pinned to each core this process may use, in its own session ("loaded"),
@@ -13,7 +13,7 @@ arms alternated:
 - ours, 1 thread;
 - ours, auto: nanogpt/threads.py's choice (apply_threads in the process, OMP_WAIT_POLICY from set_wait_policy);
 - ours, all cores with OMP_WAIT_POLICY=PASSIVE;
-- ours, all cores, libgomp's default spinning waits: the default before item 10;
+- ours, all cores, libgomp's default spinning waits: the default before passive waits;
 - nanoGPT's train.py at its defaults (torch's threads = cores, spinning), from a temp folder in its data layout.
 
 ms/iter is the median of the logged iterations after the 5th (nanoGPT's `time` lines and ours). A run slower than
@@ -219,7 +219,7 @@ def fmt(value: float | None, spec: str = ".1f", approx: bool = False) -> str:
 
 def table(arms: list[Arm], iters: int) -> str:
     """Markdown: per arm, unloaded and loaded ms/iter and wall (medians over rounds), their ratio, and loaded
-    wall against ours at 1 thread loaded (issue #23's target: auto within 2x)."""
+    wall against ours at 1 thread loaded (the target: auto within 2x)."""
     one = median_of(arms[0].runs["loaded"], "wall_s")
     rows = [f"| arm | unloaded ms/iter | unloaded wall s ({iters} it) | loaded ms/iter | loaded wall s "
             "| loaded / unloaded | loaded vs ours 1 thread loaded |", "|---|---|---|---|---|---|---|"]

@@ -46,6 +46,7 @@ import torch  # noqa: E402
 for _name in set(os.environ) - _ENV_BEFORE:
     del os.environ[_name]
 
+from nanogpt.decoding import generate  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 
 CPU_CONFIG = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "dropout": 0.0}
@@ -160,7 +161,8 @@ def time_generate(model, n: int, prompt: torch.Tensor, seed: int = 1337, **optio
     torch.manual_seed(seed)  # both draw from the global generator, like nanoGPT's sample.py
     t0 = time.perf_counter()
     with torch.no_grad():
-        y = model.generate(prompt, n, temperature=0.8, top_k=200, **options)
+        y = (generate(model, prompt, n, temperature=0.8, top_k=200, **options) if isinstance(model, GPT)
+             else model.generate(prompt, n, temperature=0.8, top_k=200, **options))
     return n / (time.perf_counter() - t0), y
 
 

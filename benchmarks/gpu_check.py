@@ -208,8 +208,8 @@ def step_generate(p: dict) -> dict:
     ours = GPT(GPTConfig(**p["shape"])).eval().to(device)
     # window_refresh=1: past block_size (the tiny CPU shape), nanoGPT's per-token cropping, so samples compare
     sampling = {"temperature": 0.8, "top_k": 200, "window_refresh": 1}
-    sides = {"ours": lambda n: ours.generate(PROMPT(device), n, **sampling),
-             "ours_eager": lambda n: ours.generate(PROMPT(device), n, cuda_graph=False, **sampling)}
+    sides = {"ours": lambda n: generate(ours, PROMPT(device), n, **sampling),
+             "ours_eager": lambda n: generate(ours, PROMPT(device), n, cuda_graph=False, **sampling)}
     if p.get("ref"):
         mod = load_module(Path(p["ref"]) / "model.py", "nanogpt_reference_model")
         theirs = mod.GPT(mod.GPTConfig(**p["shape"])).eval().to(device)
@@ -269,8 +269,8 @@ def step_decode(p: dict) -> dict:
     """Where a generated token's time goes (GPT-2-124M shape, random weights, 1-token prompt): the model step
     (one CUDA-graph replay on CUDA), nanoGPT's sampling (top-k, softmax, multinomial), the whole loop in fp32 and
     bf16 (nanoGPT's sample.py default), nanoGPT's own loop in bf16, and the profiler's top kernels."""
-    from nanogpt.decoding import StaticDecodeStep
-    from nanogpt.model import GPT, GPTConfig, KVCache, sample_next
+    from nanogpt.decoding import StaticDecodeStep, generate, sample_next
+    from nanogpt.model import GPT, GPTConfig, KVCache
 
     device = torch.device(p["device"])
     torch.set_float32_matmul_precision("highest")
@@ -289,7 +289,7 @@ def step_decode(p: dict) -> dict:
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
             with ctx:
-                gen = lambda k: model.generate(prompt, k, temperature=0.8, top_k=200)  # noqa: E731
+                gen = lambda k: generate(model, prompt, k, temperature=0.8, top_k=200)  # noqa: E731
                 out[f"ours_{name}_tok_s"] = time_generate(gen, n, device)[0]
         if p.get("ref"):
             mod = load_module(Path(p["ref"]) / "model.py", "nanogpt_reference_model")
@@ -301,9 +301,9 @@ def step_decode(p: dict) -> dict:
                 out["nanoGPT_bf16_first_pass_tok_s"] = time_generate(gen, short, device)[0]
                 out[f"nanoGPT_bf16_tok_s_{short}"] = time_generate(gen, short, device)[0]  # every length seen once
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                gen = lambda k: model.generate(prompt, k, temperature=0.8, top_k=200)  # noqa: E731
+                gen = lambda k: generate(model, prompt, k, temperature=0.8, top_k=200)  # noqa: E731
                 out[f"ours_bf16_tok_s_{short}"] = time_generate(gen, short, device)[0]
-        out["profile"] = profile_table(lambda: model.generate(prompt, 20, temperature=0.8, top_k=200), device)
+        out["profile"] = profile_table(lambda: generate(model, prompt, 20, temperature=0.8, top_k=200), device)
     print(out["profile"])
     return out
 

@@ -159,6 +159,7 @@ def probe_step_syncs(device: torch.device, params: dict) -> dict:
 
 def probe_token_syncs(device: torch.device, shape: dict) -> dict:
     """Per generated token: CUDA-graph decoding (the default on CUDA) and the eager KV cache."""
+    from nanogpt.decoding import generate
     from nanogpt.model import GPT, GPTConfig
 
     torch.manual_seed(0)
@@ -170,8 +171,8 @@ def probe_token_syncs(device: torch.device, shape: dict) -> dict:
         if graph and device.type != "cuda":
             out[name] = "skipped: CUDA graphs need CUDA"
             continue
-        model.generate(prompt, 4, top_k=50, cuda_graph=graph)  # capture, allocator
-        syncs = count_syncs(device, lambda g=graph: model.generate(prompt, n, top_k=50, cuda_graph=g))
+        generate(model, prompt, 4, top_k=50, cuda_graph=graph)  # capture, allocator
+        syncs = count_syncs(device, lambda g=graph: generate(model, prompt, n, top_k=50, cuda_graph=g))
         out[name] = None if syncs is None else syncs / n
     out["ok"] = all(v in (0, None) or isinstance(v, str) or v < 0.1 for k, v in out.items() if k != "ok")
     return out

@@ -1,4 +1,5 @@
-"""One decoding step with fixed shapes, replayed as a CUDA graph: one launch per generated token.
+"""Generation: nanoGPT's sampling with a KV cache (`generate`), and one decoding step with fixed shapes, replayed
+as a CUDA graph: one launch per generated token.
 
 Eager decoding of one token at the GPT-2-124M shape launches ~200 small kernels, and the GPU idles while
 Python issues each one: a few milliseconds per token, whatever the GPU. A step whose tensors all keep their
@@ -12,10 +13,12 @@ rotary angles are read at the position tensor inside the graph.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch.nn import functional as F
 
+from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, Block, KVCache
 
 
@@ -92,3 +95,91 @@ class StaticDecodeStep:
         y = single_query_attention(q, keys.to(q.dtype), values.to(q.dtype), mask)
         x = x + attn.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
         return x + block.mlp(block.ln_2(x))
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+    cuda_graph: bool | None = None,
+    window_refresh: int | None = None,
+    on_token: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Sample `max_new_tokens` tokens after `idx` (B, T); nanoGPT's sampling, same draws for a same seed
+    within block_size tokens (and past it with `window_refresh=1`).
+
+    With `use_cache` the prompt is run once and each new token costs one position. Within block_size
+    tokens the samples are nanoGPT's. A prompt longer than block_size is cropped to its last block_size
+    tokens, as nanoGPT does.
+
+    Past block_size, nanoGPT crops the context to the last block_size tokens at every step, so every step
+    is a full forward of block_size tokens: with absolute position embeddings, sliding the window by one
+    token moves every token to a new position and no cached key or value stays valid. Here the window is
+    recomputed once every `window_refresh` tokens instead (default block_size // 4): when the context
+    outgrows block_size it restarts from its last block_size - window_refresh + 1 tokens (one prefill
+    into the same cache), then grows by one cached token per step back to block_size. Every token is
+    thus drawn from at least block_size - window_refresh + 1 tokens of context. `window_refresh=1` is
+    nanoGPT's per-token cropping exactly; the cache-free path (`use_cache=False`) follows the same rule.
+
+    `cuda_graph` (default: on CUDA): each cached step is one replay of a captured CUDA graph
+    (StaticDecodeStep), instead of ~15 kernel launches per layer issued from Python.
+
+    `on_token` is called with each new token (B,) as soon as it is drawn (streaming); it draws nothing.
+    """
+    block = model.config.block_size
+    keep = block - window_refresh_of(model, window_refresh) + 1  # context length right after a refresh
+    B, T0 = idx.size()
+    out = idx.new_empty(B, T0 + max_new_tokens)  # written in place, no torch.cat per token
+    out[:, :T0] = idx
+    start = max(0, T0 - block)  # the context of token L is out[:, start:L]
+    # the positions this call can fill: zeroing a whole window for 200 tokens was 1% of their time on a CPU
+    cache = KVCache(len(model.transformer.h), min(block, T0 - start + max_new_tokens)) if use_cache else None
+    graph = idx.device.type == "cuda" if cuda_graph is None else cuda_graph
+    step = None
+    for L in range(T0, T0 + max_new_tokens):
+        if L - start > block:  # the context outgrew the window: recompute it from its last `keep` tokens
+            start = L - keep
+            cache = cache if keep < block else None  # window_refresh=1: every step is a full window
+            if cache is not None:
+                cache.reset()
+        if cache is None:  # cache-free: the whole context
+            logits, _ = model(out[:, start:L])
+        elif cache.length == 0:  # prefill: the prompt, or the window after a refresh
+            logits, _ = model(out[:, start:L], cache=cache)
+        elif graph:  # one new token at position L - 1 - start, one replay
+            step = step or StaticDecodeStep(model, cache, B, use_graph=True)
+            logits = step(out[:, L - 1 : L], L - 1 - start)
+        else:  # one new token at position L - 1 - start
+            logits, _ = model(out[:, L - 1 : L], cache=cache)
+        out[:, L : L + 1] = sample_next(logits[:, -1, :], temperature, top_k, generator)
+        if on_token is not None:
+            on_token(out[:, L])
+    return out
+
+
+def window_refresh_of(model: GPT, value: int | None) -> int:
+    """The tokens between two recomputations of the window past block_size; block_size // 4 by default:
+    each refresh (a prefill of 3/4 of a window) is shared by that many tokens, and every token still sees
+    at least 3/4 of a window of context."""
+    block = model.config.block_size
+    if value is None:
+        return max(1, block // 4)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= block:
+        raise ConfigError(f"window_refresh={value!r}: expected an integer in [1, block_size={block}]")
+    return value
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_k: int | None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """nanoGPT's draw: temperature, top-k, softmax, multinomial; (B, 1) token ids, without a host sync."""
+    logits = logits.float() / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, -1:], -float("inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -15,6 +15,7 @@ from nanogpt import checkpoint as ckpt_io
 from nanogpt import fileio
 from nanogpt.config import is_pretrained_source
 from nanogpt.data.tokenizer import CharTokenizer, Tokenizer, from_meta, gpt2_tokenizer
+from nanogpt.decoding import generate
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.model import GPT
 from nanogpt.runtime import CPU_FP32, Placement
@@ -136,7 +137,7 @@ def draw_continuation(model: GPT, ids: list[int], s: SampleSettings, placement: 
     x = torch.tensor(ids, dtype=torch.long, device=placement.device)[None, :]
     on_token = None if stream is None else lambda token: stream.push(token.tolist())
     with generation_precision(model, placement):
-        y = model.generate(x, s.max_new_tokens, s.temperature, s.top_k, use_cache=use_cache, generator=generator,
+        y = generate(model, x, s.max_new_tokens, s.temperature, s.top_k, use_cache=use_cache, generator=generator,
                            on_token=on_token)
     if stream is not None:
         stream.finish()

@@ -1,4 +1,4 @@
-"""How many torch threads a CPU run uses, and how its OpenMP threads wait (issue #23, item 10: a busy machine).
+"""How many torch threads a CPU run uses, and how its OpenMP threads wait (fast alone, and no collapse on a busy machine).
 
 torch's CPU wheel runs its intra-op threads on GNU OpenMP (libgomp; KMP_BLOCKTIME is Intel OpenMP's and does
 nothing here). By default a libgomp thread spins 300,000 times (milliseconds) at every barrier before it sleeps.

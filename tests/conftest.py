@@ -17,7 +17,7 @@ from nanogpt.data.tokenizer import BUNDLED_DIR
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Each test's in-process work on one thread (a training may change the count): on a busy 2-core machine
-    two OpenMP threads wait on each other (issue #26 measured a 60-step 1-layer training at 43.7 s on 2
+    two OpenMP threads wait on each other (measured: a 60-step 1-layer training at 43.7 s on 2
     threads, 0.2 s on 1). Subprocesses choose their own."""
     import torch
 

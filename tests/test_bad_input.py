@@ -1,4 +1,4 @@
-"""Bad input (issue 8): one clear line naming the bad value and what is expected, exit 2, nothing left behind.
+"""Bad input: one clear line naming the bad value and what is expected, exit 2, nothing left behind.
 
 Most checks call `nanogpt.cli.main([...])` in-process; a few go through the `nanogpt` executable, and the
 config-level ones also through `snakemake -n` on a copy of the pipeline (the way a user meets them).

@@ -12,6 +12,7 @@ from test_interop import CORPUS, random_gpt, save_checkpoint
 
 from nanogpt.cli import main as cli_main
 from nanogpt.data.tokenizer import CharTokenizer
+from nanogpt.decoding import generate
 from nanogpt.model import GPT
 
 
@@ -43,6 +44,6 @@ def test_text_generation_pipeline_stops_at_the_context(char_model, tmp_path, cap
         assert len(tok.encode(text)) == block, kwargs  # prompt + continuation fill the context, no further
     # greedy through the pipeline is our greedy continuation
     ids = tok.encode(prompt)
-    ours = model.generate(torch.tensor([ids]), block - len(ids), top_k=1)[0].tolist()
+    ours = generate(model, torch.tensor([ids]), block - len(ids), top_k=1)[0].tolist()
     assert generator(prompt, do_sample=False)[0]["generated_text"] == tok.decode(ours)
     assert json.loads((out / "generation_config.json").read_text())["max_length"] == block

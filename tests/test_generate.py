@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from nanogpt.decoding import generate
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, GPTConfig, KVCache
 
@@ -51,9 +52,9 @@ def sample_three_ways(model: GPT, prompt: torch.Tensor, n: int, temperature: flo
     gen = lambda: torch.Generator().manual_seed(1234)  # noqa: E731
     with torch.no_grad():
         ref = reference_generate(model, prompt, n, temperature, top_k, gen())
-    cached = model.generate(prompt, n, temperature, top_k, use_cache=True, generator=gen(),
+    cached = generate(model, prompt, n, temperature, top_k, use_cache=True, generator=gen(),
                             window_refresh=window_refresh)
-    uncached = model.generate(prompt, n, temperature, top_k, use_cache=False, generator=gen(),
+    uncached = generate(model, prompt, n, temperature, top_k, use_cache=False, generator=gen(),
                               window_refresh=window_refresh)
     return ref, cached, uncached
 
@@ -210,7 +211,7 @@ def test_generate_with_the_fixed_shape_step_equals_reference(monkeypatch) -> Non
     with torch.no_grad():
         ref = reference_generate(model, prompt, 29, 0.7, 5, gen())
     eager_fixed_shape_step(monkeypatch)
-    assert torch.equal(model.generate(prompt, 29, 0.7, 5, generator=gen(), cuda_graph=True), ref)
+    assert torch.equal(generate(model, prompt, 29, 0.7, 5, generator=gen(), cuda_graph=True), ref)
 
 
 @pytest.mark.parametrize("prompt_len", [5, 16, 21])  # shorter than, equal to, longer than block_size
@@ -225,10 +226,10 @@ def test_samples_past_block_size_follow_the_window_rule(prompt_len: int, batch: 
     with torch.no_grad():
         ref = reference_generate_refresh(model, prompt, n, 0.7, 5, gen(), k=4)
         nanogpt = reference_generate(model, prompt, n, 0.7, 5, gen())
-    cached = model.generate(prompt, n, 0.7, 5, generator=gen(), cuda_graph=False)
-    uncached = model.generate(prompt, n, 0.7, 5, use_cache=False, generator=gen())
+    cached = generate(model, prompt, n, 0.7, 5, generator=gen(), cuda_graph=False)
+    uncached = generate(model, prompt, n, 0.7, 5, use_cache=False, generator=gen())
     steps = eager_fixed_shape_step(monkeypatch)
-    fixed = model.generate(prompt, n, 0.7, 5, generator=gen(), cuda_graph=True)
+    fixed = generate(model, prompt, n, 0.7, 5, generator=gen(), cuda_graph=True)
     assert ref.shape == (batch, prompt_len + n)
     assert torch.equal(cached, ref)
     assert torch.equal(uncached, ref)
@@ -244,10 +245,10 @@ def test_samples_past_block_size_with_any_window_refresh(k: int, monkeypatch) ->
     gen = lambda: torch.Generator().manual_seed(11)  # noqa: E731
     with torch.no_grad():
         ref = reference_generate_refresh(model, prompt, 50, 0.7, 5, gen(), k=k)
-    assert torch.equal(model.generate(prompt, 50, 0.7, 5, generator=gen(), window_refresh=k), ref)
-    assert torch.equal(model.generate(prompt, 50, 0.7, 5, use_cache=False, generator=gen(), window_refresh=k), ref)
+    assert torch.equal(generate(model, prompt, 50, 0.7, 5, generator=gen(), window_refresh=k), ref)
+    assert torch.equal(generate(model, prompt, 50, 0.7, 5, use_cache=False, generator=gen(), window_refresh=k), ref)
     eager_fixed_shape_step(monkeypatch)
-    assert torch.equal(model.generate(prompt, 50, 0.7, 5, generator=gen(), cuda_graph=True, window_refresh=k), ref)
+    assert torch.equal(generate(model, prompt, 50, 0.7, 5, generator=gen(), cuda_graph=True, window_refresh=k), ref)
 
 
 def test_window_refresh_one_is_nanogpt_with_the_fixed_shape_step(monkeypatch) -> None:
@@ -257,7 +258,7 @@ def test_window_refresh_one_is_nanogpt_with_the_fixed_shape_step(monkeypatch) ->
     with torch.no_grad():
         ref = reference_generate(model, prompt, 30, 0.7, 5, gen())
     eager_fixed_shape_step(monkeypatch)
-    assert torch.equal(model.generate(prompt, 30, 0.7, 5, generator=gen(), cuda_graph=True, window_refresh=1), ref)
+    assert torch.equal(generate(model, prompt, 30, 0.7, 5, generator=gen(), cuda_graph=True, window_refresh=1), ref)
 
 
 def test_fixed_shape_step_continues_after_a_refresh() -> None:
@@ -289,4 +290,4 @@ def test_fixed_shape_step_continues_after_a_refresh() -> None:
 def test_bad_window_refresh_is_one_config_error(bad) -> None:
     model = make_model(block_size=16)
     with pytest.raises(ConfigError, match=r"window_refresh=.*: expected an integer in \[1, block_size=16\]"):
-        model.generate(torch.tensor([[1]]), 2, window_refresh=bad)
+        generate(model, torch.tensor([[1]]), 2, window_refresh=bad)

@@ -19,6 +19,7 @@ from nanogpt import checkpoint as ckpt_io
 from nanogpt.cli import main as cli_main
 from nanogpt.config import resolve_run
 from nanogpt.data.tokenizer import CharTokenizer, gpt2_tokenizer
+from nanogpt.decoding import generate
 from nanogpt.model import GPT, GPTConfig
 from nanogpt.sample import SEPARATOR, generate_samples, load_model_and_tokenizer
 from nanogpt.settings import SampleSettings
@@ -81,7 +82,7 @@ def bpe_run(tmp_path, mirror_env) -> tuple[Path, GPT]:
 
 def ours_greedy(model: GPT, ids: list[int], n: int) -> list[int]:
     with torch.no_grad():
-        return model.generate(torch.tensor([ids]), n, top_k=1)[0].tolist()
+        return generate(model, torch.tensor([ids]), n, top_k=1)[0].tolist()
 
 
 def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
@@ -389,7 +390,7 @@ def test_nanogpt_sample_py_reads_our_export(char_run, tmp_path):
         generator = torch.Generator().manual_seed(0)
         generator.set_state(torch.get_rng_state())
     with torch.no_grad():
-        y = model.generate(torch.tensor([tok.encode("ROMEO:")]), 20, temperature=0.8, top_k=200, use_cache=False,
+        y = generate(model, torch.tensor([tok.encode("ROMEO:")]), 20, temperature=0.8, top_k=200, use_cache=False,
                            generator=generator)
     assert text == tok.decode(y[0].tolist())
 

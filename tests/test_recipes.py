@@ -24,6 +24,7 @@ from conftest import BIN, REPO, make_pipeline, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
 from nanogpt.config import resolve_run
 from nanogpt.data.prepare import download, prepare
+from nanogpt.decoding import generate
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, KVCache
 from nanogpt.optim import MuonAdamW, build_optimizer, set_lr
@@ -251,12 +252,12 @@ def test_modern_samples_equal_full_recompute(prompt_len: int, monkeypatch) -> No
     with torch.no_grad():
         within = reference_generate(model, prompt[:, :3], 13, 0.7, 5, gen())
         past = reference_generate_refresh(model, prompt, 40, 0.7, 5, gen(), k=4)
-    assert torch.equal(model.generate(prompt[:, :3], 13, 0.7, 5, generator=gen()), within)
+    assert torch.equal(generate(model, prompt[:, :3], 13, 0.7, 5, generator=gen()), within)
     for use_cache in (True, False):
-        assert torch.equal(model.generate(prompt, 40, 0.7, 5, use_cache=use_cache, generator=gen()), past)
+        assert torch.equal(generate(model, prompt, 40, 0.7, 5, use_cache=use_cache, generator=gen()), past)
     eager_fixed_shape_step(monkeypatch)
-    assert torch.equal(model.generate(prompt[:, :3], 13, 0.7, 5, generator=gen(), cuda_graph=True), within)
-    assert torch.equal(model.generate(prompt, 40, 0.7, 5, generator=gen(), cuda_graph=True), past)
+    assert torch.equal(generate(model, prompt[:, :3], 13, 0.7, 5, generator=gen(), cuda_graph=True), within)
+    assert torch.equal(generate(model, prompt, 40, 0.7, 5, generator=gen(), cuda_graph=True), past)
 
 
 # ---- exports and bench -----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Issue 21, items 6-8: exports that never delete what they did not write, one-line errors instead of tracebacks
+"""Exports that never delete what they did not write, one-line errors instead of tracebacks
 for bad text/corpora/full disks/read-only run folders, and every parsed input bounded (no code from configs).
 
 Each refusal is checked the way a user meets it: exit status 2 and one `nanogpt <cmd>: error:` line naming the
@@ -104,7 +104,7 @@ def export(fmt: str, ckpt: Path, out: Path | str, *extra: str) -> list[str]:
     return ["export", "--format", fmt, "--checkpoint", str(ckpt), "--out", str(out), *extra]
 
 
-# ---- item 6: exports never delete what they did not write ----------------------------------------------------
+# ---- exports never delete what they did not write ----------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["hf", "nanogpt"])
 def test_export_refuses_a_folder_it_did_not_write(ckpt, tmp_path, capsys, fmt):
@@ -227,7 +227,7 @@ def test_export_removes_temp_folders_of_dead_exports(ckpt, tmp_path):
     assert hidden(tmp_path) == []
 
 
-# ---- item 7: one line naming the file, nothing half-written ---------------------------------------------------
+# ---- one line naming the file, nothing half-written ---------------------------------------------------
 
 def test_source_text_not_utf8(tmp_path, capsys):
     source = tmp_path / "input.txt"
@@ -385,7 +385,7 @@ def test_failed_sample_writes_no_events(run_dir, tmp_path, capsys):
     assert len(_events(run_dir)) == len(events) + 1
 
 
-# ---- item 8: nothing runs from a config, every parsed input bounded -------------------------------------------
+# ---- nothing runs from a config, every parsed input bounded -------------------------------------------
 
 def test_yte_config_is_refused_before_any_job(tmp_path):
     """Snakemake would evaluate `?...` expressions of a config with __use_yte__ even for -n: refused first."""

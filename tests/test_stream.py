@@ -19,6 +19,7 @@ from test_interop import BPE_STRINGS, CORPUS, one_line_error, random_gpt, save_c
 
 from nanogpt.cli import main as cli_main
 from nanogpt.data.tokenizer import CharTokenizer, gpt2_tokenizer
+from nanogpt.decoding import generate
 from nanogpt.model import GPT
 from nanogpt.sample import SEPARATOR, TextStream, generate_samples, interactive
 from nanogpt.settings import SampleSettings
@@ -151,7 +152,7 @@ def test_interactive_loop_through_stdin(char_model):
     expected = []
     for prompt in ("ROMEO:", "To be", "Or"):
         ids = tok.encode(prompt)
-        y = model.generate(torch.tensor([ids]), 25, settings.temperature, settings.top_k, generator=generator)
+        y = generate(model, torch.tensor([ids]), 25, settings.temperature, settings.top_k, generator=generator)
         expected.append(tok.decode(y[0].tolist())[len(prompt):])
     assert "\n".join(expected) + "\n" == proc.stdout, (answers, expected)
 

@@ -1,5 +1,5 @@
 """nanogpt/threads.py: torch threads from the CPUs a process was given and the model's size, and the OpenMP wait
-policy (issue #23, item 10: a busy machine). benchmarks/busy_machine.py measures the effect; the one training
+policy (fast alone, and no collapse on a busy machine). benchmarks/busy_machine.py measures the effect; the one training
 here checks that a resumed run keeps its recorded thread count."""
 
 from __future__ import annotations
