@@ -60,6 +60,16 @@ def tiny_config() -> dict:
     }
 
 
+def prepared_shakespeare_char(work: Path) -> Path:
+    """tiny Shakespeare, char-level, downloaded (from the bundled copy) and prepared under `work`."""
+    from nanogpt.data.prepare import download, prepare
+
+    spec = tiny_config()["datasets"]["shakespeare_char"]
+    download(spec, work / "input.txt")
+    prepare(spec, work / "input.txt", work / "shakespeare_char")
+    return work / "shakespeare_char"
+
+
 @pytest.fixture(scope="session")
 def shared_data(tmp_path_factory) -> Path:
     """A mirror folder as an air-gapped site would lay it out (tinyshakespeare/input.txt, gpt2-bpe/encoder.json,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_interop import CORPUS, random_gpt, save_checkpoint
+from test_interop import saved_char_model
 
 from nanogpt.cli import main as cli_main
 from nanogpt.data.tokenizer import CharTokenizer
@@ -19,11 +19,7 @@ from nanogpt.model import GPT
 @pytest.fixture
 def char_model(tmp_path) -> tuple[Path, GPT, CharTokenizer]:
     """A tiny char model saved as a run's model.pt (its vocabulary: CORPUS's characters)."""
-    tok = CharTokenizer.from_text(CORPUS)
-    model = random_gpt(tok.vocab_size)
-    (tmp_path / "run").mkdir()
-    meta = {"dataset": "tiny_chars", "tokenizer": tok.to_meta(), "vocab_size": tok.vocab_size}
-    return save_checkpoint(model, meta, tmp_path / "run" / "model.pt"), model, tok
+    return saved_char_model(tmp_path)
 
 
 def test_text_generation_pipeline_stops_at_the_context(char_model, tmp_path, capsys):

@@ -80,6 +80,15 @@ def bpe_run(tmp_path, mirror_env) -> tuple[Path, GPT]:
     return save_checkpoint(model, meta, tmp_path / "bpe.pt", dataset="tiny_bpe"), model
 
 
+def saved_char_model(tmp_path: Path) -> tuple[Path, GPT, CharTokenizer]:
+    """A tiny random char model saved as a run's model.pt (its vocabulary: CORPUS's characters)."""
+    tok = CharTokenizer.from_text(CORPUS)
+    model = random_gpt(tok.vocab_size)
+    (tmp_path / "run").mkdir()
+    meta = {"dataset": "tiny_chars", "tokenizer": tok.to_meta(), "vocab_size": tok.vocab_size}
+    return save_checkpoint(model, meta, tmp_path / "run" / "model.pt"), model, tok
+
+
 def ours_greedy(model: GPT, ids: list[int], n: int) -> list[int]:
     with torch.no_grad():
         return generate(model, torch.tensor([ids]), n, top_k=1)[0].tolist()

@@ -20,10 +20,9 @@ import torch
 import yaml
 from test_generate import eager_fixed_shape_step, reference_generate, reference_generate_refresh
 
-from conftest import BIN, REPO, make_pipeline, run_snakemake, tiny_config
+from conftest import BIN, REPO, make_pipeline, prepared_shakespeare_char, run_snakemake, tiny_config
 from nanogpt import checkpoint as ckpt_io
 from nanogpt.config import resolve_run
-from nanogpt.data.prepare import download, prepare
 from nanogpt.decoding import generate
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, KVCache
@@ -46,11 +45,7 @@ def tiny_run(recipe: dict = RECIPE, **train_settings) -> dict:
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """tiny Shakespeare, char-level, prepared from the bundled copy."""
-    spec = tiny_config()["datasets"]["shakespeare_char"]
-    work = tmp_path_factory.mktemp("data")
-    download(spec, work / "input.txt")
-    prepare(spec, work / "input.txt", work / "shakespeare_char")
-    return work / "shakespeare_char"
+    return prepared_shakespeare_char(tmp_path_factory.mktemp("data"))
 
 
 def modern_model(block_size: int = 16, seed: int = 0) -> GPT:

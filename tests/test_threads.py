@@ -13,10 +13,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, tiny_config
+from conftest import REPO, prepared_shakespeare_char, tiny_config
 from nanogpt import threads
 from nanogpt.config import resolve_run
-from nanogpt.data.prepare import download, prepare
 from nanogpt.errors import ConfigError
 from nanogpt.train import train
 
@@ -151,11 +150,7 @@ def test_torch_runs_on_gnu_openmp():
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """tiny Shakespeare, char-level, prepared from the bundled copy."""
-    spec = tiny_config()["datasets"]["shakespeare_char"]
-    work = tmp_path_factory.mktemp("data")
-    download(spec, work / "input.txt")
-    prepare(spec, work / "input.txt", work / "shakespeare_char")
-    return work / "shakespeare_char"
+    return prepared_shakespeare_char(tmp_path_factory.mktemp("data"))
 
 
 def test_resume_keeps_the_recorded_threads_and_stays_bit_identical(data_dir, tmp_path, monkeypatch):
