@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from compare_nanogpt import default_ref  # noqa: E402
 from compare_nanogpt import load_ref_model_module as load_ref_module  # noqa: E402
 
+from nanogpt.decoding import generate  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
 
 SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304, "bias": True,
@@ -51,12 +52,12 @@ def prompt_of(length: int) -> torch.Tensor:
     return torch.randint(SHAPE["vocab_size"], (1, length), generator=torch.Generator().manual_seed(length))
 
 
-def timed(generate, prompt_len: int, new: int) -> dict:
+def timed(draw, prompt_len: int, new: int) -> dict:
     """tokens/s of one generate call, by wall clock and by this process's CPU time (steadier under load)."""
     torch.manual_seed(1337)
     wall, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        y = generate(prompt_of(prompt_len), new)
+        y = draw(prompt_of(prompt_len), new)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"prompt": prompt_len, "new_tokens": new, "tok_s": new / wall, "tok_s_cpu": new / cpu, "wall_s": wall,
             "tokens": y}
@@ -65,7 +66,7 @@ def timed(generate, prompt_len: int, new: int) -> dict:
 def run_all(ours: GPT, theirs, args: argparse.Namespace) -> list[dict]:
     """The rows of the table, in the order they are printed."""
     block = SHAPE["block_size"]
-    k = block // 4  # GPT.generate's default window_refresh
+    k = block // 4  # generate's default window_refresh
     default = lambda p, n: generate(ours, p, n, temperature=0.8, top_k=200)  # noqa: E731
     k1 = lambda p, n: generate(ours, p, n, temperature=0.8, top_k=200, window_refresh=1)  # noqa: E731
     with torch.no_grad():  # warm-up: allocator and the kernels of short and full-window shapes
@@ -85,8 +86,8 @@ def run_all(ours: GPT, theirs, args: argparse.Namespace) -> list[dict]:
         runs += [("nanoGPT, inside the window", nano, 1, 200, inside),
                  ("nanoGPT, every token past the window", nano, block, args.ref_steps, k1_past)]
     rows = []
-    for label, generate, prompt_len, new, twin in runs:
-        rows.append({"what": label, **timed(generate, prompt_len, new), "twin": twin})
+    for label, draw, prompt_len, new, twin in runs:
+        rows.append({"what": label, **timed(draw, prompt_len, new), "twin": twin})
         print(f"  {label}: {rows[-1]['tok_s']:.2f} tok/s", flush=True)
     return rows
 

@@ -200,6 +200,7 @@ def step_generate(p: dict) -> dict:
 
     Ours runs twice: as it runs by default (CUDA-graph decoding on CUDA) and with the eager KV cache.
     """
+    from nanogpt.decoding import generate
     from nanogpt.model import GPT, GPTConfig
 
     device = torch.device(p["device"])
@@ -219,9 +220,9 @@ def step_generate(p: dict) -> dict:
     for n in p["lengths"]:
         row: dict = {"new_tokens": n}
         samples = {}
-        for name, generate in sides.items():
-            time_generate(generate, 4, device)  # warm-up: kernels, allocator, graph capture
-            row[f"{name}_tok_s"], samples[name] = time_generate(generate, n, device)
+        for name, draw in sides.items():
+            time_generate(draw, 4, device)  # warm-up: kernels, allocator, graph capture
+            row[f"{name}_tok_s"], samples[name] = time_generate(draw, n, device)
         for name in ("ours", "ours_eager"):
             if "nanoGPT" in samples:
                 row[f"{name}_ratio"] = row[f"{name}_tok_s"] / row["nanoGPT_tok_s"]
@@ -237,12 +238,12 @@ def PROMPT(device: torch.device) -> torch.Tensor:  # noqa: N802 - a constant mad
     return torch.zeros(1, 1, dtype=torch.long, device=device)
 
 
-def time_generate(generate, n: int, device: torch.device) -> tuple[float, torch.Tensor]:
+def time_generate(draw, n: int, device: torch.device) -> tuple[float, torch.Tensor]:
     torch.manual_seed(1337)
     sync(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        y = generate(n)
+        y = draw(n)
     sync(device)
     return n / (time.perf_counter() - t0), y.cpu()
 
