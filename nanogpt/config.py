@@ -38,6 +38,7 @@ from nanogpt.settings import (
     SampleSettings,
     TrainSettings,
     check_fields,
+    field_types,
     non_defaults,
     weight_settings,
 )
@@ -166,7 +167,7 @@ def resolve_sample(entry: dict, where: str = "sample") -> SampleSettings:
     entry = floats_from_strings(dict(entry))
     if "model" not in entry:
         raise ConfigError(f"{where}: missing required key 'model'")
-    settings = _build(SampleSettings, entry, where)
+    settings = build_settings(SampleSettings, entry, where)
     check_fields(settings, where)
     if settings.num_samples * settings.max_new_tokens > MAX_SAMPLE_TOKENS:
         raise ConfigError(f"{where}: num_samples={settings.num_samples} x max_new_tokens={settings.max_new_tokens} = "
@@ -180,7 +181,7 @@ def resolve_eval(entry: dict, where: str = "eval") -> EvalSettings:
     entry = floats_from_strings({k: v for k, v in entry.items() if k not in ("model", "datasets", "resources")})
     if isinstance(entry.get("splits"), list):
         entry["splits"] = ",".join(map(str, entry["splits"]))
-    settings = _build(EvalSettings, entry, where)
+    settings = build_settings(EvalSettings, entry, where)
     check_fields(settings, where)
     if len(set(settings.split_names)) != len(settings.split_names):
         raise ConfigError(f"{where}.splits={settings.splits!r}: expected a comma-separated subset of train,val")
@@ -189,7 +190,7 @@ def resolve_eval(entry: dict, where: str = "eval") -> EvalSettings:
 
 def resolve_resources(entry: dict, where: str) -> Resources:
     """The `resources:` of a run or an eval entry, checked (None where the entry leaves one to the job's default)."""
-    resources = _build(Resources, entry.get("resources") or {}, f"{where}.resources")
+    resources = build_settings(Resources, entry.get("resources") or {}, f"{where}.resources")
     check_fields(resources, f"{where}.resources")
     return resources
 
@@ -222,10 +223,12 @@ def _check_type(where: str, value: Any, expected: Any) -> Any:
     return value
 
 
-def _build(cls: type, values: dict, where: str) -> Any:
+def build_settings(cls: type, values: dict, where: str) -> Any:
+    """A settings dataclass from an entry's section: known keys only (a did-you-mean otherwise), each value of
+    its field's type; the declared ranges are checked apart (settings.check_fields)."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}={values!r}: expected a mapping")
-    known = typing.get_type_hints(cls)  # the fields' types (annotations are strings under __future__)
+    known = field_types(cls)
     for key in values:
         if key not in known:
             raise ConfigError(f"unknown key {where}.{key}{suggest(key, list(known))}")
@@ -249,9 +252,9 @@ def resolve_run(entry: dict, name: str = "run", overrides: dict | None = None) -
     run = RunConfig(
         dataset=check_name(entry["dataset"], f"runs.{name}.dataset: dataset"),
         init_from=_check_type(f"runs.{name}.init_from", entry.get("init_from", "scratch"), str),
-        model=_build(ModelSettings, entry.get("model", {}), f"runs.{name}.model"),
-        train=_build(TrainSettings, entry.get("train", {}), f"runs.{name}.train"),
-        launch=_build(LaunchSettings, entry.get("launch", {}), f"runs.{name}.launch"),
+        model=build_settings(ModelSettings, entry.get("model", {}), f"runs.{name}.model"),
+        train=build_settings(TrainSettings, entry.get("train", {}), f"runs.{name}.train"),
+        launch=build_settings(LaunchSettings, entry.get("launch", {}), f"runs.{name}.launch"),
     )
     return run.validate(name)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nanogpt import fileio
-from nanogpt.data.entry import _SHA256_RE
+from nanogpt.data.entry import SHA256_RE
 from nanogpt.errors import ConfigError, DataError
 from nanogpt.names import check_name
-from nanogpt.settings import HellaSwagSettings
+from nanogpt.settings import HellaSwagSettings, check_fields
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +54,7 @@ def is_task_entry(entry: object) -> bool:
 
 def resolve_settings(entry: dict, where: str) -> HellaSwagSettings:
     """A HellaSwag `evals:` entry -> its checked settings (the entry's keys checked too)."""
-    from nanogpt.config import _build
+    from nanogpt.config import build_settings
     from nanogpt.configfile import floats_from_strings
 
     if entry.get("task") != TASK:
@@ -64,7 +64,9 @@ def resolve_settings(entry: dict, where: str) -> HellaSwagSettings:
     if "source" in entry:
         check_source(entry["source"], f"{where}.source")
     settings = floats_from_strings({k: v for k, v in entry.items() if k not in ENTRY_KEYS})
-    return _build(HellaSwagSettings, settings, where).validate(where)
+    hellaswag = build_settings(HellaSwagSettings, settings, where)
+    check_fields(hellaswag, where)
+    return hellaswag
 
 
 def check_source(source: object, where: str) -> dict:
@@ -77,7 +79,7 @@ def check_source(source: object, where: str) -> dict:
     if len(sums) != 1:
         raise ConfigError(f"{where}: has {sums or 'no checksum'}: expected exactly one of sha256, git_blob_sha1")
     value = source[sums[0]]
-    ok = isinstance(value, str) and (_SHA256_RE.fullmatch(value) if sums[0] == "sha256" else (
+    ok = isinstance(value, str) and (SHA256_RE.fullmatch(value) if sums[0] == "sha256" else (
         len(value) == _SHA1_LEN and all(c in "0123456789abcdef" for c in value)))
     if not ok:
         size = 64 if sums[0] == "sha256" else _SHA1_LEN

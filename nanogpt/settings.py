@@ -345,10 +345,6 @@ class HellaSwagSettings:
                           shape="auto, cpu, cuda, cuda:N or mps")
     dtype: str = setting("auto", "float32, bfloat16, float16, or auto (the run's own)", choices=DTYPES)
 
-    def validate(self, where: str) -> HellaSwagSettings:
-        check_fields(self, where)
-        return self
-
 
 def _per_kind(help: str, **declared: Any) -> dict:
     """A dataset setting whose default depends on what the dataset holds (TEXT_DEFAULTS, CORPUS_DEFAULTS)."""

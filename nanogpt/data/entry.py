@@ -10,7 +10,9 @@ from nanogpt.errors import ConfigError
 from nanogpt.names import suggest
 from nanogpt.settings import CORPUS_DEFAULTS, TEXT_DEFAULTS, DatasetSettings
 
-DATASET_KEYS = ("source", "hf", "files", "path", *(f.name for f in fields(DatasetSettings) if f.name not in ("name", "kind")))
+SOURCE_KEYS = ("source", "hf", "files", "path")  # exactly one: where the data comes from
+SETTING_KEYS = tuple(f.name for f in fields(DatasetSettings) if f.name not in ("name", "kind"))
+DATASET_KEYS = SOURCE_KEYS + SETTING_KEYS
 # A `path:` file with one of these endings is a corpus of documents (read like `files:`); any other file is one
 # text, split by characters like a `source:` text.
 CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
@@ -32,7 +34,7 @@ def as_files_spec(spec: dict) -> dict:
     else:
         found = [str(spec["path"])]
     return {**{k: v for k, v in spec.items() if k != "path"}, "files": {"paths": found}}
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def check_dataset(spec: dict, name: str) -> DatasetSettings:
@@ -43,14 +45,14 @@ def check_dataset(spec: dict, name: str) -> DatasetSettings:
     for key in spec:
         if key not in DATASET_KEYS:
             raise ConfigError(f"unknown key {where}.{key}{suggest(key, list(DATASET_KEYS))}")
-    kinds = [k for k in ("source", "hf", "files", "path") if k in spec]
+    kinds = [k for k in SOURCE_KEYS if k in spec]
     if len(kinds) != 1:
         raise ConfigError(f"{where}: has {kinds or 'none'} of source / hf / files / path: expected exactly one")
     if "source" in spec:
         src = spec["source"]
         if not isinstance(src, dict) or not isinstance(src.get("url"), str) or "sha256" not in src:
             raise ConfigError(f"{where}.source={src!r}: expected a mapping with url and sha256")
-        if not isinstance(src["sha256"], str) or not _SHA256_RE.fullmatch(src["sha256"]):
+        if not isinstance(src["sha256"], str) or not SHA256_RE.fullmatch(src["sha256"]):
             raise ConfigError(f"{where}.source.sha256={src['sha256']!r}: expected 64 lowercase hex digits")
     elif "path" in spec:
         if not isinstance(spec["path"], str) or not spec["path"].strip():
@@ -59,7 +61,7 @@ def check_dataset(spec: dict, name: str) -> DatasetSettings:
         raise ConfigError(f"{where}.{kinds[0]}={spec[kinds[0]]!r}: expected a mapping")
     kind = dataset_kind(spec)
     defaults = TEXT_DEFAULTS if kind in ("source", "text") else CORPUS_DEFAULTS
-    settings = {k: spec[k] for k in DATASET_KEYS[4:] if k in spec}
+    settings = {k: spec[k] for k in SETTING_KEYS if k in spec}
     if "vocab_from" in spec:
         names = spec["vocab_from"]
         settings["vocab_from"] = tuple(names) if isinstance(names, list) else names

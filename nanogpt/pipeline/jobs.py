@@ -32,6 +32,10 @@ class Untracked:
         return f"Untracked({self.text!r})"
 
 
+# An evaluation's scheduler resources (its partition and sbatch extras are the profile's).
+EVAL_KEYS = {k: k for k in ("gpu", "mem_mb", "runtime", "cpus_per_task")}
+
+
 class Jobs:
     """Resources, launcher and arguments of the train, sample and evaluate jobs (`J = Jobs(P)` in the Snakefile)."""
 
@@ -81,8 +85,7 @@ class Jobs:
     def _eval_resources(entry: dict) -> dict:
         res = entry.get("resources") or {}
         return {"gpu": int(res.get("gpus", 0)), "mem_mb": int(res.get("mem_mb", 16000)),
-                "runtime": int(res.get("runtime", 60)), "cpus_per_task": int(res.get("cpus_per_task", 2)),
-                "slurm_partition": res.get("slurm_partition"), "slurm_extra": res.get("slurm_extra")}
+                "runtime": int(res.get("runtime", 60)), "cpus_per_task": int(res.get("cpus_per_task", 2))}
 
     def rule_resources(self, rule: str) -> dict[str, Callable | int]:
         """A GPU-capable rule's whole `resources:` (`resources: **J.rule_resources("train")`): one function of the
@@ -106,14 +109,12 @@ class Jobs:
             def lookup(w) -> dict:
                 return self.eval_resources(w.model, w.dataset)
 
-            keys = {k: k for k in ("gpu", "mem_mb", "runtime", "cpus_per_task", "slurm_partition", "slurm_extra")}
-            fixed = {}
+            keys, fixed = EVAL_KEYS, {}
         elif rule == "hellaswag":
             def lookup(w) -> dict:
                 return self.task_eval_resources(w.eval)
 
-            keys = {k: k for k in ("gpu", "mem_mb", "runtime", "cpus_per_task", "slurm_partition", "slurm_extra")}
-            fixed = {}
+            keys, fixed = EVAL_KEYS, {}
         else:
             raise ValueError(f"no resources for rule {rule!r}: expected train, evaluate or hellaswag")
 

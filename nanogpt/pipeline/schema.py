@@ -118,6 +118,9 @@ def run_entry() -> dict:
     }
 
 
+EVAL_SKIPS = ("slurm_partition", "slurm_extra")  # an evaluation runs in the profile's partition
+
+
 def eval_entry() -> dict:
     """An `evals:` entry: the loss on `datasets` (EvalSettings), or a task (`task: hellaswag`: HellaSwagSettings)."""
     block = settings_block(EvalSettings)
@@ -136,7 +139,7 @@ def eval_entry() -> dict:
         **block["properties"],
         "splits": {"type": "array", "items": {"enum": ["train", "val"]},
                    "description": block["properties"]["splits"]["description"]},
-        "resources": settings_block(Resources),
+        "resources": settings_block(Resources, skip=EVAL_SKIPS),
     }
     return block
 
@@ -253,7 +256,8 @@ SECTIONS_DOC = (
     ("runs.NAME.model", ModelSettings, "the model's shape"),
     ("runs.NAME.train", TrainSettings, "training: nanoGPT's train.py options"),
     ("runs.NAME.launch", LaunchSettings, "how torchrun starts the run"),
-    ("runs.NAME.resources / evals.NAME.resources", Resources, "scheduler resources (SLURM)"),
+    ("runs.NAME.resources / evals.NAME.resources", Resources, "scheduler resources (SLURM); an evaluation takes "
+                                                              "all but slurm_partition and slurm_extra"),
     ("samples.NAME", SampleSettings, "text generation: nanoGPT's sample.py options"),
     ("evals.NAME", EvalSettings, "loss of a model on datasets"),
     ("evals.NAME with task: hellaswag", HellaSwagSettings, "HellaSwag accuracy of a model (docs/evaluation.md)"),
