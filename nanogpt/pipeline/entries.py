@@ -290,10 +290,11 @@ class Pipeline:
         settings = self.sample_settings(name)
         return self._identity(settings.model, settings)
 
-    def _identity(self, model: str, settings: SampleSettings | EvalSettings) -> str:
+    def _identity(self, model: str, settings: SampleSettings | EvalSettings | HellaSwagSettings, **extra) -> str:
         """A sample's or eval's tracked parameter: the model's source and the settings that differ from their
-        defaults, so a setting added later with a neutral default reruns nothing."""
-        return json.dumps({"source": self.model_source(model), "settings": non_defaults(settings)}, sort_keys=True)
+        defaults, so a setting added later with a neutral default reruns nothing (and `extra`, e.g. the items)."""
+        return json.dumps({"source": self.model_source(model), "settings": non_defaults(settings), **extra},
+                          sort_keys=True)
 
     def model_source(self, model: str) -> dict[str, str]:
         """Where a sample or eval job loads `model` from: {"checkpoint": a run's model.pt} or {"init_from": a GPT-2
@@ -459,8 +460,8 @@ class Pipeline:
         """The hellaswag rule's tracked parameter: the model's source, the settings off their defaults and the
         items' checksum."""
         model, source = self.task_eval(name)["model"], self.items_source(name)
-        return json.dumps({"source": self.model_source(model), "settings": non_defaults(self.hellaswag_settings(name)),
-                           "items": {k: v for k, v in source.items() if k != "url"}}, sort_keys=True)
+        return self._identity(model, self.hellaswag_settings(name),
+                              items={k: v for k, v in source.items() if k != "url"})
 
     def _check_task_eval(self, name: str) -> None:
         """A task entry's settings, model and items source; one items file name per checksum; a character-level
