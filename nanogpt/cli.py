@@ -423,7 +423,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_summary_table(args: argparse.Namespace) -> None:
     from nanogpt.report.summary import write_table
 
-    print(f"{write_table(args.results, args.csv, args.md, args.hparams_dir)} rows -> {args.csv}, {args.md}")
+    print(f"{write_table(args.results, args.csv, args.md)} rows -> {args.csv}, {args.md}")
 
 
 def cmd_summary_curve(args: argparse.Namespace) -> None:
@@ -721,7 +721,6 @@ def add_summary_command(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--results", default=paths.RESULTS, help="the results folder to read")
     t.add_argument("--csv", required=True, help="the CSV table to write")
     t.add_argument("--md", required=True, help="the Markdown table to write")
-    t.add_argument("--hparams-dir", help="also write TensorBoard's HParams experiment for the runs here")
     t.set_defaults(func=cmd_summary_table)
     c = steps.add_parser("curve", help="a run's loss curve PNG from its TensorBoard events",
                          formatter_class=_HelpFormatter)

@@ -27,7 +27,6 @@ MODEL = f"{RUN_DIR}/model.pt"
 METRICS = f"{RUN_DIR}/metrics.json"
 TRAIN_LOG = f"{RUN_DIR}/train.log"  # every line of the newest attempt (earlier ones: train.log.1, ...)
 PIPELINE_MARKER = ".pipeline-run"  # in a run folder the train rule owns: `nanogpt train` alone leaves it alone
-HPARAMS_EXPERIMENT = f"{RUNS}/_hparams"  # the summary's HParams experiment (no run name starts with "_")
 CLI_RUN_DIR = "out/{run}"  # `nanogpt train` without --out-dir (nanoGPT's out/), never a pipeline folder
 
 # samples, evals, report

@@ -2,8 +2,8 @@
 
 TensorBoard events are written into the run folder itself (results/runs/<run>/), so `tensorboard --logdir
 results/runs` names each run by its run name. Each run also carries a Custom Scalars layout (train and val loss
-on one chart), its settings for the HParams dashboard (written when training finishes, its metrics are the
-last value of every scalar), and the text of the samples drawn from it (nanogpt.sample). Only rank 0 tracks.
+on one chart), its settings for the HParams dashboard (written when training finishes; TensorBoard lists the
+settings that differ between the runs first, and the last value of every scalar as metrics), and the text of the samples drawn from it (nanogpt.sample). Only rank 0 tracks.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from nanogpt.report.pages import flat
 from nanogpt.settings import TrainSettings
 
 EVENTS_GLOB = "events.out.tfevents.*"
+OLD_EXPERIMENT_DIR = "_hparams"  # where an earlier summary wrote the HParams experiment
 LOSS_TAGS = ["loss/train", "loss/train_eval", "loss/val"]
 LAYOUT = {
     "nanogpt": {
@@ -59,35 +60,24 @@ def flat_settings(d: dict, prefix: str = "") -> dict[str, bool | int | float | s
             for key, value in flat(d, prefix) if value is not None}
 
 
-def write_hparams_experiment(configs: list[dict], differing: dict[str, str], folder: str | os.PathLike) -> int:
-    """The HParams dashboard's experiment for `tensorboard --logdir results/runs`: its columns are the settings
-    that differ between the runs (`differing`: column -> setting, marked so, which the dashboard shows first; every setting when
-    none differ), its metrics the runs' losses. Without it the dashboard infers one from the runs and shows
-    the first five settings in alphabetical order, which hid `train.learning_rate`. Returns the column count."""
-    from tensorboard.compat.proto import summary_pb2
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-    from torch.utils.tensorboard import SummaryWriter
+def remove_old_experiment(runs_dir: str | os.PathLike) -> bool:
+    """Delete the HParams experiment folder an earlier summary wrote into the runs folder (`_hparams/`, events
+    only), which TensorBoard listed as if it were a run. TensorBoard now builds the experiment from the runs'
+    own settings, differing ones first. A folder holding anything else is left alone. True if one was removed."""
+    folder = Path(runs_dir) / OLD_EXPERIMENT_DIR
+    if not folder.is_dir() or any(not p.is_file() or not p.match(EVENTS_GLOB) for p in folder.iterdir()):
+        return False
+    for events in folder.iterdir():
+        events.unlink()
+    folder.rmdir()
+    return True
 
-    flats = [flat_settings(c) for c in configs]
-    shown = {k: c for c, k in differing.items() if any(k in f for f in flats)}
-    names = list(shown) or sorted({k for f in flats for k in f})
-    infos = []
-    for name in names:
-        values = [f[name] for f in flats if name in f]
-        kind = ("DATA_TYPE_BOOL" if all(isinstance(v, bool) for v in values) else "DATA_TYPE_FLOAT64"
-                if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values) else "DATA_TYPE_STRING")
-        infos.append(api_pb2.HParamInfo(name=name, display_name=shown.get(name, name),
-                                        type=api_pb2.DataType.Value(kind), differs=name in shown))
-    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag) for tag in LOSS_TAGS]
-    for old in event_files(folder):
-        old.unlink()
-    data = plugin_data_pb2.HParamsPluginData(experiment=api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics))
-    summary = summary_pb2.Summary()
-    summary.value.add(tag=metadata.EXPERIMENT_TAG, metadata=metadata.create_summary_metadata(data),
-                      tensor=metadata.NULL_TENSOR)
-    with SummaryWriter(log_dir=str(folder)) as writer:
-        writer.file_writer.add_summary(summary)
-    return len(infos)
+
+def hparams_summary(run: RunConfig, name: str):
+    """A run's settings as the HParams dashboard reads them (one session, named after the run)."""
+    from tensorboard.plugins.hparams import summary_v2
+
+    return summary_v2.hparams_pb(flat_settings(run.to_dict()), trial_id=name)
 
 
 def add_text(folder: str | os.PathLike, tag: str, markdown: str, step: int) -> None:
@@ -122,10 +112,7 @@ class Tracker:
     def finish(self, metrics: dict[str, Any], step: int) -> None:
         """The run's settings for the HParams dashboard; the final numbers for W&B's run summary."""
         if self.tb is not None:
-            from tensorboard.plugins.hparams import summary_v2
-
-            self.tb.file_writer.add_summary(summary_v2.hparams_pb(flat_settings(self.run.to_dict()),
-                                                                  trial_id=self.name), step)
+            self.tb.file_writer.add_summary(hparams_summary(self.run, self.name), step)
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float | str)})
 

@@ -136,7 +136,6 @@ def collect(results: str | os.PathLike = "results"):
     rows = add_hellaswag(rows, hellaswag_results(root))
     at = COLUMNS.index("dataset") + 1
     df = pd.DataFrame(rows, columns=COLUMNS[:at] + list(settings) + COLUMNS[at:])
-    df.attrs["run_settings"] = configs  # each run's resolved settings, for the HParams experiment
     df.attrs["setting_columns"] = settings  # column -> setting, for those that differ
     return df
 
@@ -155,15 +154,12 @@ def to_markdown(df, columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(results: str | os.PathLike, csv: str | os.PathLike, md: str | os.PathLike,
-                hparams_dir: str | os.PathLike | None = None) -> int:
-    """summary.csv/.md/.html from every result on disk, and (given `hparams_dir`) the HParams experiment that
-    makes TensorBoard's columns the settings that differ between the runs."""
-    df = collect(results)
-    if hparams_dir is not None:
-        from nanogpt.tracking import write_hparams_experiment
+def write_table(results: str | os.PathLike, csv: str | os.PathLike, md: str | os.PathLike) -> int:
+    """summary.csv/.md/.html from every result on disk."""
+    from nanogpt.tracking import remove_old_experiment
 
-        write_hparams_experiment(df.attrs["run_settings"], df.attrs["setting_columns"], hparams_dir)
+    df = collect(results)
+    remove_old_experiment(Path(results) / "runs")
     with fileio.atomic_path(csv) as tmp:
         df.to_csv(tmp, index=False)
     shown = [c for c in df.columns if c != "file"]

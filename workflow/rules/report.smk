@@ -67,8 +67,6 @@ rule summary:
             caption="../report/summary.rst",
             labels={"table": "runs, evaluations, GPT-2 baselines"},
         ),
-        # TensorBoard's HParams columns: the settings that differ between the runs
-        hparams=directory(paths.HPARAMS_EXPERIMENT),
     log:
         paths.log("summary"),
     benchmark:
@@ -79,7 +77,7 @@ rule summary:
         results=lambda w: paths.RESULTS,  # a function: the lint flags a literal path prefix
     shell:
         "nanogpt summary table --results {params.results:q} --csv {output.csv:q} --md {output.md:q} "
-        "--hparams-dir {output.hparams:q} > {log:q} 2>&1"
+        "> {log:q} 2>&1"
 
 
 rule run_page:
