@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from torch.utils.tensorboard import SummaryWriter
 from test_report_scaling import PNG_1X1, embedded_pages, finished_run, pipeline_with_data
+from torch.utils.tensorboard import SummaryWriter
 
 from conftest import run_snakemake, tiny_config
 from nanogpt.config import resolve_run
