@@ -48,6 +48,8 @@ for _name in set(os.environ) - _ENV_BEFORE:
 
 from nanogpt.decoding import generate  # noqa: E402
 from nanogpt.model import GPT, GPTConfig  # noqa: E402
+from nanogpt.runtime import CPU_FP32, Placement  # noqa: E402
+from nanogpt.sample import generation_precision  # noqa: E402
 
 CPU_CONFIG = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "dropout": 0.0}
 
@@ -191,6 +193,7 @@ def ref_tokens_per_s_estimate(theirs, n: int, points: int = 6) -> float:
 def sampling(ref_mod, name: str, cfg: dict, lengths: list[int], estimate_ref_above: int) -> list[dict]:
     rows = []
     ours, theirs = twin_models(ref_mod, cfg)
+    generation_precision(ours, CPU_FP32)  # what `nanogpt sample` does to the weights before it generates
     prompt = torch.zeros(1, 1, dtype=torch.long)
     time_generate(ours, 5, prompt, **NANOGPT_WINDOW)  # warm-up (allocator, oneDNN kernels)
     time_generate(theirs, 5, prompt)
@@ -204,7 +207,8 @@ def sampling(ref_mod, name: str, cfg: dict, lengths: list[int], estimate_ref_abo
         rows.append({"model": name, "new_tokens": n, "ours_tok_s": ours_tps, "ref_tok_s": ref_tps,
                      "ratio": ours_tps / ref_tps, "ref": how, "same_samples": same})
     if cfg["n_embd"] >= 512:  # bf16 weights: half the bytes to stream per token (samples differ from fp32)
-        ours_bf16 = ours.to(torch.bfloat16)
+        ours_bf16 = ours
+        generation_precision(ours_bf16, Placement(torch.device("cpu"), torch.bfloat16))
         time_generate(ours_bf16, 5, prompt, **NANOGPT_WINDOW)
         for row in list(rows):
             tps, _ = time_generate(ours_bf16, row["new_tokens"], prompt, **NANOGPT_WINDOW)

@@ -12,6 +12,7 @@ rotary angles are read at the position tensor inside the graph.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -155,11 +156,30 @@ def generate(
             step = step or StaticDecodeStep(model, cache, B, use_graph=True)
             logits = step(out[:, L - 1 : L], L - 1 - start)
         else:  # one new token at position L - 1 - start
-            logits, _ = model(out[:, L - 1 : L], cache=cache)
+            with one_row_kernels(model, B):
+                logits, _ = model(out[:, L - 1 : L], cache=cache)
         out[:, L : L + 1] = sample_next(logits[:, -1, :], temperature, top_k, generator)
         if on_token is not None:
             on_token(out[:, L])
     return out
+
+
+@contextlib.contextmanager
+def one_row_kernels(model: GPT, rows: int):
+    """A decoding step of one row with bf16 weights on a CPU runs its matmuls on ATen's reduced-precision GEMV
+    (oneDNN off for the step): the 124M shape's head takes 2.1 ms there against 4.7 in oneDNN, on 2 threads
+    (benchmarks/README.md, "Generation on the CPU"). Only for one row: at 64 rows ATen's bf16 matmul is 7x
+    slower than oneDNN's, so a prefill keeps oneDNN."""
+    weight = model.lm_head.weight
+    if rows != 1 or weight.device.type != "cpu" or weight.dtype == torch.float32:
+        yield
+        return
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def window_refresh_of(model: GPT, value: int | None) -> int:

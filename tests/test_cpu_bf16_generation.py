@@ -72,3 +72,28 @@ def test_bf16_samples_are_reproducible_and_mostly_the_fp32_ones():
     again, _ = generate_samples(random_model("gpt2"), tok, settings, CPU_BF16)
     assert first == again
     assert first[0][:8] == fp32_text[0][:8]  # the prompt, then the first 5 new tokens drawn alike
+
+
+def test_one_row_decoding_steps_skip_onednn_and_stay_close_to_fp32():
+    """A bf16 decoding step of one row runs with oneDNN off (ATen's one-row kernel), restored after it; its logits
+    are the fp32 model's within bf16 rounding. Prefills, several rows and fp32 weights leave oneDNN alone."""
+    from nanogpt.decoding import one_row_kernels
+
+    fp32 = random_model("gpt2")
+    bf16 = copy.deepcopy(fp32)
+    generation_precision(bf16, CPU_BF16)
+    assert all(p.is_contiguous() for p in bf16.parameters())  # the row-major layout that kernel streams
+    assert torch.backends.mkldnn.enabled
+    for model, rows, off in ((bf16, 1, True), (bf16, 2, False), (fp32, 1, False)):
+        with one_row_kernels(model, rows):
+            assert torch.backends.mkldnn.enabled is not off
+        assert torch.backends.mkldnn.enabled
+    idx = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
+    cache = KVCache(len(bf16.transformer.h), 32)
+    with torch.no_grad():
+        bf16(idx[:, :8], cache=cache)
+        for t in range(8, 12):
+            with one_row_kernels(bf16, 1):
+                got = bf16(idx[:, t : t + 1], cache=cache)[0][:, -1].float()
+            want = fp32(idx[:, : t + 1])[0][:, -1]
+            assert (got - want).abs().max().item() < 0.05 * want.std().item()

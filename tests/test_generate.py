@@ -291,3 +291,27 @@ def test_bad_window_refresh_is_one_config_error(bad) -> None:
     model = make_model(block_size=16)
     with pytest.raises(ConfigError, match=r"window_refresh=.*: expected an integer in \[1, block_size=16\]"):
         generate(model, torch.tensor([[1]]), 2, window_refresh=bad)
+
+
+def test_column_major_weights_keep_nanogpts_samples() -> None:
+    """`nanogpt sample` on a CPU in fp32 stores the weights transposed (MKL's one-row matmul streams them faster):
+    the logits are the row-major model's and the samples nanoGPT's, at a vocabulary large enough for MKL to pick
+    its big-matrix kernels."""
+    from nanogpt.runtime import CPU_FP32
+    from nanogpt.sample import generation_precision
+
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(block_size=64, vocab_size=4096, n_layer=2, n_head=4, n_embd=256, bias=True)).eval()
+    prompt = torch.tensor([[5, 6, 7]])
+    gen = lambda: torch.Generator().manual_seed(99)  # noqa: E731
+    with torch.no_grad():
+        ref = reference_generate(model, prompt, 40, 1.0, None, gen())
+        row_logits, _ = model(ref[:, :20], all_logits=True)
+    generation_precision(model, CPU_FP32)
+    assert model.lm_head.weight.stride() == (1, 4096) and model.transformer.wte.weight is model.lm_head.weight
+    assert model.transformer.h[0].mlp.c_fc.weight.stride() == (1, 1024)
+    with torch.no_grad():
+        col_logits, _ = model(ref[:, :20], all_logits=True)
+    torch.testing.assert_close(col_logits, row_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(generate(model, prompt, 40, 1.0, None, generator=gen()), ref)
+    assert len(set(ref[0, 3:].tolist())) > 20  # the draws really vary
