@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
-from nanogpt import fileio, paths
+from nanogpt import fileio, paths, threads
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.names import suggest
 from nanogpt.runlock import LOCK_NAME
@@ -157,7 +157,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     from nanogpt.config import resolve_run, settings_warnings
     from nanogpt.configfile import parse_overrides
     from nanogpt.settings import non_defaults
-    from nanogpt.train import train
 
     name, spec = _entry(args, "runs")
     run = resolve_run(spec, name, parse_overrides(args.overrides))
@@ -182,11 +181,26 @@ def cmd_train(args: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "nanogpt.launch", f"--run-device={run.train.device}", "--standalone",
                f"--nproc_per_node={run.launch.nproc_per_node}", "-m", "nanogpt.cli", *sys.argv[1:]]
         os.execv(sys.executable, cmd)
-    with _no_empty_dir(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if args.pipeline and int(os.environ.get("RANK", "0")) == 0:
-            (out_dir / paths.PIPELINE_MARKER).touch()
-        train(run, data_dir, out_dir, needs_gpu=args.gpus > 0, mirror=args.mirror)
+    if world == 1 and "WORLD_SIZE" not in os.environ and run.train.device in ("cpu", "auto"):
+        _choose_waits(run)
+    from nanogpt.train import train
+
+    try:
+        with _no_empty_dir(out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            if args.pipeline and int(os.environ.get("RANK", "0")) == 0:
+                (out_dir / paths.PIPELINE_MARKER).touch()
+            train(run, data_dir, out_dir, needs_gpu=args.gpus > 0, mirror=args.mirror)
+    except threads.ContendedError:
+        threads.continue_passive()  # after the run folder's lock and files are released
+
+
+def _choose_waits(run) -> None:
+    """Spinning or sleeping OpenMP waits for a single-process training (nanogpt.threads), before torch loads."""
+    if "torch" in sys.modules:  # libgomp has read its policy already (a caller imported torch)
+        return
+    tokens = run.train.batch_size * run.model.block_size
+    threads.set_wait_policy(threads.choose_waits(threads.planned_threads("auto", run.model.n_embd, tokens)))
 
 
 def _refuse_pipeline_folder(out_dir: Path) -> None:
@@ -818,9 +832,7 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argume
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nanogpt.threads import set_wait_policy
-
-    set_wait_policy()  # before torch is imported: OpenMP threads sleep, not spin, on a shared CPU
+    threads.set_wait_policy()  # before torch is imported: sleeping OpenMP waits, unless a training spins (cmd_train)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -25,8 +25,10 @@ from typing import BinaryIO, TextIO
 
 PROGRESS_EVERY_S = 15.0
 MARK = "progress: "
-# The trainer's lines worth a console line: progress, evals (`step N: train loss ...`), the end, resume and stop.
-CONSOLE = re.compile(r"^(progress: |step \d+: |done: |resuming from |these settings came back|SIGTERM: |SIGINT: )")
+# The trainer's lines worth a console line: progress, evals (`step N: train loss ...`), the end, resume, stop and
+# the switch to sleeping waits.
+CONSOLE = re.compile(r"^(progress: |step \d+: |done: |resuming from |these settings came back|SIGTERM: |SIGINT: "
+                     r"|steps slowed from )")
 # What only the full log keeps: the per-iteration lines (tens of thousands in a long run).
 ITERATION = re.compile(r"^iter \d+: loss ")
 KEEP_ATTEMPTS = 4  # earlier attempts' full logs kept beside the newest: train.log.1 (the last) .. train.log.4

@@ -1,29 +1,35 @@
-"""How many torch threads a CPU run uses, and how its OpenMP threads wait (fast alone, and no collapse on a busy machine).
+"""How many torch threads a CPU run uses, and how its OpenMP threads wait: spinning while the CPUs are the run's,
+sleeping once another process wants them.
 
 torch's CPU wheel runs its intra-op threads on GNU OpenMP (libgomp; KMP_BLOCKTIME is Intel OpenMP's and does
-nothing here). By default a libgomp thread spins 300,000 times (milliseconds) at every barrier before it sleeps.
-When another process takes a core, the spinning thread keeps its core while its descheduled sibling waits in the
-run queue, and every parallel region (hundreds per training step) waits for it. On 2 shared cores, 2 threads
-made the CPU config 6-70x slower than 1 thread. Two settings (benchmarks/README.md, "A busy machine" and "CPU
-threads and waits"):
+nothing here). A training step has hundreds of parallel regions, and between two of them the threads wait:
+- spinning (GOMP_SPINCOUNT, libgomp's default 300,000) keeps them ready. On a quiet 2-core machine 2 spinning
+  threads took 24 ms a step of the CPU config against 36 ms on 1 thread. But when another process takes a core,
+  a spinning thread keeps its core while the sibling it waits for sits in the run queue: 6-70x slower steps.
+- sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) degrades gracefully (a loaded 2-thread run stayed within 2x of 1
+  thread), but each wake-up costs so much (a halted virtual CPU in particular) that 2 passive threads were no
+  faster than 1 on the quiet machine (benchmarks/README.md, "CPU threads and waits").
+So a single-process CPU training spins (SPIN_COUNT) when its threads find idle CPUs at start (`choose_waits`),
+and sleeps otherwise; a spinning run whose steps slow down (`SpinGuard`: another process arrived) checkpoints
+and goes on in a fresh process that sleeps (nanogpt.train, nanogpt.cli). Every other process sleeps. libgomp
+reads the policy once, when torch is loaded, hence a fresh process. The policy changes no result.
 
-- `OMP_WAIT_POLICY=PASSIVE`: waiting threads sleep, so a loaded 2-thread run stayed within 2x of 1 thread. It
-  must be in the environment before torch is imported (libgomp reads it once, at load): `set_wait_policy`.
-  A bounded spin (GOMP_SPINCOUNT 100 to 10,000) was measured too: no faster than PASSIVE on a busy machine,
-  and up to 3x slower (benchmarks/wait_policy.py); untested on a quiet one.
-- one thread per MATMUL_WORK_PER_THREAD multiply-adds of the model's matmuls, within the CPUs the process was
-  given: the CPU config (128 wide) on 2 cores uses both, a 64-wide model one.
-
-The choice depends only on the CPUs the process was given and the model's shape, never on the load at start,
-so a run's thread count (and its floating-point results) is the same at every attempt on the same machine; a
-resumed run keeps the count its checkpoint recorded (nanogpt.train), wherever it resumes.
+Threads: one per MATMUL_WORK_PER_THREAD multiply-adds of the model's matmuls, within the CPUs the process was
+given: the CPU config (128 wide) on 2 cores uses both, a 64-wide model one. The count depends only on the CPUs
+the process was given and the model's shape, never on the load at start, so a run's thread count (and its
+floating-point results) is the same at every attempt on the same machine; a resumed run keeps the count its
+checkpoint recorded (nanogpt.train), wherever it resumes.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, MutableMapping
+import statistics
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
 from nanogpt.errors import ConfigError
@@ -34,6 +40,13 @@ from nanogpt.errors import ConfigError
 MATMUL_WORK_PER_THREAD = 2**22
 THREADS_ENV = "NANOGPT_THREADS"  # overrides `auto` for every run (a benchmark's fixed thread count; a shared box)
 WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+# Spins before a waiting thread sleeps (GOMP_SPINCOUNT), while the CPUs are the run's: on the quiet 2-core machine
+# 10,000 was as fast as libgomp's 300,000 (23.8 vs 24.2 ms a step) and 1,000 slower (26.9); the fewer, the
+# less a spinning thread wastes before the guard notices another process.
+SPIN_COUNT = 10_000
+WAITS_ENV = "NANOGPT_WAITS"  # how this process's OpenMP threads wait, as chosen here: one of WAITS
+PASSIVE, SPIN, CONTENDED = "passive", "spin", "contended"  # contended: passive for good, after a SpinGuard stop
+WAITS = (PASSIVE, SPIN, CONTENDED)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -102,6 +115,12 @@ def _requested_from_env(requested: int | str | None, environ: Mapping[str, str])
     return value
 
 
+def planned_threads(requested: int | str | None, n_embd: int, tokens: int,
+                    environ: Mapping[str, str] = os.environ) -> int:
+    """The thread count apply_threads would set in this process (no torch needed)."""
+    return choose_threads(_requested_from_env(requested, environ), n_embd, tokens, available_cpus(environ))
+
+
 def apply_threads(requested: int | str | None, n_embd: int, tokens: int,
                   environ: Mapping[str, str] = os.environ) -> int:
     """Set torch's intra-op threads for this process (see choose_threads) and return the count.
@@ -111,15 +130,107 @@ def apply_threads(requested: int | str | None, n_embd: int, tokens: int,
     """
     import torch
 
-    threads = choose_threads(_requested_from_env(requested, environ), n_embd, tokens, available_cpus(environ))
+    threads = planned_threads(requested, n_embd, tokens, environ)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
 
 
-def set_wait_policy(environ: MutableMapping[str, str] = os.environ) -> None:
-    """OMP_WAIT_POLICY=PASSIVE for the processes started after this (torchrun's workers), unless the user chose
-    a wait policy or spin count. libgomp reads it when torch is imported, so it cannot be set from inside a
-    process that has already imported torch."""
-    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
-        environ.update(WAIT_POLICY)
+def set_wait_policy(waits: str = PASSIVE, environ: MutableMapping[str, str] = os.environ) -> None:
+    """How the OpenMP threads of this process (if torch is not loaded yet) and the ones it starts wait: PASSIVE
+    (sleep at once) or SPIN (SPIN_COUNT spins first). A user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins, and a
+    chain of processes that met contention (CONTENDED) never spins again."""
+    if WAITS_ENV not in environ and ("OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ):
+        return
+    if environ.get(WAITS_ENV) == CONTENDED:
+        waits = CONTENDED
+    environ.pop("OMP_WAIT_POLICY", None)
+    environ.pop("GOMP_SPINCOUNT", None)
+    environ.update({"GOMP_SPINCOUNT": str(SPIN_COUNT)} if waits == SPIN else WAIT_POLICY)
+    environ[WAITS_ENV] = waits
+
+
+def describe_waits(environ: Mapping[str, str] = os.environ) -> str:
+    """How the OpenMP threads wait, for the training log."""
+    waits = environ.get(WAITS_ENV)
+    if waits == SPIN:
+        return f"spinning waits ({SPIN_COUNT:,} spins: the CPUs were idle at start)"
+    if waits in (PASSIVE, CONTENDED):
+        return "sleeping waits" + (" (the CPUs are shared)" if waits == CONTENDED else "")
+    chosen = [f"{k}={environ[k]}" for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in environ]
+    return f"waits as set: {', '.join(chosen)}" if chosen else "libgomp's default waits"
+
+
+def cpu_times(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(idle, total) clock ticks of all CPUs since boot (idle counts iowait; total counts steal), or None."""
+    try:
+        ticks = [int(v) for v in stat.read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (ticks[3] + ticks[4], sum(ticks)) if len(ticks) == 8 else None
+
+
+def idle_cpus(seconds: float = 0.25, sample: Callable[[], tuple[int, int] | None] = cpu_times,
+              cpus: int | None = None) -> float | None:
+    """CPUs' worth of idle time over the next `seconds` (None where the kernel does not say)."""
+    before = sample()
+    time.sleep(seconds)
+    after = sample()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (cpus or os.cpu_count() or 1) * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def choose_waits(threads: int, environ: Mapping[str, str] = os.environ,
+                 idle: Callable[[], float | None] = idle_cpus) -> str:
+    """SPIN when each of a run's `threads` finds an idle CPU now (all but a quarter of one), else PASSIVE."""
+    if environ.get(WAITS_ENV) == CONTENDED:
+        return CONTENDED
+    if threads <= 1:
+        return PASSIVE  # a single thread never waits for another
+    free = idle()
+    return SPIN if free is not None and free >= threads - 0.25 else PASSIVE
+
+
+class SpinGuard:
+    """Says when a spinning run's steps have slowed down: the median of the last WINDOW steps above SLOWDOWN x
+    the median of its first steps (after SKIP). On a quiet machine step times vary by a few percent; with a
+    busy loop on each core, spinning 2-thread steps were 12x slower (benchmarks/README.md, "A busy machine")."""
+
+    SKIP, BASELINE, WINDOW, SLOWDOWN = 5, 10, 8, 2.5
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.first: list[float] = []
+        self.recent: deque[float] = deque(maxlen=self.WINDOW)
+        self.pace: float | None = None
+
+    def contended(self, seconds: float) -> bool:
+        """Record one step's time; True once the recent steps are SLOWDOWN x slower than the first ones."""
+        self.seen += 1
+        if self.seen <= self.SKIP:
+            return False
+        if self.pace is None:
+            self.first.append(seconds)
+            if len(self.first) == self.BASELINE:
+                self.pace = statistics.median(self.first)
+            return False
+        self.recent.append(seconds)
+        return len(self.recent) == self.WINDOW and self.now() > self.SLOWDOWN * self.pace
+
+    def now(self) -> float:
+        return statistics.median(self.recent)
+
+
+class ContendedError(Exception):
+    """A spinning run stopped at a checkpoint because another process took its CPUs (SpinGuard)."""
+
+
+def continue_passive(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Replace this process by the same command whose OpenMP threads sleep when they wait: it resumes from the
+    checkpoint just saved, on the same thread count, so the run's results are unchanged."""
+    environ[WAITS_ENV] = CONTENDED
+    set_wait_policy(CONTENDED, environ)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, dict(environ))

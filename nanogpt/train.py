@@ -337,7 +337,7 @@ class Trainer:
                                * self.t.batch_size * self.accum)
         log(f"device {self.device}, dtype {self.placement.dtype_name}, world size {d.world_size}, "
             f"{self.raw_model.get_num_params() / 1e6:.2f}M parameters, {self.tokens_per_iter:,} tokens/iter"
-            + (f", {self.cpu_threads} threads" if self.cpu_threads else ""))
+            + (f", {self.cpu_threads} threads, {threads.describe_waits()}" if self.cpu_threads else ""))
 
     def _build_state(self) -> None:
         """Model, optimizer and scaler: from this trajectory's newest checkpoint, else from init_from."""
@@ -456,6 +456,8 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.step_times: list[float] = []
         self.running_mfu, self.last_loss = None, float("nan")
+        spinning = os.environ.get(threads.WAITS_ENV) == threads.SPIN and (self.cpu_threads or 0) > 1
+        self.spin_guard = threads.SpinGuard() if spinning and not self.d.enabled else None
         n_params = sum(p.numel() for p in self.raw_model.parameters())
         self.last_save = (time.perf_counter(), 12 * n_params / ASSUMED_WRITE_BYTES_PER_S)  # (ended at, took s)
         x, y = self.sampler.get_batch("train", self.iter_num, self.d.rank * self.accum)
@@ -471,6 +473,7 @@ class Trainer:
                     self.save_periodic()
                 if self.iter_num >= t.max_iters or t.eval_only:
                     break
+                step_start = time.perf_counter()
                 x, y, loss, grad_norm = self.step(x, y)
                 t1 = time.perf_counter()
                 dt, t0 = t1 - t0, t1
@@ -480,7 +483,20 @@ class Trainer:
                 # single process: check every step (free); DDP: agree at log steps, where ranks sync anyway
                 if (logging_step or not self.d.enabled) and stop.agreed(self.d, self.device):
                     self.stop_with_checkpoint(stop.requested)
+                if self.spin_guard is not None and self.spin_guard.contended(t1 - step_start):
+                    self.stop_for_sleeping_waits()
         return self.finish(t_start)
+
+    def stop_for_sleeping_waits(self) -> None:
+        """Spinning OpenMP threads met another process on their CPUs (threads.SpinGuard): checkpoint, then the
+        command goes on in a fresh process whose threads sleep when they wait (nanogpt.cli, cmd_train)."""
+        self.save_periodic()
+        guard = self.spin_guard
+        self.log(f"steps slowed from {guard.pace * 1000:.1f} to {guard.now() * 1000:.1f} ms: another process is "
+                 f"using the CPUs. Checkpoint saved at iter {self.iter_num}; continuing from it in a fresh process "
+                 "whose OpenMP threads sleep when they wait (the same threads, so the same results)")
+        self._close_logs()
+        raise threads.ContendedError(self.iter_num)
 
     def stop_with_checkpoint(self, sig: signal.Signals) -> None:
         """SIGTERM or Ctrl-C: every rank waits for rank 0's checkpoint, rank 0 tells the launcher it is on disk,

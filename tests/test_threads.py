@@ -5,7 +5,9 @@ here checks that a resumed run keeps its recorded thread count."""
 from __future__ import annotations
 
 import copy
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -129,12 +131,66 @@ def test_env_overrides_auto_but_not_an_explicit_number(torch_threads):
 
 def test_set_wait_policy_keeps_the_users_choice():
     env: dict[str, str] = {}
-    threads.set_wait_policy(env)
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    for mine in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "10000"}):
+    threads.set_wait_policy(environ=env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", threads.WAITS_ENV: "passive"}
+    threads.set_wait_policy(threads.SPIN, env)  # ours to change: spinning replaces passive, not beside it
+    assert env == {"GOMP_SPINCOUNT": str(threads.SPIN_COUNT), threads.WAITS_ENV: "spin"}
+    for mine in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "10000"}, {"OMP_WAIT_POLICY": "PASSIVE"}):
         env = dict(mine)
-        threads.set_wait_policy(env)
+        threads.set_wait_policy(threads.SPIN, env)
         assert env == mine
+
+
+def test_a_contended_process_chain_never_spins_again():
+    env = {threads.WAITS_ENV: threads.CONTENDED, "OMP_WAIT_POLICY": "PASSIVE"}
+    assert threads.choose_waits(2, env, idle=lambda: 2.0) == threads.CONTENDED
+    threads.set_wait_policy(threads.SPIN, env)
+    assert env == {"OMP_WAIT_POLICY": "PASSIVE", threads.WAITS_ENV: threads.CONTENDED}
+    assert "shared" in threads.describe_waits(env)
+
+
+@pytest.mark.parametrize("wanted, idle, waits", [
+    (2, 2.0, "spin"), (2, 1.8, "spin"), (2, 1.7, "passive"), (2, 0.3, "passive"),
+    (4, 3.9, "spin"), (4, 2.0, "passive"),  # a 4-thread run on 8 CPUs, half of them taken
+    (2, None, "passive"),  # no /proc/stat: do not guess
+])
+def test_spin_only_when_every_thread_finds_an_idle_cpu(wanted, idle, waits):
+    assert threads.choose_waits(wanted, {}, idle=lambda: idle) == waits
+
+
+def test_one_thread_never_probes():
+    def probe():
+        raise AssertionError("a single thread waits for no other: nothing to measure")
+    assert threads.choose_waits(1, {}, idle=probe) == threads.PASSIVE
+
+
+def test_idle_cpus_from_the_kernels_counters(tmp_path):
+    stat = tmp_path / "stat"
+    lines = iter(["cpu  100 0 50 1000 10 0 0 0 0 0\ncpu0 ...\n",  # user nice system idle iowait irq softirq steal
+                  "cpu  200 0 100 1300 20 0 0 30 0 0\ncpu0 ...\n"])  # +100 +50 busy, +310 idle, +30 stolen: 490
+
+    def sample():
+        stat.write_text(next(lines))
+        return threads.cpu_times(stat)
+
+    assert threads.idle_cpus(0, sample, cpus=2) == pytest.approx(2 * 310 / 490)
+    stat.write_text("intr 1 2 3\n")
+    assert threads.cpu_times(stat) is None and threads.cpu_times(tmp_path / "missing") is None
+    if Path("/proc/stat").exists():
+        measured = threads.idle_cpus(0.05)
+        assert measured is not None and 0 <= measured <= os.cpu_count() + 0.01
+
+
+def test_spin_guard_sees_a_slowdown_not_a_hiccup():
+    steady = [0.030, 0.031, 0.029] * 20
+    guard = threads.SpinGuard()
+    assert not any(guard.contended(t) for t in [0.5] * guard.SKIP + steady)  # slow first steps are skipped
+    assert guard.pace == pytest.approx(0.030, rel=0.05)
+    assert not any(guard.contended(t) for t in [0.030] * 4 + [0.9] * 3 + [0.030] * 10)  # one eval-sized stall
+    assert not any(guard.contended(0.070) for _ in range(20))  # 2.3x: not yet
+    hits = [guard.contended(0.4) for _ in range(guard.WINDOW)]
+    assert hits.index(True) == guard.WINDOW // 2 - 1  # as soon as most of the window is slow
+    assert guard.now() == pytest.approx(0.4)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux wheels bundle libgomp; macOS ones libomp")
@@ -171,3 +227,52 @@ def test_resume_keeps_the_recorded_threads_and_stays_bit_identical(data_dir, tmp
     whole, resumed = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("whole", "two"))
     assert resumed["cpu_threads"] == 2
     assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
+
+
+CONTENTION_AT_STEP = """
+import sys
+from nanogpt import threads
+
+threads.idle_cpus = lambda *args, **kwargs: 64.0  # the CPUs are free at start: the run spins
+measure = threads.SpinGuard.contended
+
+
+def contended(self, seconds):  # another process takes the CPUs at the 20th step
+    measure(self, seconds)
+    return self.seen == 20
+
+
+threads.SpinGuard.contended = contended
+from nanogpt.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_spinning_run_that_meets_contention_goes_on_sleeping_with_the_same_weights(data_dir, tmp_path):
+    """`nanogpt train` spins while the CPUs are free; when its steps slow down it checkpoints and replaces
+    itself by the same command with sleeping waits, which resumes: the run ends with the weights of a run that
+    slept throughout (same thread count), and its log says what happened."""
+    entry = copy.deepcopy(tiny_config()["runs"]["tiny"])
+    entry["train"].update(max_iters=30, lr_decay_iters=30, eval_interval=30, checkpoint_interval=None,
+                          log_interval=10)
+    spec = json.dumps({**entry, "dataset": "shakespeare_char"})
+    (tmp_path / "contention.py").write_text(CONTENTION_AT_STEP)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", threads.WAITS_ENV)}
+    env.update({threads.THREADS_ENV: "2", "PYTHONPATH": str(REPO)})
+    runs = {}
+    for name, cmd, extra in (("spun", [str(tmp_path / "contention.py")], {}),
+                             ("slept", ["-m", "nanogpt.cli"], {"OMP_WAIT_POLICY": "PASSIVE"})):
+        proc = subprocess.run([sys.executable, *cmd, "train", "--spec", spec, "--name", "tiny",
+                               "--data-dir", str(data_dir), "--out-dir", str(tmp_path / name)],
+                              env=env | extra, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = proc.stdout + proc.stderr
+    out = runs["spun"]
+    assert "2 threads, spinning waits" in out and "2 threads, sleeping waits (the CPUs are shared)" in out
+    assert "another process is using the CPUs. Checkpoint saved at iter 20" in out
+    assert "resum" in out.split("Checkpoint saved at iter 20")[1].lower()
+    assert "waits as set: OMP_WAIT_POLICY=PASSIVE" in runs["slept"]
+    spun, slept = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("spun", "slept"))
+    assert spun["iter_num"] == slept["iter_num"] == 30 and spun["cpu_threads"] == slept["cpu_threads"] == 2
+    assert all(torch.equal(spun["model"][k], slept["model"][k]) for k in slept["model"])
