@@ -7,11 +7,13 @@
 With other work on the 2 cores, the default run (2 threads) took 54 minutes where 1 thread took
 263 s. Each arm trains nanoGPT's README CPU config (4 x 128, block 64, batch 12) for --iters iterations as a fresh
 process, once on the machine as it is ("unloaded": no load added; other users' processes are measured and reported) and
-once with one busy-loop process pinned to each core this process may use, in its own session ("loaded"),
-arms alternated:
+once with one busy-loop process pinned to each core this process may use, in its own session ("loaded"), and
+once with those loops starting --late-s seconds into the run ("loaded late": another program starting while a
+training runs), arms alternated:
 
 - ours, 1 thread;
-- ours, auto: nanogpt/threads.py's choice (apply_threads in the process, OMP_WAIT_POLICY from set_wait_policy);
+- ours, auto: nanogpt/threads.py's choice, the default (its thread count, and waits that spin while the CPUs
+  were idle at start and sleep after the run's steps slow down);
 - ours, all cores with OMP_WAIT_POLICY=PASSIVE;
 - ours, all cores, libgomp's default spinning waits: the default before passive waits;
 - nanoGPT's train.py at its defaults (torch's threads = cores, spinning), from a temp folder in its data layout.
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from nanogpt import threads  # noqa: E402
 
+CONDITIONS = ("unloaded", "loaded", "loaded late")
 CPU_CONFIG = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "batch_size": 12, "dropout": 0.0}
 ITER_LINE = re.compile(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", re.M)
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", threads.THREADS_ENV)
@@ -50,8 +53,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # ours, auto: the thread choice made in the training process itself, as nanogpt/train.py makes it
 AUTO_WRAPPER = (
     "import sys\n"
-    "from nanogpt.threads import apply_threads\n"
-    "print(f'threads: {apply_threads(\"auto\", {n_embd}, {tokens})}', flush=True)\n"
+    "from nanogpt.threads import planned_threads\n"  # not apply_threads: torch must load after the waits are set
+    "print(f'threads: {planned_threads(\"auto\", {n_embd}, {tokens})}', flush=True)\n"
     "from nanogpt.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
@@ -63,7 +66,7 @@ class Arm:
     side: str  # ours | nanoGPT
     env: dict[str, str]
     auto: bool = False
-    runs: dict[str, list[dict]] = field(default_factory=lambda: {"unloaded": [], "loaded": []})
+    runs: dict[str, list[dict]] = field(default_factory=lambda: {c: [] for c in CONDITIONS})
 
 
 def default_ref() -> Path:
@@ -83,11 +86,9 @@ def clean_env() -> dict[str, str]:
 def make_arms(cpus: int) -> list[Arm]:
     base = clean_env()
     spin = base | {threads.THREADS_ENV: str(cpus)}  # keeps `auto` from changing this arm once train.py calls it
-    auto = dict(base)
-    threads.set_wait_policy(auto)
     return [
         Arm("ours, 1 thread", "ours", base | {"OMP_NUM_THREADS": "1", threads.THREADS_ENV: "1"}),
-        Arm("ours, auto (threads.py)", "ours", auto, auto=True),
+        Arm("ours, auto (threads.py: threads and waits)", "ours", dict(base), auto=True),
         Arm(f"ours, {cpus} threads, PASSIVE", "ours", spin | threads.WAIT_POLICY),
         Arm(f"ours, {cpus} threads, spin (old default)", "ours", spin),
         Arm(f"nanoGPT, default ({cpus} threads, spin)", "nanoGPT", base),
@@ -178,21 +179,32 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def run_once(cmd: list[str], cwd: Path, env: dict[str, str], limit_s: float, iters: int, log: Path,
-             load: list[subprocess.Popen]) -> dict:
-    """One training run, stopped after limit_s: ms/iter median, wall (extrapolated when stopped), CPU use."""
+             load: list[subprocess.Popen], late: tuple[float, list[int]] | None = None) -> dict:
+    """One training run, stopped after limit_s: ms/iter median, wall (extrapolated when stopped), CPU use.
+    `late`: (seconds, cores): busy loops on those cores start that long after the run (and end with it)."""
     busy0, cpu0 = machine_busy_s(), children_cpu_s()
     load0 = sum(process_cpu_s(p.pid) for p in load)
     t0 = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            proc.wait(timeout=limit_s)
+            if late is not None:
+                try:
+                    proc.wait(timeout=late[0])
+                except subprocess.TimeoutExpired:
+                    load = start_load(late[1])
+            proc.wait(timeout=max(0.0, limit_s - (time.perf_counter() - t0)))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        finally:
+            if late is not None:
+                stop(load)
     wall = time.perf_counter() - t0
     cpu = children_cpu_s() - cpu0
     other = machine_busy_s() - busy0 - cpu - (sum(process_cpu_s(p.pid) for p in load) - load0)
+    if late is not None:
+        other = 0.0  # the late loops are gone: their CPU time is no longer readable, nor is other users' share
     text = log.read_text()
     lines = [(int(i), float(ms)) for i, ms in ITER_LINE.findall(text)]
     done = max((i for i, _ in lines), default=0)
@@ -201,11 +213,13 @@ def run_once(cmd: list[str], cwd: Path, env: dict[str, str], limit_s: float, ite
         sys.exit(f"busy_machine: error: {' '.join(cmd)} exited {proc.returncode}:\n{text[-3000:]}")
     times = [ms for i, ms in lines if i > 5]
     chosen = re.search(r"^threads: (\d+)", text, re.M)
+    switched = re.search(r"^steps slowed from ([\d.]+) to ([\d.]+) ms", text, re.M)
     ms = statistics.median(times) if times else None
     rest = (iters - done) * (ms or 0.0) / 1000  # a stopped run: its remaining iterations at its median pace
     return {"finished": finished, "iters_done": done, "wall_s": wall if finished else wall + rest,
             "ms_per_iter": ms, "cpu_s": cpu, "cores_used": cpu / wall,
-            "other_cores": max(other, 0.0) / wall, "threads": int(chosen.group(1)) if chosen else None}
+            "other_cores": max(other, 0.0) / wall, "threads": int(chosen.group(1)) if chosen else None,
+            "switched_to_sleeping_waits": switched.group(0) if switched else None}
 
 
 def median_of(runs: list[dict], key: str) -> float | None:
@@ -218,19 +232,19 @@ def fmt(value: float | None, spec: str = ".1f", approx: bool = False) -> str:
 
 
 def table(arms: list[Arm], iters: int) -> str:
-    """Markdown: per arm, unloaded and loaded ms/iter and wall (medians over rounds), their ratio, and loaded
-    wall against ours at 1 thread loaded (the target: auto within 2x)."""
-    one = median_of(arms[0].runs["loaded"], "wall_s")
+    """Markdown: per arm and condition, ms/iter and wall (medians over rounds), and each loaded wall against the
+    unloaded one."""
     rows = [f"| arm | unloaded ms/iter | unloaded wall s ({iters} it) | loaded ms/iter | loaded wall s "
-            "| loaded / unloaded | loaded vs ours 1 thread loaded |", "|---|---|---|---|---|---|---|"]
+            "| loaded / unloaded | loaded late wall s | late / unloaded |", "|---|---|---|---|---|---|---|---|"]
     for arm in arms:
-        unloaded, loaded = arm.runs["unloaded"], arm.runs["loaded"]
-        wi, wl = median_of(unloaded, "wall_s"), median_of(loaded, "wall_s")
+        walls = {c: median_of(arm.runs[c], "wall_s") for c in CONDITIONS}
+        approx = {c: not all(r["finished"] for r in arm.runs[c]) for c in CONDITIONS}
+        ratio = {c: walls[c] / walls["unloaded"] if walls[c] and walls["unloaded"] else None for c in CONDITIONS}
         rows.append(
-            f"| {arm.label} | {fmt(median_of(unloaded, 'ms_per_iter'))} | "
-            f"{fmt(wi, approx=not all(r['finished'] for r in unloaded))} | {fmt(median_of(loaded, 'ms_per_iter'))} | "
-            f"{fmt(wl, approx=not all(r['finished'] for r in loaded))} | "
-            f"{fmt(wl / wi if wi and wl else None, '.2f')}x | {fmt(wl / one if one and wl else None, '.2f')}x |")
+            f"| {arm.label} | {fmt(median_of(arm.runs['unloaded'], 'ms_per_iter'))} | "
+            f"{fmt(walls['unloaded'], approx=approx['unloaded'])} | {fmt(median_of(arm.runs['loaded'], 'ms_per_iter'))} | "
+            f"{fmt(walls['loaded'], approx=approx['loaded'])} | {fmt(ratio['loaded'], '.2f')}x | "
+            f"{fmt(walls['loaded late'], approx=approx['loaded late'])} | {fmt(ratio['loaded late'], '.2f')}x |")
     return "\n".join(rows)
 
 
@@ -241,6 +255,8 @@ def main() -> None:
     p.add_argument("--cap-factor", type=float, default=3.0,
                    help="stop a run after this many times the same condition's 1-thread wall time (default 3)")
     p.add_argument("--max-run-s", type=float, default=150.0, help="stop any run after this long (default 150)")
+    p.add_argument("--late-s", type=float, default=4.0,
+                   help="'loaded late': the loops start this long after the run (default 4 s: past its first steps)")
     p.add_argument("--ref", type=Path, default=default_ref(), help="nanoGPT checkout (default: as compare_nanogpt.py)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "busy_machine.json")
     args = p.parse_args()
@@ -253,8 +269,9 @@ def main() -> None:
         work = Path(tmp)
         data, ref_dir = prepare(args.ref.resolve(), work)
         for r in range(args.rounds):
-            for condition in ("unloaded", "loaded"):
+            for condition in CONDITIONS:
                 load = start_load(cpus) if condition == "loaded" else []
+                late = (args.late_s, cpus) if condition == "loaded late" else None
                 try:
                     one_wall = None
                     order = arms[:1] + arms[1:][r % (len(arms) - 1):] + arms[1:][:r % (len(arms) - 1)]
@@ -262,7 +279,7 @@ def main() -> None:
                         limit = args.max_run_s if one_wall is None else min(args.max_run_s,
                                                                             args.cap_factor * one_wall)
                         cmd, cwd = train_command(arm, args.iters, data, ref_dir, work)
-                        res = run_once(cmd, cwd, arm.env, limit, args.iters, work / "train.log", load)
+                        res = run_once(cmd, cwd, arm.env, limit, args.iters, work / "train.log", load, late)
                         res["load_avg_1m"] = os.getloadavg()[0]
                         one_wall = one_wall or res["wall_s"]
                         arm.runs[condition].append(res)
@@ -274,11 +291,13 @@ def main() -> None:
                 finally:
                     stop(load)
     other = {c: statistics.median(r["other_cores"] for a in arms for r in a.runs[c]) for c in ("unloaded", "loaded")}
+    switched = [r["switched_to_sleeping_waits"] for r in arms[1].runs["loaded late"]]
     auto_threads = arms[1].runs["unloaded"][0]["threads"]
     print(f"\n{len(cpus)} CPUs, {args.iters} iters per run, {args.rounds} round(s), total "
           f"{time.perf_counter() - t_start:.0f} s; ours auto chose {auto_threads} thread(s); other users' load "
           f"(median, cores busy besides this benchmark): unloaded {other['unloaded']:.2f}, loaded {other['loaded']:.2f}\n")
     print(table(arms, args.iters))
+    print(f"\nours auto, loaded late: {switched}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"cpus": len(cpus), "iters": args.iters, "rounds": args.rounds,
                                     "other_users_cores": other, "auto_threads": auto_threads,

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from nanogpt.threads import set_wait_policy  # noqa: E402
 
-# The in-process sampling runs under our CLI's OpenMP waits (a bounded spin), both sides alike: libgomp reads
+# The in-process sampling runs under `nanogpt sample`'s OpenMP waits (sleeping), both sides alike: libgomp reads
 # them once, when torch loads. They are then taken out again, so that nanoGPT's training subprocess runs with
-# libgomp's defaults (ours sets its own).
+# libgomp's defaults (ours chooses its own).
 _ENV_BEFORE = set(os.environ)
 set_wait_policy()
 import torch  # noqa: E402
