@@ -198,10 +198,11 @@ def run_once(cmd: list[str], cwd: Path, env: dict[str, str], limit_s: float, ite
             proc.kill()
             proc.wait()
         finally:
+            late_cpu = sum(process_cpu_s(p.pid) for p in load) if late is not None else 0.0
             if late is not None:
-                stop(load)
+                stop(load)  # reaped here: their CPU time joins this process's children's
     wall = time.perf_counter() - t0
-    cpu = children_cpu_s() - cpu0
+    cpu = children_cpu_s() - cpu0 - late_cpu
     other = machine_busy_s() - busy0 - cpu - (sum(process_cpu_s(p.pid) for p in load) - load0)
     if late is not None:
         other = 0.0  # the late loops are gone: their CPU time is no longer readable, nor is other users' share
