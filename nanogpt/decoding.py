@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.nn import functional as F
@@ -165,10 +165,10 @@ def generate(
 
 
 @contextlib.contextmanager
-def one_row_kernels(model: GPT, rows: int):
+def one_row_kernels(model: GPT, rows: int) -> Iterator[None]:
     """A decoding step of one row with bf16 weights on a CPU runs its matmuls on ATen's reduced-precision GEMV
     (oneDNN off for the step): the 124M shape's head takes 2.1 ms there against 4.7 in oneDNN, on 2 threads
-    (benchmarks/README.md, "Generation on the CPU"). Only for one row: at 64 rows ATen's bf16 matmul is 7x
+    (benchmarks/README.md, "A quiet machine"). Only for one row: at 64 rows ATen's bf16 matmul is 7x
     slower than oneDNN's, so a prefill keeps oneDNN."""
     weight = model.lm_head.weight
     if rows != 1 or weight.device.type != "cpu" or weight.dtype == torch.float32:

@@ -210,7 +210,7 @@ def interactive(model: GPT, tok: Tokenizer, settings: SampleSettings, placement:
 def generation_precision(model: GPT, placement: Placement) -> contextlib.AbstractContextManager:
     """The context to generate in, with the model's weights prepared for it once, in place. On a CPU each token
     streams every weight through one-row matmuls, which run near memory speed only in their kernel's layout
-    (benchmarks/README.md, "Generation on the CPU"):
+    (benchmarks/README.md, "A quiet machine"):
     - bf16: the weights cast to bf16 (half the bytes of fp32, and no op recast per token as under autocast's
       fp32 layer norms), row-major, the layout of ATen's one-row bf16 kernel (`decoding.one_row_kernels`);
     - fp32: the weights column-major, as MKL's one-row sgemm streams them at 1.7x the speed of row-major ones.

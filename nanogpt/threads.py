@@ -8,7 +8,7 @@ nothing here). A training step has hundreds of parallel regions, and between two
   a spinning thread keeps its core while the sibling it waits for sits in the run queue: 6-70x slower steps.
 - sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) degrades gracefully (a loaded 2-thread run stayed within 2x of 1
   thread), but each wake-up costs so much (a halted virtual CPU in particular) that 2 passive threads were no
-  faster than 1 on the quiet machine (benchmarks/README.md, "CPU threads and waits").
+  faster than 1 on the quiet machine (benchmarks/README.md, "A quiet machine").
 So a single-process CPU training spins (SPIN_COUNT) when its threads find idle CPUs at start (`choose_waits`),
 and sleeps otherwise; a spinning run whose steps slow down (`SpinGuard`: another process arrived) checkpoints
 and goes on in a fresh process that sleeps (nanogpt.train, nanogpt.cli). Every other process sleeps. libgomp

@@ -73,7 +73,7 @@ def remove_old_experiment(runs_dir: str | os.PathLike) -> bool:
     return True
 
 
-def hparams_summary(run: RunConfig, name: str):
+def hparams_summary(run: RunConfig, name: str) -> Any:
     """A run's settings as the HParams dashboard reads them (one session, named after the run)."""
     from tensorboard.plugins.hparams import summary_v2
 
