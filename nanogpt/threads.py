@@ -182,13 +182,14 @@ def idle_cpus(seconds: float = 0.25, sample: Callable[[], tuple[int, int] | None
 
 
 def choose_waits(threads: int, environ: Mapping[str, str] = os.environ,
-                 idle: Callable[[], float | None] = idle_cpus) -> str:
-    """SPIN when each of a run's `threads` finds an idle CPU now (all but a quarter of one), else PASSIVE."""
+                 idle: Callable[[], float | None] | None = None) -> str:
+    """SPIN when each of a run's `threads` finds an idle CPU now (all but a quarter of one; `idle` measures it,
+    by default idle_cpus), else PASSIVE."""
     if environ.get(WAITS_ENV) == CONTENDED:
         return CONTENDED
     if threads <= 1:
         return PASSIVE  # a single thread never waits for another
-    free = idle()
+    free = (idle or idle_cpus)()
     return SPIN if free is not None and free >= threads - 0.25 else PASSIVE
 
 
