@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -264,7 +265,14 @@ def trim_history(path: Path, upto: int) -> None:
     fileio.write_text(path, "".join(kept))
 
 
-def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, log=print,
+def print_line(message: str) -> None:
+    """A log line in one write: print() writes the text and its newline apart, and the ranks of a torchrun
+    job share one log, where another rank's line could land between the two."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def train(run: RunConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, log=print_line,
           needs_gpu: bool = False, mirror: str | None = None) -> dict:
     """Train one run; writes checkpoints/, TensorBoard events, history.jsonl, then model.pt and metrics.json.
 
