@@ -44,9 +44,8 @@ WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
 # 10,000 was as fast as libgomp's 300,000 (23.8 vs 24.2 ms a step) and 1,000 slower (26.9); the fewer, the
 # less a spinning thread wastes before the guard notices another process.
 SPIN_COUNT = 10_000
-WAITS_ENV = "NANOGPT_WAITS"  # how this process's OpenMP threads wait, as chosen here: one of WAITS
+WAITS_ENV = "NANOGPT_WAITS"  # how this process's OpenMP threads wait, as chosen here: PASSIVE, SPIN or CONTENDED
 PASSIVE, SPIN, CONTENDED = "passive", "spin", "contended"  # contended: passive for good, after a SpinGuard stop
-WAITS = (PASSIVE, SPIN, CONTENDED)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -220,6 +219,7 @@ class SpinGuard:
         return len(self.recent) == self.WINDOW and self.now() > self.SLOWDOWN * self.pace
 
     def now(self) -> float:
+        """The recent pace: the median of the last WINDOW steps (seconds)."""
         return statistics.median(self.recent)
 
 
@@ -230,7 +230,6 @@ class ContendedError(Exception):
 def continue_passive(environ: MutableMapping[str, str] = os.environ) -> None:
     """Replace this process by the same command whose OpenMP threads sleep when they wait: it resumes from the
     checkpoint just saved, on the same thread count, so the run's results are unchanged."""
-    environ[WAITS_ENV] = CONTENDED
     set_wait_policy(CONTENDED, environ)
     sys.stdout.flush()
     sys.stderr.flush()

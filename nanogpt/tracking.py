@@ -3,7 +3,8 @@
 TensorBoard events are written into the run folder itself (results/runs/<run>/), so `tensorboard --logdir
 results/runs` names each run by its run name. Each run also carries a Custom Scalars layout (train and val loss
 on one chart), its settings for the HParams dashboard (written when training finishes; TensorBoard lists the
-settings that differ between the runs first, and the last value of every scalar as metrics), and the text of the samples drawn from it (nanogpt.sample). Only rank 0 tracks.
+settings that differ between the runs first, and the last value of every scalar as metrics), and the text of
+the samples drawn from it (nanogpt.sample). Only rank 0 tracks.
 """
 
 from __future__ import annotations
