@@ -150,8 +150,8 @@ def test_a_contended_process_chain_never_spins_again():
 
 
 @pytest.mark.parametrize("wanted, idle, waits", [
-    (2, 2.0, "spin"), (2, 1.8, "spin"), (2, 1.7, "passive"), (2, 0.3, "passive"),
-    (4, 3.9, "spin"), (4, 2.0, "passive"),  # a 4-thread run on 8 CPUs, half of them taken
+    (2, 2.0, "spin"), (2, 1.6, "spin"), (2, 1.4, "passive"), (2, 1.0, "passive"), (2, 0.3, "passive"),
+    (4, 3.6, "spin"), (4, 3.0, "passive"),  # a 4-thread run on 4 CPUs, one of them taken
     (2, None, "passive"),  # no /proc/stat: do not guess
 ])
 def test_spin_only_when_every_thread_finds_an_idle_cpu(wanted, idle, waits):
@@ -167,13 +167,17 @@ def test_one_thread_never_probes():
 def test_idle_cpus_from_the_kernels_counters(tmp_path):
     stat = tmp_path / "stat"
     lines = iter(["cpu  100 0 50 1000 10 0 0 0 0 0\ncpu0 ...\n",  # user nice system idle iowait irq softirq steal
-                  "cpu  200 0 100 1300 20 0 0 30 0 0\ncpu0 ...\n"])  # +100 +50 busy, +310 idle, +30 stolen: 490
+                  "cpu  200 0 100 1300 20 0 0 30 0 0\ncpu0 ...\n",  # +100 +50 busy, +310 idle, +30 stolen: 490
+                  "cpu  200 0 100 1300 20 0 0 30 0 0\ncpu0 ...\n",  # a second window:
+                  "cpu  210 0 100 1390 20 0 0 30 0 0\ncpu0 ...\n"])  # +10 busy, +90 idle: the idlest wins
 
     def sample():
         stat.write_text(next(lines))
         return threads.cpu_times(stat)
 
-    assert threads.idle_cpus(0, sample, cpus=2) == pytest.approx(2 * 310 / 490)
+    assert threads.idle_cpus(0, sample, cpus=2) == pytest.approx(2 * 90 / 100)  # not the first window's 1.27
+    lines = iter(["cpu  100 0 50 1000 10 0 0 0 0 0\n", "cpu  200 0 100 1300 20 0 0 30 0 0\n"])
+    assert threads.idle_cpus(0, sample, cpus=2, windows=1) == pytest.approx(2 * 310 / 490)
     stat.write_text("intr 1 2 3\n")
     assert threads.cpu_times(stat) is None and threads.cpu_times(tmp_path / "missing") is None
     if Path("/proc/stat").exists():
