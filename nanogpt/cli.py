@@ -181,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "nanogpt.launch", f"--run-device={run.train.device}", "--standalone",
                f"--nproc_per_node={run.launch.nproc_per_node}", "-m", "nanogpt.cli", *sys.argv[1:]]
         os.execv(sys.executable, cmd)
-    if world == 1 and "WORLD_SIZE" not in os.environ and run.train.device in ("cpu", "auto"):
+    if world == 1 and run.train.device in ("cpu", "auto"):  # alone, or torchrun's only worker (the pipeline)
         _choose_waits(run)
     from nanogpt.train import train
 

@@ -253,10 +253,13 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_a_spinning_run_that_meets_contention_goes_on_sleeping_with_the_same_weights(data_dir, tmp_path):
+@pytest.mark.parametrize("launcher", [[], ["-m", "nanogpt.launch", "--run-device=cpu", "--standalone",
+                                           "--nproc_per_node=1"]], ids=["alone", "torchrun"])
+def test_a_spinning_run_that_meets_contention_goes_on_sleeping_with_the_same_weights(data_dir, tmp_path, launcher):
     """`nanogpt train` spins while the CPUs are free; when its steps slow down it checkpoints and replaces
     itself by the same command with sleeping waits, which resumes: the run ends with the weights of a run that
-    slept throughout (same thread count), and its log says what happened."""
+    slept throughout (same thread count), and its log says what happened. Alone, and as the only worker of the
+    torchrun the pipeline starts."""
     entry = copy.deepcopy(tiny_config()["runs"]["tiny"])
     entry["train"].update(max_iters=30, lr_decay_iters=30, eval_interval=30, checkpoint_interval=None,
                           log_interval=10)
@@ -265,7 +268,7 @@ def test_a_spinning_run_that_meets_contention_goes_on_sleeping_with_the_same_wei
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", threads.WAITS_ENV)}
     env.update({threads.THREADS_ENV: "2", "PYTHONPATH": str(REPO)})
     runs = {}
-    for name, cmd, extra in (("spun", [str(tmp_path / "contention.py")], {}),
+    for name, cmd, extra in (("spun", [*launcher, str(tmp_path / "contention.py")], {}),
                              ("slept", ["-m", "nanogpt.cli"], {"OMP_WAIT_POLICY": "PASSIVE"})):
         proc = subprocess.run([sys.executable, *cmd, "train", "--spec", spec, "--name", "tiny",
                                "--data-dir", str(data_dir), "--out-dir", str(tmp_path / name)],
