@@ -141,9 +141,8 @@ def train_command(arm: Arm, iters: int, data: Path, ref_dir: Path, work: Path) -
 
 def machine_busy_s() -> float:
     """CPU seconds all cores spent busy since boot (/proc/stat), to tell other users' load during a run."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / CLK_TCK
+    idle, total = threads.cpu_times()
+    return (total - idle) / CLK_TCK
 
 
 def process_cpu_s(pid: int) -> float:

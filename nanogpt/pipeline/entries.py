@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import yaml
 
@@ -88,6 +89,13 @@ def _yaml_typed(value: object) -> object:
     return value
 
 
+def named(entries: dict, kind: str, name: str) -> Any:
+    """The entry called `name`, else a one-line error that lists the names there are."""
+    if name not in entries:
+        raise ConfigError(f"unknown {kind} {name!r}: expected one of {sorted(entries)}")
+    return entries[name]
+
+
 @dataclass
 class Pipeline:
     config: dict
@@ -108,9 +116,7 @@ class Pipeline:
         return self._section("datasets")
 
     def dataset(self, name: str) -> dict:
-        if name not in self.datasets():
-            raise ConfigError(f"unknown dataset {name!r}: expected one of {sorted(self.datasets())}")
-        return self.datasets()[name]
+        return named(self.datasets(), "dataset", name)
 
     def source_path(self, name: str) -> str:
         """What prepare reads: the downloaded text (`source`), the user's own text file (`path`), else the
@@ -190,10 +196,8 @@ class Pipeline:
         return self._inherited
 
     def run(self, name: str) -> RunConfig:
-        if name not in self.runs():
-            raise ConfigError(f"unknown run {name!r}: expected one of {sorted(self.runs())}")
         if name not in self._runs:
-            self._runs[name] = resolve_run(self.runs()[name], name)
+            self._runs[name] = resolve_run(named(self.runs(), "run", name), name)
         return self._runs[name]
 
     def run_spec(self, name: str) -> str:
@@ -268,9 +272,7 @@ class Pipeline:
         return self._section("samples")
 
     def sample_entry(self, name: str) -> dict:
-        if name not in self.samples():
-            raise ConfigError(f"unknown sample {name!r}: expected one of {sorted(self.samples())}")
-        return self.samples()[name]
+        return named(self.samples(), "sample", name)
 
     def sample_settings(self, name: str) -> SampleSettings:
         return resolve_sample(self.sample_entry(name), f"samples.{name}")
@@ -522,9 +524,7 @@ class Pipeline:
         return self._sweeps
 
     def sweep(self, name: str) -> Sweep:
-        if name not in self.sweeps():
-            raise ConfigError(f"unknown sweep {name!r}: expected one of {sorted(self.sweeps())}")
-        return self.sweeps()[name]
+        return named(self.sweeps(), "sweep", name)
 
     def check_sweeps(self) -> None:
         """Sweeps expand into valid, distinct runs, and `targets.sweeps` names sweeps (part of check())."""
