@@ -34,13 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nanogpt.threads import set_wait_policy  # noqa: E402
+from nanogpt.threads import available_cpus, choose_waits, describe_waits, set_wait_policy  # noqa: E402
 
-# The in-process sampling runs under `nanogpt sample`'s OpenMP waits (sleeping), both sides alike: libgomp reads
-# them once, when torch loads. They are then taken out again, so that nanoGPT's training subprocess runs with
-# libgomp's defaults (ours chooses its own).
+# The in-process sampling runs under the OpenMP waits `nanogpt sample --out` chooses (spinning while the CPUs are
+# free, else sleeping), both sides alike: libgomp reads them once, when torch loads. They are then taken out
+# again, so that nanoGPT's training subprocess runs with libgomp's defaults (ours chooses its own).
 _ENV_BEFORE = set(os.environ)
-set_wait_policy()
+set_wait_policy(choose_waits(available_cpus()))
+SAMPLING_WAITS = describe_waits()
 import torch  # noqa: E402
 
 for _name in set(os.environ) - _ENV_BEFORE:
@@ -266,6 +267,7 @@ def main() -> None:
     if not args.skip_sampling:
         rows += sampling(ref_mod, "GPT-2 124M shape", gpt2_cfg, lengths, estimate_ref_above=args.ref_measure_max)
     result["sampling"] = rows
+    result["sampling_waits"] = SAMPLING_WAITS
 
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, nanoGPT at {ref}")
     print(f"prepare (fresh process): ours {prep['ours_s']:.2f}s, nanoGPT {prep['ref_s']:.2f}s")
@@ -277,7 +279,8 @@ def main() -> None:
             print(f"  {label:<13} | {x['dtype']:<8} | {x['ms_per_iter']:7.2f} | {x['val_loss']:.4f} | {x['wall_s']:6.1f} "
                   f"| {x['cpu_s']:6.1f} | " + " ".join(f"{v:.1f}" for v in x["per_run_ms"])
                   + f" | {r['ms_per_iter'] / x['ms_per_iter']:.2f}x")
-    print("\nsampling (1 sample, temperature 0.8, top_k 200) | new tokens | ours tok/s | nanoGPT tok/s | ratio | "
+    print(f"\nsampling: {torch.get_num_threads()} threads, {SAMPLING_WAITS}, both sides")
+    print("sampling (1 sample, temperature 0.8, top_k 200) | new tokens | ours tok/s | nanoGPT tok/s | ratio | "
           "same samples")
     for row in rows:
         same = "-" if row["same_samples"] is None else ("yes" if row["same_samples"] else "NO")

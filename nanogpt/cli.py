@@ -225,8 +225,22 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.out and (args.stream or args.interactive):
         raise ConfigError(f"--out {args.out!r} with --{'interactive' if args.interactive else 'stream'}: expected "
                           "one of them (--stream and --interactive write to the terminal)")
-    with _gpu_slot(settings.device):
-        _sample(args, path, settings)
+    if settings.device in ("cpu", "auto") and not (args.stream or args.interactive):
+        _choose_sampling_waits()  # text already on a terminal could not be drawn again
+    try:
+        with _gpu_slot(settings.device):
+            _sample(args, path, settings)
+    except threads.ContendedError as e:
+        print(f"nanogpt sample: {e}; drawing the samples again in a fresh process whose OpenMP threads sleep when "
+              "they wait (the same threads, so the same samples)", file=sys.stderr)
+        threads.continue_passive()
+
+
+def _choose_sampling_waits() -> None:
+    """Spinning OpenMP waits while the CPUs are free (nanogpt.threads), before torch loads: a token is ~60 parallel
+    regions, each a wake-up of every sleeping thread."""
+    if "torch" not in sys.modules:
+        threads.set_wait_policy(threads.choose_waits(threads.available_cpus()))
 
 
 def _gpu_slot(device: str) -> contextlib.AbstractContextManager:
@@ -237,15 +251,22 @@ def _gpu_slot(device: str) -> contextlib.AbstractContextManager:
 
 
 def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> None:
+    import torch
+
     from nanogpt.runtime import place
     from nanogpt.sample import generate_samples, load_model_and_tokenizer, write_samples
 
     model, tok = load_model_and_tokenizer(source, meta_path=args.meta, mirror=args.mirror)
     placement = place(settings.device, settings.dtype, model.config.n_embd)
+    on_cpu = placement.device.type == "cpu"
+    if on_cpu:
+        torch.set_num_threads(threads.available_cpus())  # what the waits were chosen for (a container's quota)
     if args.interactive:
         _interactive(model, tok, settings, placement)
         return
-    samples, tps = generate_samples(model, tok, settings, placement, write=_terminal if args.stream else None)
+    spinning = on_cpu and os.environ.get(threads.WAITS_ENV) == threads.SPIN
+    samples, tps = generate_samples(model, tok, settings, placement, write=_terminal if args.stream else None,
+                                    each_token=threads.StepWatch() if spinning else None)
     if args.stream:
         _terminal("\n")
     elif args.out:
@@ -257,8 +278,9 @@ def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> 
         from nanogpt.sample import SEPARATOR
 
         print(SEPARATOR.join(samples))
-    print(f"{settings.num_samples} samples, {tps:.1f} tokens/s (seed {settings.seed}: the same settings draw the "
-          "same samples; another seed draws others)", file=sys.stderr)
+    where = f" on {torch.get_num_threads()} CPU threads, {threads.describe_waits()}" if on_cpu else ""
+    print(f"{settings.num_samples} samples, {tps:.1f} tokens/s{where} (seed {settings.seed}: the same settings draw "
+          "the same samples; another seed draws others)", file=sys.stderr)
 
 
 def _terminal(text: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from nanogpt.errors import ConfigError
 from nanogpt.model import GPT, Block, KVCache
@@ -139,7 +140,8 @@ def generate(
     out[:, :T0] = idx
     start = max(0, T0 - block)  # the context of token L is out[:, start:L]
     # the positions this call can fill: zeroing a whole window for 200 tokens was 1% of their time on a CPU
-    cache = KVCache(len(model.transformer.h), min(block, T0 - start + max_new_tokens)) if use_cache else None
+    max_len = min(block, T0 - start + max_new_tokens)
+    cache = KVCache(len(model.transformer.h), max_len, cache_dtype(model)) if use_cache else None
     graph = idx.device.type == "cuda" if cuda_graph is None else cuda_graph
     step = None
     for L in range(T0, T0 + max_new_tokens):
@@ -165,21 +167,82 @@ def generate(
 
 
 @contextlib.contextmanager
-def one_row_kernels(model: GPT, rows: int) -> Iterator[None]:
-    """A decoding step of one row with bf16 weights on a CPU runs its matmuls on ATen's reduced-precision GEMV
-    (oneDNN off for the step): the 124M shape's head takes 2.1 ms there against 4.7 in oneDNN, on 2 threads
-    (benchmarks/README.md, "A quiet machine"). Only for one row: at 64 rows ATen's bf16 matmul is 7x
-    slower than oneDNN's, so a prefill keeps oneDNN."""
+def one_row_kernels(model: GPT, rows: int, threads: int | None = None) -> Iterator[None]:
+    """A CPU decoding step of one row runs its matmuls on the kernels that stream weights fastest there
+    (benchmarks/README.md, "A quiet machine"):
+    - bf16 weights: ATen's reduced-precision GEMV (oneDNN off for the step): the 124M shape's head takes 2.1 ms
+      there against 4.7 in oneDNN, on 2 threads. Only for one row: at 64 rows ATen's bf16 matmul is 7x slower
+      than oneDNN's, so a prefill keeps oneDNN.
+    - fp32 column-major weights, on more than one thread: `SplitInputLinear`, one slice of the input dimension
+      per thread (`threads`, default torch's), where a weight has SPLIT_MIN_WEIGHT values or more.
+    Anything else runs as it would."""
     weight = model.lm_head.weight
-    if rows != 1 or weight.device.type != "cpu" or weight.dtype == torch.float32:
+    if rows != 1 or weight.device.type != "cpu":
         yield
-        return
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
+    elif weight.dtype == torch.float32:
+        threads = torch.get_num_threads() if threads is None else threads
+        largest = max(weight.numel(), 4 * model.config.n_embd**2)  # the head, or the MLP's matmuls
+        with SplitInputLinear(threads) if threads > 1 and largest >= SPLIT_MIN_WEIGHT else contextlib.nullcontext():
+            yield
+    else:
+        before = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            yield
+        finally:
+            torch.backends.mkldnn.enabled = before
+
+
+# Values of a weight from which a one-row fp32 matmul is split over the threads. On the 2-core machine, per token
+# on 2 threads: the 384-wide baby GPT (weights of 147K-590K values) 159 -> 197 tokens/s; the 128-wide CPU config
+# (65K and less) 645 -> 618, the function mode's own cost per op with nothing to gain.
+SPLIT_MIN_WEIGHT = 2**17
+
+
+class SplitInputLinear(TorchFunctionMode):
+    """One-row fp32 linears as `threads` partial products over slices of the input dimension, summed.
+
+    MKL runs a one-row sgemm on a single thread's memory bandwidth: on the 2-core machine the 124M shape's layer
+    weights took 23 ms per token on 2 threads and on 1. A column-major weight (K, N) in memory splits along K
+    into contiguous (K/threads, N) blocks, so a batched matmul streams one block per thread, no copy: 13 ms, and
+    the head 4.5 ms against 8.8. Each logit is then a sum of `threads` partial dot products, a rounding
+    different from one dot product's (within 1e-5 relative); nanoGPT's samples stay the same
+    (tests/test_generate.py). Other calls, weights under `min_weight` values (in cache, where the mode's own cost
+    outweighs the gain) and a K that `threads` does not divide run as they would."""
+
+    def __init__(self, threads: int, min_weight: int = SPLIT_MIN_WEIGHT):
+        super().__init__()
+        self.threads, self.min_weight = threads, min_weight
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, weight = args[0], args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            splits = self.splits_of(x, weight)
+            if splits > 1:
+                K = x.size(-1)
+                parts = torch.bmm(x.reshape(splits, 1, K // splits), weight.t().view(splits, K // splits, -1))
+                y = parts.sum(0).view(*x.shape[:-1], -1)
+                return y if bias is None else y + bias
+        return func(*args, **kwargs)
+
+    def splits_of(self, x: torch.Tensor, weight: torch.Tensor) -> int:
+        """How many slices this call is worth: 1 (as it would run) unless x is one fp32 row and the weight a
+        large column-major one; else the largest count up to `threads` that divides K."""
+        K = x.size(-1)
+        one_fp32_row = x.numel() == K and x.dtype == weight.dtype == torch.float32
+        if not one_fp32_row or weight.numel() < self.min_weight or not weight.t().is_contiguous():
+            return 1
+        return next(s for s in range(min(self.threads, K), 0, -1) if K % s == 0)
+
+
+def cache_dtype(model: GPT) -> torch.dtype | None:
+    """fp32 keys and values for bf16 weights on a CPU (they hold the bf16 values exactly): one query's attention
+    over 900 keys took 580 us per layer in the CPU's bf16 SDPA and 78 in its fp32 one (2-core machine, 2
+    threads). Elsewhere the cache keeps the model's dtype (None)."""
+    weight = model.lm_head.weight
+    return torch.float32 if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 else None
 
 
 def window_refresh_of(model: GPT, value: int | None) -> int:

@@ -29,8 +29,8 @@ class KVCache:
     whole cache of every layer at every step (quadratic in the sequence length).
     """
 
-    def __init__(self, n_layer: int, max_len: int):
-        self.max_len = max_len
+    def __init__(self, n_layer: int, max_len: int, dtype: torch.dtype | None = None):
+        self.max_len, self.dtype = max_len, dtype  # dtype: the keys' and values' (None: as the model gives them)
         self.length = 0  # positions filled so far (the same for every layer once a forward pass is done)
         self.k: list[torch.Tensor | None] = [None] * n_layer
         self.v: list[torch.Tensor | None] = [None] * n_layer
@@ -44,8 +44,8 @@ class KVCache:
             B, H, _, D = k.shape
             # zeros, not garbage: the fixed-shape decoding step (nanogpt.decoding) masks the unwritten positions,
             # and a NaN there would survive the mask
-            self.k[layer] = k.new_zeros(B, H, self.max_len, D)
-            self.v[layer] = v.new_zeros(B, H, self.max_len, D)
+            self.k[layer] = k.new_zeros(B, H, self.max_len, D, dtype=self.dtype or k.dtype)
+            self.v[layer] = v.new_zeros(B, H, self.max_len, D, dtype=self.dtype or v.dtype)
         kc, vc = self.k[layer], self.v[layer]
         kc[:, :, start:end] = k
         vc[:, :, start:end] = v
@@ -168,8 +168,10 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.size()
         start = 0 if cache is None else cache.length
         q, k, v = self.heads(x, start)
+        dtype = q.dtype
         if cache is not None:  # keys are stored rotated: a cached position keeps its rotation
             k, v = cache.update(layer, k, v)
+            q = q.to(k.dtype)  # a cache wider than the model's activations: attention in the cache's dtype
         if last_only and T > 1:
             q, T = q[:, :, -1:], 1
         dropout_p = self.dropout if self.training else 0.0
@@ -181,7 +183,7 @@ class CausalSelfAttention(nn.Module):
             S = k.size(2)
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
             y = attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.to(dtype).transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 

@@ -104,10 +104,12 @@ def _read_meta(path: Path) -> dict:
 
 
 def generate_samples(model: GPT, tok: Tokenizer, settings: SampleSettings, placement: Placement | None = None,
-                     use_cache: bool = True, write: Callable[[str], None] | None = None) -> tuple[list[str], float]:
+                     use_cache: bool = True, write: Callable[[str], None] | None = None,
+                     each_token: Callable[[], None] | None = None) -> tuple[list[str], float]:
     """Generate `num_samples` continuations of the prompt (on the CPU in fp32 unless placed); returns them and
     the tokens/s achieved. With `write`, each sample's text also goes to it as it is drawn, SEPARATOR between
-    two samples: together the very text the samples join to (the draws are the same)."""
+    two samples: together the very text the samples join to (the draws are the same). `each_token` is called
+    as each token is drawn (threads.StepWatch: an exception from it stops the generation)."""
     s = settings
     ids = encode_prompt(tok, read_prompt(s.start))
     placement = placement or CPU_FP32
@@ -119,7 +121,8 @@ def generate_samples(model: GPT, tok: Tokenizer, settings: SampleSettings, place
         if write is not None and i:
             write(SEPARATOR)
         stream = TextStream(tok, write, ids, echo=True) if write is not None else None
-        samples.append(tok.decode(draw_continuation(model, ids, s, placement, generator, stream, use_cache)))
+        samples.append(tok.decode(draw_continuation(model, ids, s, placement, generator, stream, use_cache,
+                                                    each_token)))
     elapsed = time.perf_counter() - t0
     return samples, s.num_samples * s.max_new_tokens / elapsed
 
@@ -132,13 +135,20 @@ def encode_prompt(tok: Tokenizer, prompt: str) -> list[int]:
 
 
 def draw_continuation(model: GPT, ids: list[int], s: SampleSettings, placement: Placement, generator: torch.Generator,
-              stream: TextStream | None, use_cache: bool = True) -> list[int]:
+                      stream: TextStream | None, use_cache: bool = True,
+                      each_token: Callable[[], None] | None = None) -> list[int]:
     """The prompt's ids and `max_new_tokens` drawn after them (each written to `stream` as it comes)."""
     x = torch.tensor(ids, dtype=torch.long, device=placement.device)[None, :]
-    on_token = None if stream is None else lambda token: stream.push(token.tolist())
+
+    def on_token(token: torch.Tensor) -> None:
+        if stream is not None:
+            stream.push(token.tolist())
+        if each_token is not None:
+            each_token()
+
     with generation_precision(model, placement):
         y = generate(model, x, s.max_new_tokens, s.temperature, s.top_k, use_cache=use_cache, generator=generator,
-                           on_token=on_token)
+                     on_token=on_token if stream is not None or each_token is not None else None)
     if stream is not None:
         stream.finish()
     return y[0].tolist()

@@ -11,8 +11,10 @@ nothing here). A training step has hundreds of parallel regions, and between two
   faster than 1 on the quiet machine (benchmarks/README.md, "A quiet machine").
 So a single-process CPU training spins (SPIN_COUNT) when its threads find idle CPUs at start (`choose_waits`),
 and sleeps otherwise; a spinning run whose steps slow down (`SpinGuard`: another process arrived) checkpoints
-and goes on in a fresh process that sleeps (nanogpt.train, nanogpt.cli). Every other process sleeps. libgomp
-reads the policy once, when torch is loaded, hence a fresh process. The policy changes no result.
+and goes on in a fresh process that sleeps (nanogpt.train, nanogpt.cli). `nanogpt sample` does the same when it
+writes its samples at the end (a StepWatch over its tokens; drawing them again gives the same samples); every
+other process sleeps. libgomp reads the policy once, when torch is loaded, hence a fresh process. The policy
+changes no result.
 
 Threads: one per MATMUL_WORK_PER_THREAD multiply-adds of the model's matmuls, within the CPUs the process was
 given: the CPU config (128 wide) on 2 cores uses both, a 64-wide model one. The count depends only on the CPUs
@@ -229,9 +231,28 @@ class SpinGuard:
         """The recent pace: the median of the last WINDOW steps (seconds)."""
         return statistics.median(self.recent)
 
+    def describe(self) -> str:
+        """What happened, for the log, once `contended` said so."""
+        return f"steps slowed from {self.pace * 1000:.1f} to {self.now() * 1000:.1f} ms: another process is using the CPUs"
+
 
 class ContendedError(Exception):
     """A spinning run stopped at a checkpoint because another process took its CPUs (SpinGuard)."""
+
+
+class StepWatch:
+    """A SpinGuard fed by a loop that calls this once per step (a sampling process: once per token, its time the
+    gap since the last call); raises ContendedError once the steps have slowed down."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.guard, self.clock = SpinGuard(), clock
+        self.last: float | None = None
+
+    def __call__(self, *_: object) -> None:
+        now = self.clock()
+        if self.last is not None and self.guard.contended(now - self.last):
+            raise ContendedError(self.guard.describe())
+        self.last = now
 
 
 def continue_passive(environ: MutableMapping[str, str] = os.environ) -> None:

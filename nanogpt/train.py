@@ -499,10 +499,8 @@ class Trainer:
         """Spinning OpenMP threads met another process on their CPUs (threads.SpinGuard): checkpoint, then the
         command goes on in a fresh process whose threads sleep when they wait (nanogpt.cli, cmd_train)."""
         self.save_periodic()
-        guard = self.spin_guard
-        self.log(f"steps slowed from {guard.pace * 1000:.1f} to {guard.now() * 1000:.1f} ms: another process is "
-                 f"using the CPUs. Checkpoint saved at iter {self.iter_num}; continuing from it in a fresh process "
-                 "whose OpenMP threads sleep when they wait (the same threads, so the same results)")
+        self.log(f"{self.spin_guard.describe()}. Checkpoint saved at iter {self.iter_num}; continuing from it in a "
+                 "fresh process whose OpenMP threads sleep when they wait (the same threads, so the same results)")
         self._close_logs()
         raise threads.ContendedError(self.iter_num)
 

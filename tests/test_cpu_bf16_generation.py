@@ -63,6 +63,34 @@ def test_bf16_cached_decoding_matches_its_full_forward():
         torch.testing.assert_close(logits, full[:, t].float(), atol=0.03, rtol=0.03)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_bf16_decoding_keeps_fp32_keys_and_values_closer_to_fp32(arch):
+    """`generate` keeps a bf16 model's keys and values in fp32 on the CPU (decoding.cache_dtype: the CPU's fp32
+    attention is the fast one): the values stored are the bf16 ones exactly, the activations stay bf16, and
+    the logits are at least as close to the fp32 model's as with a bf16 cache."""
+    from nanogpt.decoding import cache_dtype
+
+    fp32 = random_model(arch)
+    bf16 = copy.deepcopy(fp32)
+    generation_precision(bf16, CPU_BF16)
+    assert cache_dtype(bf16) == torch.float32 and cache_dtype(fp32) is None
+    idx = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(4))
+    caches = {dtype: KVCache(len(bf16.transformer.h), 32, dtype) for dtype in (torch.float32, None)}
+    errors = {}
+    with torch.no_grad():
+        want = fp32(idx, all_logits=True)[0]
+        for dtype, cache in caches.items():
+            bf16(idx[:, :10], cache=cache)
+            steps = torch.stack([bf16(idx[:, t : t + 1], cache=cache)[0][:, -1] for t in range(10, 20)], 1)
+            assert steps.dtype == torch.bfloat16
+            errors[dtype] = (steps.float() - want[:, 10:]).abs().max().item()
+    wide, narrow = caches[torch.float32], caches[None]
+    assert wide.k[0].dtype == torch.float32 and narrow.k[0].dtype == torch.bfloat16
+    assert torch.equal(wide.k[0][:, :, :20], narrow.k[0][:, :, :20].float())  # the first layer's keys, exactly
+    assert errors[torch.float32] <= errors[None] * 1.05 + 1e-3, errors
+    assert errors[torch.float32] < 0.05 * want.std().item()
+
+
 def test_bf16_samples_are_reproducible_and_mostly_the_fp32_ones():
     """Same seed, same samples; and on this model the bf16 text agrees with fp32's from its start."""
     tok = CharTokenizer([chr(ord("a") + i) if i < 26 else chr(ord("A") + i - 26) for i in range(VOCAB)])

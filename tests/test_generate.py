@@ -315,3 +315,65 @@ def test_column_major_weights_keep_nanogpts_samples() -> None:
     torch.testing.assert_close(col_logits, row_logits, rtol=1e-5, atol=1e-5)
     assert torch.equal(generate(model, prompt, 40, 1.0, None, generator=gen()), ref)
     assert len(set(ref[0, 3:].tolist())) > 20  # the draws really vary
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_one_row_steps_split_over_threads_keep_nanogpts_samples(threads: int, monkeypatch) -> None:
+    """On several threads a one-row fp32 step runs each linear as partial products over slices of its input
+    dimension, one per thread (decoding.SplitInputLinear): logits within 1e-5 of the unsplit step's, and
+    nanoGPT's samples. Prefills and several rows are not split."""
+    from nanogpt import decoding
+    from nanogpt.runtime import CPU_FP32
+    from nanogpt.sample import generation_precision
+
+    torch.manual_seed(4)
+    model = GPT(GPTConfig(block_size=64, vocab_size=4096, n_layer=2, n_head=4, n_embd=192, bias=True)).eval()
+    prompt = torch.tensor([[5, 6, 7]])
+    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    with torch.no_grad():
+        ref = reference_generate(model, prompt, 40, 1.0, None, gen())
+    generation_precision(model, CPU_FP32)
+    splits = []  # (weight values, slices) of each linear
+    measure = decoding.SplitInputLinear.splits_of
+    monkeypatch.setattr(decoding.SplitInputLinear, "splits_of",
+                        lambda self, x, w: splits.append((w.numel(), measure(self, x, w))) or splits[-1][1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            cache = KVCache(2, 64)
+            model(ref[:, :20], cache=cache)
+            assert not splits  # the prefill: not one row
+            plain, _ = model(ref[:, 20:21], cache=cache)
+            cache.length = 20
+            with decoding.one_row_kernels(model, 1):
+                split, _ = model(ref[:, 20:21], cache=cache)
+        assert len(splits) == 4 * 2 + 1  # 4 linears per layer, and the head
+        assert [n for n, k in splits if k == threads] == [n for n, _ in splits if n >= decoding.SPLIT_MIN_WEIGHT]
+        assert splits[-1] == (4096 * 192, threads) and splits[2] == (4 * 192 * 192, threads)  # head, MLP
+        torch.testing.assert_close(split, plain, rtol=1e-5, atol=1e-5)
+        assert torch.equal(generate(model, prompt, 40, 1.0, None, generator=gen()), ref)
+    finally:
+        torch.set_num_threads(before)
+    assert len(set(ref[0, 3:].tolist())) > 20  # the draws really vary
+
+
+def test_split_input_linear_leaves_what_it_cannot_split() -> None:
+    """Several rows, bf16, row-major or small weights and an input dimension with no divisor up to the thread count
+    run as F.linear; an input dimension gets the largest divisor up to the threads."""
+    from nanogpt.decoding import SplitInputLinear
+
+    col = torch.randn(30, 12).t().contiguous().t()
+    assert SplitInputLinear(5).splits_of(torch.randn(1, 12), col) == 1  # 360 values: in cache
+    mode = SplitInputLinear(5, min_weight=360)
+    assert mode.splits_of(torch.randn(1, 12), col) == 4
+    assert mode.splits_of(torch.randn(1, 1, 12), col) == 4
+    assert mode.splits_of(torch.randn(2, 12), col) == 1
+    assert mode.splits_of(torch.randn(1, 12), col.contiguous()) == 1
+    assert mode.splits_of(torch.randn(1, 12).bfloat16(), col.bfloat16()) == 1
+    prime = torch.randn(30, 7).t().contiguous().t()
+    assert SplitInputLinear(5, min_weight=1).splits_of(torch.randn(1, 7), prime) == 1  # 7 is prime
+    x, bias = torch.randn(1, 1, 12), torch.randn(30)
+    with mode:
+        y = F.linear(x, col, bias)
+    torch.testing.assert_close(y, F.linear(x, col, bias), rtol=1e-6, atol=1e-6)

@@ -283,3 +283,49 @@ def test_a_spinning_run_that_meets_contention_goes_on_sleeping_with_the_same_wei
     spun, slept = (torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("spun", "slept"))
     assert spun["iter_num"] == slept["iter_num"] == 30 and spun["cpu_threads"] == slept["cpu_threads"] == 2
     assert all(torch.equal(spun["model"][k], slept["model"][k]) for k in slept["model"])
+
+
+def test_step_watch_raises_once_the_steps_slow_down():
+    """A sampling process's StepWatch: the gap between two calls is a step; a hiccup passes, a slowdown of the
+    last WINDOW steps to SLOWDOWN x the first ones raises ContendedError, saying from what to what."""
+    now = [0.0]
+    watch = threads.StepWatch(clock=lambda: now[0])
+    guard = threads.SpinGuard
+    for gap in [0.010] * (guard.SKIP + guard.BASELINE) + [0.100] + [0.010] * guard.WINDOW:
+        now[0] += gap
+        watch()
+    with pytest.raises(threads.ContendedError, match=r"steps slowed from 10\.0 to 30\.0 ms: another process"):
+        for _ in range(guard.WINDOW):
+            now[0] += 0.030
+            watch()
+
+
+@pytest.mark.skipif(threads.available_cpus({}) < 2, reason="spinning waits need two CPUs")
+def test_a_spinning_sampler_that_meets_contention_draws_the_same_samples_sleeping(data_dir, tmp_path):
+    """`nanogpt sample --out` spins while the CPUs are free; when its tokens slow down it replaces itself by the
+    same command with sleeping waits, which writes the samples a sampler that slept throughout writes. Streamed
+    text cannot be drawn again: --stream never spins."""
+    entry = copy.deepcopy(tiny_config()["runs"]["tiny"])
+    entry["train"].update(max_iters=2, lr_decay_iters=2, eval_interval=2, eval_iters=1, checkpoint_interval=None)
+    train(resolve_run(entry, "tiny"), data_dir, tmp_path / "run", log=lambda *a: None)
+    (tmp_path / "contention.py").write_text(CONTENTION_AT_STEP)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", threads.WAITS_ENV)}
+    env.update({"OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO)})
+    args = ["sample", "--checkpoint", str(tmp_path / "run" / "model.pt"), "--num-samples", "2",
+            "--max-new-tokens", "40", "--device", "cpu"]
+    runs = {}
+    for name, cmd, extra in (("spun", [str(tmp_path / "contention.py")], ["--out", str(tmp_path / "spun.txt")]),
+                             ("slept", ["-m", "nanogpt.cli"], ["--out", str(tmp_path / "slept.txt")]),
+                             ("streamed", [str(tmp_path / "contention.py")], ["--stream"])):
+        proc = subprocess.run([sys.executable, *cmd, *args, *extra], env=env | {"OMP_WAIT_POLICY": "PASSIVE"}
+                              if name == "slept" else env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = proc
+    spun = runs["spun"].stderr
+    assert "steps slowed from" in spun and "drawing the samples again in a fresh process" in spun
+    assert "on 2 CPU threads, sleeping waits (the CPUs are shared)" in spun
+    assert (tmp_path / "spun.txt").read_text() == (tmp_path / "slept.txt").read_text()
+    assert "waits as set: OMP_WAIT_POLICY=PASSIVE" in runs["slept"].stderr
+    assert "on 2 CPU threads, sleeping waits" in runs["streamed"].stderr
+    assert "slowed" not in runs["streamed"].stderr
+    assert runs["streamed"].stdout.rstrip("\n") == (tmp_path / "slept.txt").read_text().rstrip("\n")
