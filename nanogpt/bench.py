@@ -48,7 +48,7 @@ def bench(run_overrides: dict, steps: int = 20, warmup: int = 5, data_dir: str |
         xb, yb = batch(i)
         t0 = time.perf_counter()
         with ctx:
-            _, loss = fwd(xb, yb)
+            _, loss = fwd(xb, yb, loss_chunk_rows=t.loss_chunk_rows)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 from nanogpt.errors import ConfigError
+from nanogpt.fused_loss import linear_cross_entropy
 from nanogpt.settings import GPTConfig
 
 
@@ -275,12 +276,14 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: KVCache | None = None,
         all_logits: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        loss_chunk_rows: int | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (and the loss when targets are given).
 
         Without targets only the last position's logits are computed (what generation needs), and the last
         layer runs attention output and MLP for that position alone, unless `all_logits` is set. With
         `cache`, `idx` continues the cached sequence, and its keys and values are appended to the cache.
+        With targets and `loss_chunk_rows`, the loss comes from nanogpt.fused_loss and no logits (None).
         """
         _, t = idx.size()
         start = 0 if cache is None else cache.length
@@ -298,6 +301,8 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += t
         x = self.transformer.ln_f(x)
+        if targets is not None and loss_chunk_rows:
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, loss_chunk_rows)
         if targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)

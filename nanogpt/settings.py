@@ -247,6 +247,10 @@ class TrainSettings:
     muon_weight_decay: float = setting(0.0, "Muon's decoupled weight decay", ge=0, le=100, used_with=_MUON)
     muon_adjust_lr: str = setting("original", "Muon's per-shape lr scale: original (sqrt(max(1, rows/cols))) or "
                                               "match_rms_adamw", choices=MUON_ADJUST_LR, used_with=_MUON)
+    loss_chunk_rows: int | None = setting(None, "the head and its loss this many rows at a time, gradients "
+                                                "included, instead of batch_size x block_size rows of logits at "
+                                                "once (nanogpt.fused_loss): less memory, the same loss up to "
+                                                "rounding", ge=1, le=2**30)
     eval_interval: int = setting(2000, "evaluate every this many steps", ge=1, le=MAX_ITERS, trajectory=False)
     eval_iters: int = setting(200, "batches per split in each evaluation", ge=1, le=10**6, trajectory=False)
     log_interval: int = setting(1, "log the loss every this many steps", ge=1, le=MAX_ITERS, trajectory=False)

@@ -527,7 +527,7 @@ class Trainer:
             no_sync = self.model.no_sync() if (d.enabled and not last) else contextlib.nullcontext()
             with no_sync:
                 with self.ctx:
-                    _, loss = self.model(x, y)
+                    _, loss = self.model(x, y, loss_chunk_rows=t.loss_chunk_rows)
                     loss = loss / self.accum
                 # fetch the next micro-batch while the backward pass runs on the GPU
                 nxt = (self.iter_num + 1, d.rank * self.accum) if last else (self.iter_num, d.rank * self.accum + micro + 1)
@@ -547,7 +547,7 @@ class Trainer:
     # ---- once in a while ------------------------------------------------------------------------------------
     def evaluate(self, lr: float) -> None:
         self.last_eval = estimate_loss(self.model, self.sampler, self.t.eval_iters, self.iter_num, self.ctx, self.d,
-                                       self.device)
+                                       self.device, self.t.loss_chunk_rows)
         self.log(f"step {self.iter_num}: train loss {self.last_eval['train']:.4f}, "
                  f"val loss {self.last_eval['val']:.4f}")
         if self.tracker:
@@ -666,7 +666,7 @@ class Trainer:
 
 @torch.no_grad()
 def estimate_loss(model: torch.nn.Module, sampler: BatchSampler, eval_iters: int, step: int, ctx, d: Dist,
-                  device: torch.device) -> dict[str, float]:
+                  device: torch.device, loss_chunk_rows: int | None = None) -> dict[str, float]:
     """Mean loss over `eval_iters` batches per split, shared out across ranks and averaged over all of them."""
     was_training = model.training
     model.eval()
@@ -677,7 +677,7 @@ def estimate_loss(model: torch.nn.Module, sampler: BatchSampler, eval_iters: int
         for k in range(d.rank, eval_iters, d.world_size):
             x, y = sampler.get_batch(split, step, k, for_eval=True)
             with ctx:
-                _, loss = model(x, y)
+                _, loss = model(x, y, loss_chunk_rows=loss_chunk_rows)
             total += loss.to(acc_dtype)
         if d.enabled:
             dist.all_reduce(total)
