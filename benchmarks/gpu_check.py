@@ -38,6 +38,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import types
 from pathlib import Path
@@ -55,6 +56,17 @@ BABY = {
     "launch": {"nproc_per_node": 1},
     "resources": {"gpus": 1, "cpus_per_task": 8, "mem_mb": 32000, "runtime": 60},
 }
+# runs.shakespeare_char_fast in config.yaml, over BABY (tests/test_gpu_check.py keeps the two equal): our fastest
+# recipe for the baby GPT, timed to TARGET_VAL_LOSS against nanoGPT's config
+FAST = {"base": "shakespeare_char", "model": {"arch": "modern"},
+        "train": {"optimizer": "muon", "muon_lr": 0.02, "learning_rate": 2.0e-3, "min_lr": 2.0e-4, "warmup_iters": 50,
+                  "max_iters": 1500, "lr_decay_iters": 1500}}
+TARGET_VAL_LOSS = 1.47  # nanoGPT's README: val 1.4697 after 5000 iterations of config/train_shakespeare_char.py
+RECIPE_EVAL_INTERVAL = 100  # both sides evaluate this often (200 batches per split, the config's), timed too
+VAL_LINE = re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)", re.M)  # nanoGPT's format, and ours
+# ours' 124M training step with one lever changed (step bench_variants), beside bench_ours
+BENCH_VARIANTS = {"loss_chunk_rows=4096": {"loss_chunk_rows": 4096}, "batch_size=32": {"batch_size": 32},
+                  "arch=modern, optimizer=muon": {"arch": "modern", "optimizer": "muon"}}
 GPT2_SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304, "bias": False,
               "dropout": 0.0}
 TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64}
@@ -62,8 +74,8 @@ TINY_TRAIN = {"batch_size": 8, "eval_iters": 5, "log_interval": 5}
 TINY_GEN = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "vocab_size": 512, "bias": False,
             "dropout": 0.0}
 # Each step's own limit on a GPU (the CPU smoke test doubles them); the overall --budget bounds their sum.
-TIMEOUTS = {"probes": 120, "train_ours": 180, "train_ref": 180, "generate": 90, "bench_ours": 120, "bench_ref": 120,
-            "autotune": 120, "decode": 90}
+TIMEOUTS = {"probes": 120, "train_ours": 180, "train_ref": 180, "generate": 120, "bench_ours": 120, "bench_ref": 120,
+            "bench_variants": 300, "recipe_ours": 150, "recipe_ref": 240, "autotune": 120, "decode": 90}
 MIN_STEP_S = 30  # a step is skipped when less than this is left of the budget
 WARMUP_ITERS = 10  # logged iterations below this are compile / warm-up, left out of the medians
 OPTIONAL = {"yaml": "config.yaml loading (not used here)",
@@ -110,6 +122,29 @@ def device_info() -> dict:
     name, cap = torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
     return {"device": "cuda", "name": name, "capability": list(cap),
             "peak_bf16": gpu_peak_flops(name, cap, torch.bfloat16), "peak_fp32": gpu_peak_flops(name, cap, torch.float32)}
+
+
+# Memory bandwidth (bytes/s) by card name, first match wins: what one generated token, which reads every weight
+# once, can at best stream. Vendors' data sheets.
+GPU_MEMORY_BANDWIDTH: list[tuple[str, float]] = [
+    (r"H100.*\bPCIe\b", 2.0e12), (r"H100.*\bNVL\b", 3.9e12), (r"\bH100\b", 3.35e12),
+    (r"H200.*\bNVL\b", 4.8e12), (r"\bH200\b", 4.8e12), (r"\bA100\b.*80GB", 2.039e12), (r"\bA100\b", 1.555e12),
+]
+
+
+def memory_bandwidth(name: str) -> float | None:
+    return next((v for pattern, v in GPU_MEMORY_BANDWIDTH if re.search(pattern, name)), None)
+
+
+def bytes_per_token(model: torch.nn.Module, new_tokens: int) -> float:
+    """What decoding one token reads, on average over `new_tokens` tokens from a 1-token prompt: every weight
+    once (the tied embedding once; the position table's one row is left out) and the keys and values so far."""
+    weights = {id(t): t for t in model.parameters()}
+    wpe = getattr(model.transformer, "wpe", None)
+    total = sum(t.numel() * t.element_size() for k, t in weights.items() if wpe is None or k != id(wpe.weight))
+    cfg = model.config
+    kv_per_position = 2 * cfg.n_layer * cfg.n_embd * next(model.parameters()).element_size()
+    return total + kv_per_position * (1 + new_tokens) / 2
 
 
 def mfu(shape: dict, batch_seqs: int, ms: float | None, peak: float | None) -> float | None:
@@ -185,6 +220,62 @@ def step_train_ref(p: dict) -> dict:
     return {**timing, "best_val_loss": min(vals), "final_val_loss": vals[-1], "wall_s": wall}
 
 
+def step_recipe_ours(p: dict) -> dict:
+    """Our fastest recipe for the baby GPT (FAST) from process start to the first eval at or below the target."""
+    from nanogpt.config import inherit_runs, resolve_run
+    from nanogpt.train import train
+
+    shutil.rmtree(p["out_dir"], ignore_errors=True)
+    entry = inherit_runs({"shakespeare_char": BABY, "shakespeare_char_fast": FAST})["shakespeare_char_fast"]
+    run = resolve_run(entry, "shakespeare_char_fast", p["overrides"])
+    evals: list[dict] = []
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        found = VAL_LINE.match(line)
+        if found:
+            evals.append({"iter": int(found[1]), "val_loss": float(found[2]), "s": time.time() - p["launched_at"]})
+
+    m = train(run, p["data_dir"], p["out_dir"], log=log)
+    return {**time_to_target(evals, p["target"]), "iters": m["iters"], "final_val_loss": m["val_loss"],
+            "wall_s": time.time() - p["launched_at"], "recipe": entry["train"] | {"arch": entry["model"]["arch"]}}
+
+
+def step_recipe_ref(p: dict) -> dict:
+    """nanoGPT's baby GPT config (5000 iterations) from process start to the first eval at or below the target;
+    its output is read as it comes, and the run is stopped there (or at the step's timeout)."""
+    args = [f"--{k}={v}" for k, v in p["overrides"].items()] + [f"--out_dir={p['out_dir']}"]
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", *args]
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=p["ref_root"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    timer = threading.Timer(p["timeout"], proc.kill)
+    timer.start()
+    lines, evals = [], []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            found = VAL_LINE.match(line)
+            if found:
+                evals.append({"iter": int(found[1]), "val_loss": float(found[2]), "s": time.time() - t0})
+                if evals[-1]["val_loss"] <= p["target"]:
+                    break
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+        Path(p["log"]).write_text("".join(lines))
+    if not evals:
+        raise RuntimeError(f"no eval lines in nanoGPT's output:\n{''.join(lines)[-2000:]}")
+    return {**time_to_target(evals, p["target"]), "wall_s": time.time() - t0}
+
+
+def time_to_target(evals: list[dict], target: float) -> dict:
+    """When (seconds from process start) and at which iteration the val loss first reached `target`."""
+    hit = next((e for e in evals if e["val_loss"] <= target), None)
+    return {"target": target, "time_to_target_s": hit and hit["s"], "iter_at_target": hit and hit["iter"],
+            "best_val_loss": min(e["val_loss"] for e in evals) if evals else None, "evals": evals}
+
+
 def parse_iteration_times(log: str, eval_interval: int, eval_offset: int) -> dict:
     """Median ms/iter over `iter N: loss X, time Yms` lines (nanoGPT's format, which ours shares), leaving out
     warm-up iterations and the ones whose time includes an eval (N % eval_interval == eval_offset)."""
@@ -198,10 +289,16 @@ def parse_iteration_times(log: str, eval_interval: int, eval_offset: int) -> dic
 def step_generate(p: dict) -> dict:
     """Both models hold the same random weights; each samples from a 1-token prompt with the same seed.
 
-    Ours runs twice: as it runs by default (CUDA-graph decoding on CUDA) and with the eager KV cache.
+    Ours runs in fp32 as it runs by default (CUDA-graph decoding, the draw inside the graph, on CUDA) and with
+    the eager KV cache; and with bf16 weights, cast once (`nanogpt sample --dtype bfloat16`), with the share of
+    the card's memory bandwidth that its bytes per token reach.
     """
+    import copy
+
     from nanogpt.decoding import generate
     from nanogpt.model import GPT, GPTConfig
+    from nanogpt.runtime import Placement
+    from nanogpt.sample import generation_precision
 
     device = torch.device(p["device"])
     torch.set_float32_matmul_precision("highest")  # true fp32 on both sides: the samples should match exactly
@@ -209,8 +306,11 @@ def step_generate(p: dict) -> dict:
     ours = GPT(GPTConfig(**p["shape"])).eval().to(device)
     # window_refresh=1: past block_size (the tiny CPU shape), nanoGPT's per-token cropping, so samples compare
     sampling = {"temperature": 0.8, "top_k": 200, "window_refresh": 1}
+    ours_bf16 = copy.deepcopy(ours)
+    generation_precision(ours_bf16, Placement(device, torch.bfloat16))
     sides = {"ours": lambda n: generate(ours, PROMPT(device), n, **sampling),
-             "ours_eager": lambda n: generate(ours, PROMPT(device), n, cuda_graph=False, **sampling)}
+             "ours_eager": lambda n: generate(ours, PROMPT(device), n, cuda_graph=False, **sampling),
+             "ours_bf16": lambda n: generate(ours_bf16, PROMPT(device), n, **sampling)}
     if p.get("ref"):
         mod = load_module(Path(p["ref"]) / "model.py", "nanogpt_reference_model")
         theirs = mod.GPT(mod.GPTConfig(**p["shape"])).eval().to(device)
@@ -223,6 +323,14 @@ def step_generate(p: dict) -> dict:
         for name, draw in sides.items():
             time_generate(draw, 4, device)  # warm-up: kernels, allocator, graph capture
             row[f"{name}_tok_s"], samples[name] = time_generate(draw, n, device)
+        bandwidth = memory_bandwidth(torch.cuda.get_device_name(0)) if device.type == "cuda" else None
+        for name, model in (("ours", ours), ("ours_bf16", ours_bf16)):
+            row[f"{name}_bytes_per_token"] = bytes_per_token(model, n)
+            if bandwidth:
+                row[f"{name}_bandwidth_share"] = row[f"{name}_tok_s"] * row[f"{name}_bytes_per_token"] / bandwidth
+        row["ours_bf16_vs_fp32"] = row["ours_bf16_tok_s"] / row["ours_tok_s"]
+        if not torch.equal(samples["ours_bf16"], samples["ours"]):  # bf16 draws fp32's tokens for a while
+            row["ours_bf16_first_difference_from_fp32"] = int((samples["ours_bf16"] != samples["ours"]).nonzero()[0, 1])
         for name in ("ours", "ours_eager"):
             if "nanoGPT" in samples:
                 row[f"{name}_ratio"] = row[f"{name}_tok_s"] / row["nanoGPT_tok_s"]
@@ -254,6 +362,25 @@ def step_bench_ours(p: dict) -> dict:
     r = bench(p["overrides"], steps=p["steps"], warmup=p["warmup"])
     return {"ms_per_iter": r["median_ms_per_iter"], "tokens_per_s": r["tokens_per_sec"], "first_step_s": r["first_step_s"],
             "dtype": r["dtype"]}
+
+
+def step_bench_variants(p: dict) -> dict:
+    """bench_ours' step with one lever changed at a time (BENCH_VARIANTS), each measured on its own."""
+    from nanogpt.bench import bench
+
+    out = {}
+    for name, change in p["variants"].items():
+        try:
+            r = bench({**p["overrides"], **change}, steps=p["steps"], warmup=p["warmup"])
+            out[name] = {"ms_per_iter": r["median_ms_per_iter"], "tokens_per_s": r["tokens_per_sec"],
+                         "mfu": r["mfu"], "first_step_s": r["first_step_s"]}
+        except Exception as e:  # noqa: BLE001 - one variant failing (memory, compile) leaves the others
+            out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        print(name, out[name], flush=True)
+        torch._dynamo.reset()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return {"variants": out}
 
 
 def step_bench_ref(p: dict) -> dict:
@@ -340,6 +467,7 @@ def step_probes(p: dict) -> dict:
 
 STEPS = {"probes": step_probes, "train_ours": step_train_ours, "train_ref": step_train_ref,
          "generate": step_generate, "bench_ours": step_bench_ours, "bench_ref": step_bench_ref,
+         "bench_variants": step_bench_variants, "recipe_ours": step_recipe_ours, "recipe_ref": step_recipe_ref,
          "autotune": step_probes, "decode": step_decode}
 
 
@@ -430,17 +558,29 @@ def plan(args: argparse.Namespace, info: dict, data: Path, ref_root: Path | None
              {**{k: GPT2_SHAPE[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "bias", "dropout")},
               "batch_size": 16, "dtype": "bfloat16", "device": "cuda", "compile": compile_})
     gen_shape = TINY_GEN if tiny else GPT2_SHAPE
+    bench_steps = {"steps": 3 if tiny else 20, "warmup": 1 if tiny else 10}
+    variants = {(k.replace("4096", "64") if tiny else k): {kk: 64 if tiny and kk == "loss_chunk_rows" else vv
+                                                          for kk, vv in v.items()} for k, v in BENCH_VARIANTS.items()}
+    recipe = ({**train_overrides(20, True, compile_), "warmup_iters": 2} if tiny else
+              {"eval_interval": RECIPE_EVAL_INTERVAL, "log_interval": 10, "compile": compile_})
+    target = 10.0 if tiny else TARGET_VAL_LOSS  # tiny: the first eval reaches it, so every branch runs
+    # In order of importance: what the last GPU call did not measure comes first.
     steps = {
+        "bench_ours": {"overrides": bench, **bench_steps},
+        "bench_ref": {"overrides": {"batch_size": 16, "real_data": False, "compile": compile_},
+                      "ref_root": str(ref_root), "tokens_per_step": 16 * 1024},
+        "bench_variants": {"overrides": bench, "variants": variants, **bench_steps},
+        "generate": {"device": info["device"], "shape": gen_shape,
+                     "lengths": [16, 80] if tiny else [200, 1000], "ref": str(args.nanogpt) if ref_root else None},
+        "recipe_ours": {"overrides": recipe, "data_dir": str(data), "out_dir": str(work / "ours-recipe"),
+                        "target": target},
+        "recipe_ref": {"overrides": recipe, "ref_root": str(ref_root), "out_dir": str(work / "ref-recipe"),
+                       "target": target},
+        "train_ours": {"overrides": train, "data_dir": str(data), "out_dir": str(work / "ours-run")},
+        "train_ref": {"overrides": train, "ref_root": str(ref_root), "out_dir": str(work / "ref-run")},
         "probes": {"device": info["device"], "data_dir": str(data), "work": str(work), "baby": BABY,
                    "overrides": {k: v for k, v in train.items() if k not in ("max_iters", "lr_decay_iters")},
                    "gen_shape": TINY_GEN if tiny else {**gen_shape, "n_layer": 6, "n_head": 6, "n_embd": 384}},
-        "train_ours": {"overrides": train, "data_dir": str(data), "out_dir": str(work / "ours-run")},
-        "train_ref": {"overrides": train, "ref_root": str(ref_root), "out_dir": str(work / "ref-run")},
-        "generate": {"device": info["device"], "shape": gen_shape,
-                     "lengths": [16, 80] if tiny else [200, 1000], "ref": str(args.nanogpt) if ref_root else None},
-        "bench_ours": {"overrides": bench, "steps": 3 if tiny else 20, "warmup": 1 if tiny else 10},
-        "bench_ref": {"overrides": {"batch_size": 16, "real_data": False, "compile": compile_},
-                      "ref_root": str(ref_root), "tokens_per_step": 16 * 1024},
         "autotune": {"device": info["device"], "only": ["compile_fp32"], "mode": "max-autotune"},
         "decode": {"device": info["device"], "shape": gen_shape, "tokens": 80 if tiny else 1000,
                    "ref": str(args.nanogpt) if ref_root else None},
@@ -448,7 +588,7 @@ def plan(args: argparse.Namespace, info: dict, data: Path, ref_root: Path | None
     if not cuda:
         del steps["autotune"]  # inductor's max-autotune benchmarks GPU kernels
     if ref_root is None:
-        del steps["train_ref"], steps["bench_ref"]
+        del steps["train_ref"], steps["bench_ref"], steps["recipe_ref"]
     elif not cuda:
         del steps["bench_ref"]  # nanoGPT's bench.py calls torch.cuda.synchronize() and builds the 124M model
     return steps
@@ -501,9 +641,25 @@ def print_table(r: dict) -> None:
                 row.get(f"{side}_identical"), "")
             rows.append((f"generate {row['new_tokens']} tokens, ours {label}: tok/s, {same}", row.get(f"{side}_tok_s"),
                          row.get("nanoGPT_tok_s"), "", ".1f"))
+        share = row.get("ours_bf16_bandwidth_share")
+        rows.append((f"generate {row['new_tokens']} tokens, ours bf16 weights: tok/s"
+                     + (f", {share:.1%} of the memory bandwidth" if share else ""), row.get("ours_bf16_tok_s"),
+                     row.get("nanoGPT_tok_s"), "", ".1f"))
     bo, bn = s.get("bench_ours", {}), s.get("bench_ref", {})
     rows += [("train step (bench): tokens/s", bo.get("tokens_per_s"), bn.get("tokens_per_s"), "", ".0f"),
              ("train step (bench): MFU", bo.get("mfu"), bn.get("mfu"), "", ".3f")]
+    for name, v in s.get("bench_variants", {}).get("variants", {}).items():
+        rows += [(f"train step, {name}: tokens/s", v.get("tokens_per_s"), bn.get("tokens_per_s"), "", ".0f"),
+                 (f"train step, {name}: MFU", v.get("mfu"), bn.get("mfu"), "", ".3f")]
+    ro, rn = s.get("recipe_ours", {}), s.get("recipe_ref", {})
+    if ro or rn:
+        target = ro.get("target", rn.get("target"))
+        rows += [(f"baby GPT to val {target}: s from process start (ours: fast recipe)", ro.get("time_to_target_s"),
+                  rn.get("time_to_target_s"), "inv", ".1f"),
+                 (f"baby GPT to val {target}: iteration", ro.get("iter_at_target"), rn.get("iter_at_target"), None,
+                  ".0f"),
+                 ("baby GPT recipe: best val loss seen", ro.get("best_val_loss"), rn.get("best_val_loss"), None,
+                  ".4f")]
     for label, ours, ref, kind, spec in rows:
         ratio = None
         if ours and ref and kind is not None:

@@ -13,6 +13,7 @@ rotary angles are read at the position tensor inside the graph.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
@@ -34,52 +35,107 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     return F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v
 
 
+@dataclasses.dataclass(frozen=True)
+class Draw:
+    """nanoGPT's draw of the next token (sample_next) with fixed settings: what a decoding step can record."""
+
+    temperature: float
+    top_k: int | None
+    generator: torch.Generator | None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return sample_next(logits, self.temperature, self.top_k, self.generator)
+
+
 class StaticDecodeStep:
-    """Logits of the next token given the token at position `pos`, over a KVCache filled up to `pos`.
+    """Logits of the next token given the token at position `pos`, over a KVCache filled up to `pos`; with `draw`,
+    the next token itself (B, 1), drawn inside the step.
 
     On CUDA (`use_graph`) the step is captured as a graph at its first call and replayed afterwards; elsewhere
     it runs eagerly (the same arithmetic, which is how the CPU tests check it). The graph holds the cache's
     buffers, not its length: after `KVCache.reset` and a new prefill (generation past block_size recomputes
     the window that way) the same step continues from the new position, and the mask hides the stale keys.
+
+    A draw inside the graph saves the sampling's ~10 kernel launches per token. Its random numbers come from
+    the generator's state at each replay, which the replay then advances as the eager draw would, so the
+    samples are the eager ones for the same seed. That relies on CUDA's graph-safe generators: if a replay
+    leaves the generator where it was, the step draws eagerly from the replayed logits from then on.
     """
 
-    def __init__(self, model: GPT, cache: KVCache, batch: int, use_graph: bool):
+    def __init__(self, model: GPT, cache: KVCache, batch: int, use_graph: bool, draw: Draw | None = None):
         device = model.lm_head.weight.device
-        self.model, self.cache, self.use_graph = model, cache, use_graph
+        self.model, self.cache, self.use_graph, self.draw = model, cache, use_graph, draw
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.positions = torch.arange(cache.max_len, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
+        self.drawn: torch.Tensor | None = None
+        self.draw_in_graph = draw is not None  # until a replay shows the generator does not advance
 
     def __call__(self, token: torch.Tensor, pos: int) -> torch.Tensor:
-        """(B, 1, vocab) logits; the returned tensor is overwritten by the next call."""
+        """(B, 1, vocab) logits, or with `draw` (B, 1) token ids; the returned tensor is overwritten by the next
+        call."""
         self.token.copy_(token)
         self.pos.fill_(pos)
         self.cache.length = pos + 1  # host-side bookkeeping only, as the plain cached forward keeps it
         if not self.use_graph:
-            return self._step()
+            logits = self._logits()
+            return logits if self.draw is None else self.draw(logits[:, -1, :])
         if self.graph is None:
             self._capture()
+        offset = self._generator_offset()
         self.graph.replay()
-        return self.logits
+        if self.draw is None:
+            return self.logits
+        if self.draw_in_graph and (offset is None or self._generator_offset() == offset):
+            self.draw_in_graph = False  # no graph-safe generator here: draw outside the graph
+        return self.drawn if self.draw_in_graph else self.draw(self.logits[:, -1, :])
 
     def _capture(self) -> None:
         """Warm up on a side stream (cuBLAS handles, allocator), then record one step. The warm-up computes the
-        current step for real, and writing the same key and value at the same position again is harmless."""
+        current step for real, and writing the same key and value at the same position again is harmless; its
+        draws are undone (the generator's state restored) so that the first replay draws what eager would."""
         autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
                                   enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        generator = self._generator()
+        state = generator.get_state() if generator is not None else None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), autocast:
             for _ in range(2):
-                self._step()
+                self._record()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
+        if generator is not None:
+            generator.set_state(state)
+            if self.draw.generator is not None:  # the default generator is registered by the capture itself
+                self.graph.register_generator_state(generator)
         with torch.cuda.graph(self.graph), autocast:
-            self.logits = self._step()
+            self._record()
 
-    def _step(self) -> torch.Tensor:
+    def _record(self) -> None:
+        self.logits = self._logits()
+        if self.draw is not None:
+            self.drawn = self.draw(self.logits[:, -1, :])
+
+    def _generator(self) -> torch.Generator | None:
+        """The generator the draw uses (the device's default one when it was given none)."""
+        if self.draw is None:
+            return None
+        if self.draw.generator is not None:
+            return self.draw.generator
+        device = self.token.device
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+
+    def _generator_offset(self) -> int | None:
+        generator = self._generator()
+        try:
+            return None if generator is None else generator.get_offset()
+        except (AttributeError, RuntimeError):  # no offset to read: assume nothing
+            return None
+
+    def _logits(self) -> torch.Tensor:
         t = self.model.transformer
         x = self.model.embed(self.token, self.pos)
         mask = (self.positions <= self.pos).view(1, 1, 1, -1)  # the keys written so far, this one included
@@ -128,8 +184,8 @@ def generate(
     thus drawn from at least block_size - window_refresh + 1 tokens of context. `window_refresh=1` is
     nanoGPT's per-token cropping exactly; the cache-free path (`use_cache=False`) follows the same rule.
 
-    `cuda_graph` (default: on CUDA): each cached step is one replay of a captured CUDA graph
-    (StaticDecodeStep), instead of ~15 kernel launches per layer issued from Python.
+    `cuda_graph` (default: on CUDA): each cached step, the draw included, is one replay of a captured CUDA graph
+    (StaticDecodeStep), instead of ~15 kernel launches per layer and ~10 for the draw issued from Python.
 
     `on_token` is called with each new token (B,) as soon as it is drawn (streaming); it draws nothing.
     """
@@ -143,6 +199,7 @@ def generate(
     max_len = min(block, T0 - start + max_new_tokens)
     cache = KVCache(len(model.transformer.h), max_len, cache_dtype(model)) if use_cache else None
     graph = idx.device.type == "cuda" if cuda_graph is None else cuda_graph
+    draw = Draw(temperature, top_k, generator)
     step = None
     for L in range(T0, T0 + max_new_tokens):
         if L - start > block:  # the context outgrew the window: recompute it from its last `keep` tokens
@@ -151,16 +208,15 @@ def generate(
             if cache is not None:
                 cache.reset()
         if cache is None:  # cache-free: the whole context
-            logits, _ = model(out[:, start:L])
+            out[:, L : L + 1] = draw(model(out[:, start:L])[0][:, -1, :])
         elif cache.length == 0:  # prefill: the prompt, or the window after a refresh
-            logits, _ = model(out[:, start:L], cache=cache)
-        elif graph:  # one new token at position L - 1 - start, one replay
-            step = step or StaticDecodeStep(model, cache, B, use_graph=True)
-            logits = step(out[:, L - 1 : L], L - 1 - start)
+            out[:, L : L + 1] = draw(model(out[:, start:L], cache=cache)[0][:, -1, :])
+        elif graph:  # one new token at position L - 1 - start, drawn inside one replay
+            step = step or StaticDecodeStep(model, cache, B, use_graph=True, draw=draw)
+            out[:, L : L + 1] = step(out[:, L - 1 : L], L - 1 - start)
         else:  # one new token at position L - 1 - start
             with one_row_kernels(model, B):
-                logits, _ = model(out[:, L - 1 : L], cache=cache)
-        out[:, L : L + 1] = sample_next(logits[:, -1, :], temperature, top_k, generator)
+                out[:, L : L + 1] = draw(model(out[:, L - 1 : L], cache=cache)[0][:, -1, :])
         if on_token is not None:
             on_token(out[:, L])
     return out

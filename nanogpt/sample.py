@@ -218,16 +218,18 @@ def interactive(model: GPT, tok: Tokenizer, settings: SampleSettings, placement:
 
 
 def generation_precision(model: GPT, placement: Placement) -> contextlib.AbstractContextManager:
-    """The context to generate in, with the model's weights prepared for it once, in place. On a CPU each token
-    streams every weight through one-row matmuls, which run near memory speed only in their kernel's layout
-    (benchmarks/README.md, "A quiet machine"):
-    - bf16: the weights cast to bf16 (half the bytes of fp32, and no op recast per token as under autocast's
-      fp32 layer norms), row-major, the layout of ATen's one-row bf16 kernel (`decoding.one_row_kernels`);
-    - fp32: the weights column-major, as MKL's one-row sgemm streams them at 1.7x the speed of row-major ones.
-      Each output is the same dot product, so the samples stay nanoGPT's.
-    Elsewhere: the placement's autocast."""
-    if placement.device.type == "cpu" and placement.dtype == torch.bfloat16:
-        lay_out_weights(model.to(torch.bfloat16), column_major=False)
+    """The context to generate in, with the model's weights prepared for it once, in place. Each token streams
+    every weight once, so generation is bound by memory:
+    - bf16, on any device: the weights cast to bf16 once (half the bytes of fp32, where autocast would read the
+      fp32 weights and cast them again at every token; and no op recast for fp32 layer norms). On a CPU they
+      stay row-major, the layout of ATen's one-row bf16 kernel (`decoding.one_row_kernels`).
+    - fp32 on a CPU: the weights column-major, as MKL's one-row sgemm streams them at 1.7x the speed of
+      row-major ones (benchmarks/README.md, "A quiet machine"); the samples stay nanoGPT's.
+    Otherwise (fp16, fp32 on a GPU): the placement's autocast."""
+    if placement.dtype == torch.bfloat16:
+        model.to(torch.bfloat16)
+        if placement.device.type == "cpu":
+            lay_out_weights(model, column_major=False)
         return contextlib.nullcontext()
     if placement.device.type == "cpu" and placement.dtype == torch.float32:
         lay_out_weights(model, column_major=True)

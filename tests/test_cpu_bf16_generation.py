@@ -3,6 +3,7 @@ the logits stay close to the fp32 model's. Small random models, so the bounds ar
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -125,3 +126,19 @@ def test_one_row_decoding_steps_skip_onednn_and_stay_close_to_fp32():
                 got = bf16(idx[:, t : t + 1], cache=cache)[0][:, -1].float()
             want = fp32(idx[:, : t + 1])[0][:, -1]
             assert (got - want).abs().max().item() < 0.05 * want.std().item()
+
+
+def test_bf16_generation_casts_the_weights_once_on_a_gpu_too():
+    """On a GPU a bf16 placement also casts the weights once (no autocast re-reading fp32 weights at every token);
+    the CPU's row-major layout is a CPU matter. fp32 on a GPU keeps its weights and autocasts as before."""
+    model = random_model("gpt2")
+    cuda_bf16 = Placement(torch.device("cuda"), torch.bfloat16)
+    strides = [p.stride() for p in model.parameters()]
+    assert isinstance(generation_precision(model, cuda_bf16), contextlib.nullcontext)  # no autocast
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert [p.stride() for p in model.parameters()] == strides
+    fp32 = random_model("gpt2")
+    strides = [p.stride() for p in fp32.parameters()]
+    generation_precision(fp32, Placement(torch.device("cuda"), torch.float32))
+    assert all(p.dtype == torch.float32 for p in fp32.parameters())
+    assert [p.stride() for p in fp32.parameters()] == strides

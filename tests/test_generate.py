@@ -90,8 +90,8 @@ def eager_fixed_shape_step(monkeypatch) -> list:
     original = decoding.StaticDecodeStep.__init__
     made = []
 
-    def eager_init(self, *args, use_graph: bool):  # same step, never captured
-        original(self, *args, use_graph=False)
+    def eager_init(self, *args, use_graph: bool, **kwargs):  # same step, never captured
+        original(self, *args, use_graph=False, **kwargs)
         made.append(self)
 
     monkeypatch.setattr(decoding.StaticDecodeStep, "__init__", eager_init)
@@ -377,3 +377,45 @@ def test_split_input_linear_leaves_what_it_cannot_split() -> None:
     with mode:
         y = F.linear(x, col, bias)
     torch.testing.assert_close(y, F.linear(x, col, bias), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("graph_safe", [True, False])
+def test_a_draw_inside_the_graph_falls_back_when_the_generator_does_not_advance(graph_safe: bool, monkeypatch):
+    """The step draws the token inside its graph while each replay advances the generator (CUDA's graph-safe
+    generators); if a replay leaves it where it was, the step draws eagerly from the replayed logits from then
+    on. Either way nanoGPT's samples. The graph is stood in for by a replay of the recorded step: a graph-safe one
+    draws afresh, a stale one repeats its recorded token."""
+    from nanogpt import decoding
+
+    class Replay:
+        def __init__(self, step):
+            self.step = step
+
+        def replay(self):
+            logits = self.step._logits()
+            self.step.logits.copy_(logits)
+            if graph_safe:
+                self.step.drawn.copy_(self.step.draw(logits[:, -1, :]))
+                offsets.append(len(offsets))
+
+    offsets = [0]
+    steps = []
+
+    def capture(self):
+        state = self.draw.generator.get_state()
+        self._record()  # the recording run: its draw is undone, as _capture restores the generator's state
+        self.draw.generator.set_state(state)
+        self.graph = Replay(self)
+        steps.append(self)
+
+    monkeypatch.setattr(decoding.StaticDecodeStep, "_capture", capture)
+    monkeypatch.setattr(decoding.StaticDecodeStep, "_generator_offset", lambda self: offsets[-1])
+    model = make_model(block_size=32)
+    prompt = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        ref = reference_generate(model, prompt, 20, 0.7, 5, torch.Generator().manual_seed(3))
+    seen = []
+    got = generate(model, prompt, 20, 0.7, 5, generator=torch.Generator().manual_seed(3), cuda_graph=True,
+                   on_token=lambda t: seen.append(steps[0].draw_in_graph if steps else None))
+    assert torch.equal(got, ref)  # stale: the eager draw from the replayed logits is what counts
+    assert steps[0].draw_in_graph is graph_safe and len(seen) == 20

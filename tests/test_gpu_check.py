@@ -51,6 +51,34 @@ def load_script():
 def test_baby_settings_match_config_yaml():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     assert load_script().BABY == config["runs"]["shakespeare_char"]
+    assert load_script().FAST == config["runs"]["shakespeare_char_fast"]
+
+
+def test_time_to_target_is_the_first_eval_at_or_below_it():
+    gpu_check = load_script()
+    evals = [{"iter": i, "val_loss": v, "s": 10.0 * i} for i, v in ((0, 4.2), (1, 1.6), (2, 1.47), (3, 1.40))]
+    hit = gpu_check.time_to_target(evals, 1.47)
+    assert (hit["time_to_target_s"], hit["iter_at_target"], hit["best_val_loss"]) == (20.0, 2, 1.40)
+    missed = gpu_check.time_to_target(evals[:2], 1.47)
+    assert missed["time_to_target_s"] is None and missed["best_val_loss"] == 1.6
+    line = "step 250: train loss 1.2345, val loss 1.4697"
+    assert gpu_check.VAL_LINE.match(line).groups() == ("250", "1.4697")
+
+
+def test_bytes_per_token_counts_every_weight_once_and_the_keys_and_values():
+    """What a decoded token reads: the tied embedding once, not the position table, the KV cache so far."""
+    import torch
+
+    from nanogpt.model import GPT, GPTConfig
+
+    gpu_check = load_script()
+    model = GPT(GPTConfig(block_size=64, vocab_size=100, n_layer=2, n_head=2, n_embd=16, bias=False))
+    weights = sum(p.numel() for p in model.parameters()) - 64 * 16  # parameters() lists the tied weight once
+    kv = 2 * 2 * 16 * 4 * (1 + 10) / 2  # keys and values, 2 layers, fp32, 5.5 positions on average
+    assert gpu_check.bytes_per_token(model, 10) == weights * 4 + kv
+    assert gpu_check.bytes_per_token(model.to(torch.bfloat16), 10) == (weights * 4 + kv) / 2
+    assert gpu_check.memory_bandwidth("NVIDIA H100 80GB HBM3") == 3.35e12
+    assert gpu_check.memory_bandwidth("NVIDIA H200") == 4.8e12 and gpu_check.memory_bandwidth("cpu") is None
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +144,13 @@ def test_tiny_run_measures_ours_without_optional_packages(tiny_report):
     assert [row["new_tokens"] for row in steps["generate"]["rows"]] == [16, 80]  # 80 > block 64: the window slides
     assert all(row["ours_tok_s"] > 0 for row in steps["generate"]["rows"])
     assert steps["bench_ours"]["tokens_per_s"] > 0
+    variants = steps["bench_variants"]["variants"]
+    assert set(variants) == {"loss_chunk_rows=64", "batch_size=32", "arch=modern, optimizer=muon"}
+    assert all(v["tokens_per_s"] > 0 for v in variants.values()), variants
+    assert all(row["ours_bf16_tok_s"] > 0 and row["ours_bf16_bytes_per_token"] > 0
+               for row in steps["generate"]["rows"])
+    recipe = steps["recipe_ours"]
+    assert recipe["iter_at_target"] == 0 and recipe["time_to_target_s"] > 0 and recipe["recipe"]["arch"] == "modern"
     assert steps["probes"]["step_syncs"]["iter_num"] == 8  # 3 + 5 steps ran; syncs are counted on CUDA
     assert any(note.startswith("yaml not installed") for note in tiny_report["notes"])
 
@@ -130,3 +165,4 @@ def test_tiny_run_compares_with_nanogpt_when_a_checkout_is_given(tiny_report):
     assert ref["ms_per_iter"] > 0 and abs(ref["best_val_loss"] - steps["train_ours"]["best_val_loss"]) < 0.1
     for row in steps["generate"]["rows"]:
         assert row["ours_identical"] is True and row["ours_eager_identical"] is True, row  # same weights and seed
+    assert steps["recipe_ref"]["iter_at_target"] == 0 and steps["recipe_ref"]["time_to_target_s"] > 0
