@@ -293,6 +293,18 @@ def test_bad_window_refresh_is_one_config_error(bad) -> None:
         generate(model, torch.tensor([[1]]), 2, window_refresh=bad)
 
 
+def large_vocab_case(n_embd: int, seed: int) -> tuple:
+    """A model with a vocabulary large enough for MKL to pick its big-matrix kernels, a prompt, a generator maker
+    and nanoGPT's 40 tokens after the prompt."""
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=64, vocab_size=4096, n_layer=2, n_head=4, n_embd=n_embd, bias=True)).eval()
+    prompt = torch.tensor([[5, 6, 7]])
+    gen = lambda: torch.Generator().manual_seed(seed + 90)  # noqa: E731
+    with torch.no_grad():
+        ref = reference_generate(model, prompt, 40, 1.0, None, gen())
+    return model, prompt, gen, ref
+
+
 def test_column_major_weights_keep_nanogpts_samples() -> None:
     """`nanogpt sample` on a CPU in fp32 stores the weights transposed (MKL's one-row matmul streams them faster):
     the logits are the row-major model's and the samples nanoGPT's, at a vocabulary large enough for MKL to pick
@@ -300,12 +312,8 @@ def test_column_major_weights_keep_nanogpts_samples() -> None:
     from nanogpt.runtime import CPU_FP32
     from nanogpt.sample import generation_precision
 
-    torch.manual_seed(3)
-    model = GPT(GPTConfig(block_size=64, vocab_size=4096, n_layer=2, n_head=4, n_embd=256, bias=True)).eval()
-    prompt = torch.tensor([[5, 6, 7]])
-    gen = lambda: torch.Generator().manual_seed(99)  # noqa: E731
+    model, prompt, gen, ref = large_vocab_case(n_embd=256, seed=3)
     with torch.no_grad():
-        ref = reference_generate(model, prompt, 40, 1.0, None, gen())
         row_logits, _ = model(ref[:, :20], all_logits=True)
     generation_precision(model, CPU_FP32)
     assert model.lm_head.weight.stride() == (1, 4096) and model.transformer.wte.weight is model.lm_head.weight
@@ -326,12 +334,7 @@ def test_one_row_steps_split_over_threads_keep_nanogpts_samples(threads: int, mo
     from nanogpt.runtime import CPU_FP32
     from nanogpt.sample import generation_precision
 
-    torch.manual_seed(4)
-    model = GPT(GPTConfig(block_size=64, vocab_size=4096, n_layer=2, n_head=4, n_embd=192, bias=True)).eval()
-    prompt = torch.tensor([[5, 6, 7]])
-    gen = lambda: torch.Generator().manual_seed(7)  # noqa: E731
-    with torch.no_grad():
-        ref = reference_generate(model, prompt, 40, 1.0, None, gen())
+    model, prompt, gen, ref = large_vocab_case(n_embd=192, seed=4)
     generation_precision(model, CPU_FP32)
     splits = []  # (weight values, slices) of each linear
     measure = decoding.SplitInputLinear.splits_of
