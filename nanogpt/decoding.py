@@ -58,8 +58,9 @@ class StaticDecodeStep:
 
     A draw inside the graph saves the sampling's ~10 kernel launches per token. Its random numbers come from
     the generator's state at each replay, which the replay then advances as the eager draw would, so the
-    samples are the eager ones for the same seed. That relies on CUDA's graph-safe generators: if a replay
-    leaves the generator where it was, the step draws eagerly from the replayed logits from then on.
+    samples are the eager ones for the same seed. That relies on CUDA's graph-safe generators: if the draw
+    cannot be recorded, or a replay leaves the generator where it was, the step draws eagerly from the replayed
+    logits instead.
     """
 
     def __init__(self, model: GPT, cache: KVCache, batch: int, use_graph: bool, draw: Draw | None = None):
@@ -83,7 +84,13 @@ class StaticDecodeStep:
             logits = self._logits()
             return logits if self.draw is None else self.draw(logits[:, -1, :])
         if self.graph is None:
-            self._capture()
+            try:
+                self._capture()
+            except RuntimeError:
+                if not self.draw_in_graph:
+                    raise
+                self.draw_in_graph = False  # the draw could not be recorded: record the model step alone
+                self._capture()
         offset = self._generator_offset()
         self.graph.replay()
         if self.draw is None:
@@ -98,7 +105,7 @@ class StaticDecodeStep:
         draws are undone (the generator's state restored) so that the first replay draws what eager would."""
         autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
                                   enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
-        generator = self._generator()
+        generator = self._generator() if self.draw_in_graph else None
         state = generator.get_state() if generator is not None else None
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -116,7 +123,7 @@ class StaticDecodeStep:
 
     def _record(self) -> None:
         self.logits = self._logits()
-        if self.draw is not None:
+        if self.draw_in_graph:
             self.drawn = self.draw(self.logits[:, -1, :])
 
     def _generator(self) -> torch.Generator | None:
