@@ -34,7 +34,7 @@ def _chunks(rows: int, chunk_rows: int) -> range:
 
 
 def _chunk_loss(logits: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row losses (0 where ignored) of fp32 logits, and the probabilities they came from."""
+    """Per-row losses (0 where ignored) of fp32 logits, and their log-probabilities."""
     counted = t != IGNORE_INDEX
     logp = F.log_softmax(logits, dim=-1)
     picked = logp.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)

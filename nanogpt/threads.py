@@ -237,7 +237,8 @@ class SpinGuard:
 
 
 class ContendedError(Exception):
-    """A spinning run stopped at a checkpoint because another process took its CPUs (SpinGuard)."""
+    """A spinning process stopped because another process took its CPUs (SpinGuard): a training at a checkpoint,
+    a sampler before it wrote anything."""
 
 
 class StepWatch:
@@ -256,8 +257,8 @@ class StepWatch:
 
 
 def continue_passive(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Replace this process by the same command whose OpenMP threads sleep when they wait: it resumes from the
-    checkpoint just saved, on the same thread count, so the run's results are unchanged."""
+    """Replace this process by the same command whose OpenMP threads sleep when they wait: a training resumes from
+    the checkpoint just saved, a sampler draws again; on the same thread count, so the results are unchanged."""
     set_wait_policy(CONTENDED, environ)
     sys.stdout.flush()
     sys.stderr.flush()
