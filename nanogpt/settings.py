@@ -314,7 +314,8 @@ class SampleSettings:
     seed: int = setting(1337, "random seed", ge=0, lt=MAX_SEED)
     device: str = setting("auto", "cpu, cuda, cuda:N, mps, or auto (cuda > mps > cpu)", pattern=DEVICE_PATTERN,
                           shape="auto, cpu, cuda, cuda:N or mps")
-    dtype: str = setting("auto", "float32, bfloat16, float16, or auto", choices=DTYPES)
+    dtype: str = setting("auto", "float32, bfloat16 (the weights cast once), float16 (autocast), or auto (bf16 "
+                                 "where the device has bf16 units, as training's auto)", choices=DTYPES)
 
 
 @dataclass
