@@ -178,7 +178,7 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]], out: str | Path, tit
         ax.set_xlabel(label)
         ax.set_ylabel("val loss (nats/token)")
         ax.grid(alpha=0.3)
-        if any(curves.values()):
+        if ax.get_legend_handles_labels()[0]:  # a curve was drawn on this axis (an x may be unknown for all)
             ax.legend(fontsize="x-small")
     axes[0][0].set_title(title)
     _save(fig, out)
