@@ -278,7 +278,8 @@ def _sample(args: argparse.Namespace, source: str, settings: SampleSettings) -> 
         from nanogpt.sample import SEPARATOR
 
         print(SEPARATOR.join(samples))
-    where = f" on {torch.get_num_threads()} CPU threads, {threads.describe_waits()}" if on_cpu else ""
+    count = torch.get_num_threads()
+    where = f" on {count} CPU thread{'s' * (count != 1)}, {threads.describe_waits()}" if on_cpu else ""
     print(f"{settings.num_samples} samples, {tps:.1f} tokens/s{where} (seed {settings.seed}: the same settings draw "
           "the same samples; another seed draws others)", file=sys.stderr)
 
