@@ -65,8 +65,10 @@ TARGET_VAL_LOSS = 1.47  # nanoGPT's README: val 1.4697 after 5000 iterations of 
 RECIPE_EVAL_INTERVAL = 100  # both sides evaluate this often (200 batches per split, the config's), timed too
 VAL_LINE = re.compile(r"^step (\d+): train loss [\d.]+, val loss ([\d.]+)", re.M)  # nanoGPT's format, and ours
 # ours' 124M training step with one lever changed (step bench_variants), beside bench_ours
+# (sdpa_backend: the one attention kernel SDPA may use, torch.nn.attention.SDPBackend; CUDA only)
 BENCH_VARIANTS = {"loss_chunk_rows=4096": {"loss_chunk_rows": 4096}, "batch_size=32": {"batch_size": 32},
-                  "arch=modern, optimizer=muon": {"arch": "modern", "optimizer": "muon"}}
+                  "arch=modern, optimizer=muon": {"arch": "modern", "optimizer": "muon"},
+                  "sdpa=cudnn": {"sdpa_backend": "CUDNN_ATTENTION"}, "sdpa=flash": {"sdpa_backend": "FLASH_ATTENTION"}}
 GPT2_SHAPE = {"n_layer": 12, "n_head": 12, "n_embd": 768, "block_size": 1024, "vocab_size": 50304, "bias": False,
               "dropout": 0.0}
 TINY_MODEL = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64}
@@ -365,18 +367,25 @@ def step_bench_ours(p: dict) -> dict:
 
 
 def step_bench_variants(p: dict) -> dict:
-    """bench_ours' step with one lever changed at a time (BENCH_VARIANTS), each measured on its own."""
+    """bench_ours' step with one lever changed at a time (BENCH_VARIANTS), each measured on its own. The results
+    so far are written after each variant, so a step cut by its timeout keeps them (run_step)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     from nanogpt.bench import bench
 
-    out = {}
+    out: dict = {}
     for name, change in p["variants"].items():
+        change = dict(change)
+        backend = change.pop("sdpa_backend", None)
         try:
-            r = bench({**p["overrides"], **change}, steps=p["steps"], warmup=p["warmup"])
+            with sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext():
+                r = bench({**p["overrides"], **change}, steps=p["steps"], warmup=p["warmup"])
             out[name] = {"ms_per_iter": r["median_ms_per_iter"], "tokens_per_s": r["tokens_per_sec"],
                          "mfu": r["mfu"], "first_step_s": r["first_step_s"]}
-        except Exception as e:  # noqa: BLE001 - one variant failing (memory, compile) leaves the others
+        except Exception as e:  # noqa: BLE001 - one variant failing (memory, compile, backend) leaves the others
             out[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         print(name, out[name], flush=True)
+        Path(p["result"]).write_text(json.dumps({"variants": out}, indent=2, default=str))
         torch._dynamo.reset()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -518,7 +527,8 @@ def run_step(name: str, params: dict, timeout: float, work: Path) -> dict:
         try:
             proc = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=timeout + 20)
         except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout + 20:.0f}s (log: {log})"}
+            kept = json.loads(result_file.read_text()) if result_file.is_file() else {}  # what a step wrote so far
+            return {**kept, "error": f"timed out after {timeout + 20:.0f}s (log: {log})"}
     if proc.returncode != 0 or not result_file.is_file():
         tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
         return {"error": f"exit {proc.returncode}: {tail[0][:300]} (log: {log})"}
@@ -560,7 +570,10 @@ def plan(args: argparse.Namespace, info: dict, data: Path, ref_root: Path | None
     gen_shape = TINY_GEN if tiny else GPT2_SHAPE
     bench_steps = {"steps": 3 if tiny else 20, "warmup": 1 if tiny else 10}
     variants = {(k.replace("4096", "64") if tiny else k): {kk: 64 if tiny and kk == "loss_chunk_rows" else vv
-                                                          for kk, vv in v.items()} for k, v in BENCH_VARIANTS.items()}
+                                                          for kk, vv in v.items()}
+                for k, v in BENCH_VARIANTS.items() if cuda or "sdpa_backend" not in v}
+    if not cuda:  # the backend choice itself, with the one kernel every device has
+        variants["sdpa=math"] = {"sdpa_backend": "MATH"}
     recipe = ({**train_overrides(20, True, compile_), "warmup_iters": 2} if tiny else
               {"eval_interval": RECIPE_EVAL_INTERVAL, "log_interval": 10, "compile": compile_})
     target = 10.0 if tiny else TARGET_VAL_LOSS  # tiny: the first eval reaches it, so every branch runs

@@ -145,7 +145,7 @@ def test_tiny_run_measures_ours_without_optional_packages(tiny_report):
     assert all(row["ours_tok_s"] > 0 for row in steps["generate"]["rows"])
     assert steps["bench_ours"]["tokens_per_s"] > 0
     variants = steps["bench_variants"]["variants"]
-    assert set(variants) == {"loss_chunk_rows=64", "batch_size=32", "arch=modern, optimizer=muon"}
+    assert set(variants) == {"loss_chunk_rows=64", "batch_size=32", "arch=modern, optimizer=muon", "sdpa=math"}
     assert all(v["tokens_per_s"] > 0 for v in variants.values()), variants
     assert all(row["ours_bf16_tok_s"] > 0 and row["ours_bf16_bytes_per_token"] > 0
                for row in steps["generate"]["rows"])
