@@ -63,9 +63,13 @@ class StaticDecodeStep:
     logits instead.
     """
 
-    def __init__(self, model: GPT, cache: KVCache, batch: int, use_graph: bool, draw: Draw | None = None):
+    def __init__(self, model: GPT, cache: KVCache, batch: int, use_graph: bool, draw: Draw | None = None,
+                 compiled: bool = False):
         device = model.lm_head.weight.device
         self.model, self.cache, self.use_graph, self.draw = model, cache, use_graph, draw
+        # compiled: the model step through torch.compile (fused kernels, fewer of them per token), compiled at the
+        # first call; the graph then records the compiled kernels
+        self.step_logits = torch.compile(self._logits, fullgraph=True, dynamic=False) if compiled else self._logits
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.positions = torch.arange(cache.max_len, device=device)
@@ -81,7 +85,7 @@ class StaticDecodeStep:
         self.pos.fill_(pos)
         self.cache.length = pos + 1  # host-side bookkeeping only, as the plain cached forward keeps it
         if not self.use_graph:
-            logits = self._logits()
+            logits = self.step_logits()
             return logits if self.draw is None else self.draw(logits[:, -1, :])
         if self.graph is None:
             try:
@@ -122,7 +126,7 @@ class StaticDecodeStep:
             self._record()
 
     def _record(self) -> None:
-        self.logits = self._logits()
+        self.logits = self.step_logits()
         if self.draw_in_graph:
             self.drawn = self.draw(self.logits[:, -1, :])
 
@@ -174,6 +178,7 @@ def generate(
     cuda_graph: bool | None = None,
     window_refresh: int | None = None,
     on_token: Callable[[torch.Tensor], None] | None = None,
+    compile_step: bool = False,
 ) -> torch.Tensor:
     """Sample `max_new_tokens` tokens after `idx` (B, T); nanoGPT's sampling, same draws for a same seed
     within block_size tokens (and past it with `window_refresh=1`).
@@ -193,6 +198,8 @@ def generate(
 
     `cuda_graph` (default: on CUDA): each cached step, the draw included, is one replay of a captured CUDA graph
     (StaticDecodeStep), instead of ~15 kernel launches per layer and ~10 for the draw issued from Python.
+    `compile_step`: that step's model part compiled first (torch.compile: fewer, fused kernels per token, at the
+    cost of a compilation when the call starts).
 
     `on_token` is called with each new token (B,) as soon as it is drawn (streaming); it draws nothing.
     """
@@ -219,7 +226,7 @@ def generate(
         elif cache.length == 0:  # prefill: the prompt, or the window after a refresh
             out[:, L : L + 1] = draw(model(out[:, start:L], cache=cache)[0][:, -1, :])
         elif graph:  # one new token at position L - 1 - start, drawn inside one replay
-            step = step or StaticDecodeStep(model, cache, B, use_graph=True, draw=draw)
+            step = step or StaticDecodeStep(model, cache, B, use_graph=True, draw=draw, compiled=compile_step)
             out[:, L : L + 1] = step(out[:, L - 1 : L], L - 1 - start)
         else:  # one new token at position L - 1 - start
             with one_row_kernels(model, B):

@@ -423,3 +423,33 @@ def test_a_draw_inside_the_graph_falls_back_when_it_cannot_be_replayed(graph: st
     got = generate(model, prompt, 20, 0.7, 5, generator=torch.Generator().manual_seed(3), cuda_graph=True)
     assert torch.equal(got, ref)
     assert len(steps) == 1 and steps[0].draw_in_graph is (graph == "graph-safe")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's inductor
+def test_a_compiled_decoding_step_gives_the_eager_steps_logits() -> None:
+    """generate(compile_step=True) compiles the fixed-shape step's model part (what the CUDA graph then records):
+    the eager step's logits at every position, from one compilation (the position is a tensor, not a constant)."""
+    from nanogpt.decoding import StaticDecodeStep
+
+    model = make_model(block_size=16)
+    seq = torch.randint(VOCAB, (2, 16), generator=torch.Generator().manual_seed(5))
+    graphs = []
+
+    def counter(graph, example_inputs):  # a torch.compile backend that counts its compilations, then runs eagerly
+        graphs.append(graph)
+        return graph.forward
+    with torch.no_grad():
+        caches = [KVCache(model.config.n_layer, 16) for _ in range(2)]
+        for cache in caches:
+            model(seq[:, :4], cache=cache)
+        eager = StaticDecodeStep(model, caches[0], batch=2, use_graph=False)
+        compiled = StaticDecodeStep(model, caches[1], batch=2, use_graph=False, compiled=True)
+        assert compiled.step_logits is not compiled._logits
+        counted = StaticDecodeStep(model, KVCache(model.config.n_layer, 16), batch=2, use_graph=False)
+        counted.step_logits = torch.compile(counted._logits, fullgraph=True, dynamic=False, backend=counter)
+        model(seq[:, :4], cache=counted.cache)
+        for t in range(4, 12):
+            want = eager(seq[:, t : t + 1], t)
+            torch.testing.assert_close(compiled(seq[:, t : t + 1], t), want, rtol=1e-5, atol=1e-5)
+            counted(seq[:, t : t + 1], t)
+    assert len(graphs) == 1
