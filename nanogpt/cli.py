@@ -182,7 +182,8 @@ def cmd_train(args: argparse.Namespace) -> None:
                f"--nproc_per_node={run.launch.nproc_per_node}", "-m", "nanogpt.cli", *sys.argv[1:]]
         os.execv(sys.executable, cmd)
     if world == 1 and run.train.device in ("cpu", "auto"):  # alone, or torchrun's only worker (the pipeline)
-        _choose_waits(run)
+        tokens = run.train.batch_size * run.model.block_size
+        _choose_waits(threads.planned_threads("auto", run.model.n_embd, tokens))
     from nanogpt.train import train
 
     try:
@@ -195,12 +196,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         threads.continue_passive()  # after the run folder's lock and files are released
 
 
-def _choose_waits(run) -> None:
-    """Spinning or sleeping OpenMP waits for a single-process training (nanogpt.threads), before torch loads."""
-    if "torch" in sys.modules:  # libgomp has read its policy already (a caller imported torch)
-        return
-    tokens = run.train.batch_size * run.model.block_size
-    threads.set_wait_policy(threads.choose_waits(threads.planned_threads("auto", run.model.n_embd, tokens)))
+def _choose_waits(thread_count: int) -> None:
+    """Spinning or sleeping OpenMP waits for a process that will run on `thread_count` threads (nanogpt.threads):
+    a single-process training, or a sampler. Only before torch loads: libgomp reads its policy then."""
+    if "torch" not in sys.modules:  # else a caller imported torch, and the policy is read already
+        threads.set_wait_policy(threads.choose_waits(thread_count))
 
 
 def _refuse_pipeline_folder(out_dir: Path) -> None:
@@ -226,7 +226,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         raise ConfigError(f"--out {args.out!r} with --{'interactive' if args.interactive else 'stream'}: expected "
                           "one of them (--stream and --interactive write to the terminal)")
     if settings.device in ("cpu", "auto") and not (args.stream or args.interactive):
-        _choose_sampling_waits()  # text already on a terminal could not be drawn again
+        _choose_waits(threads.available_cpus())  # text already on a terminal could not be drawn again
     try:
         with _gpu_slot(settings.device):
             _sample(args, path, settings)
@@ -234,13 +234,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print(f"nanogpt sample: {e}; drawing the samples again in a fresh process whose OpenMP threads sleep when "
               "they wait (the same threads, so the same samples)", file=sys.stderr)
         threads.continue_passive()
-
-
-def _choose_sampling_waits() -> None:
-    """Spinning OpenMP waits while the CPUs are free (nanogpt.threads), before torch loads: a token is ~60 parallel
-    regions, each a wake-up of every sleeping thread."""
-    if "torch" not in sys.modules:
-        threads.set_wait_policy(threads.choose_waits(threads.available_cpus()))
 
 
 def _gpu_slot(device: str) -> contextlib.AbstractContextManager:

@@ -237,20 +237,20 @@ def generate(
 
 
 @contextlib.contextmanager
-def one_row_kernels(model: GPT, rows: int, threads: int | None = None) -> Iterator[None]:
+def one_row_kernels(model: GPT, rows: int) -> Iterator[None]:
     """A CPU decoding step of one row runs its matmuls on the kernels that stream weights fastest there
     (benchmarks/README.md, "A quiet machine"):
     - bf16 weights: ATen's reduced-precision GEMV (oneDNN off for the step): the 124M shape's head takes 2.1 ms
       there against 4.7 in oneDNN, on 2 threads. Only for one row: at 64 rows ATen's bf16 matmul is 7x slower
       than oneDNN's, so a prefill keeps oneDNN.
     - fp32 column-major weights, on more than one thread: `SplitInputLinear`, one slice of the input dimension
-      per thread (`threads`, default torch's), where a weight has SPLIT_MIN_WEIGHT values or more.
+      per torch thread, where a weight has SPLIT_MIN_WEIGHT values or more.
     Anything else runs as it would."""
     weight = model.lm_head.weight
     if rows != 1 or weight.device.type != "cpu":
         yield
     elif weight.dtype == torch.float32:
-        threads = torch.get_num_threads() if threads is None else threads
+        threads = torch.get_num_threads()
         largest = max(weight.numel(), 4 * model.config.n_embd**2)  # the head, or the MLP's matmuls
         with SplitInputLinear(threads) if threads > 1 and largest >= SPLIT_MIN_WEIGHT else contextlib.nullcontext():
             yield
